@@ -19,13 +19,13 @@ from .data import DATASETS, LETTERS, Example, last_boxed
 
 MODES = ("strict", "flexible")
 
-_ANSWER_IS = r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*\**\s*"
+_ANSWER_IS = r"(?i:(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*\**\s*)"
 _NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
 
 
 def answer_type(example: Example) -> str:
-    """"yesno" | "letter" | "number" | "latex" (from the dataset, or ``meta['answer_type']``)."""
+    """"yesno" | "letter" | "number" | "latex" | "text" (from the dataset, or ``meta['answer_type']``)."""
     if example.meta and example.meta.get("answer_type"):
         return example.meta["answer_type"]
     if example.dataset in DATASETS:
@@ -187,9 +187,30 @@ def extract_both(example: Example, completion: str) -> Extraction:
             if f is None:
                 letter = _option_by_text(text, example.choices)
                 f = example.choices[LETTERS.index(letter)] if letter else None
+    elif kind == "text":
+        s, f = _extract_text(text)
     else:
         raise ValueError(f"unknown answer type {kind!r}")
     return Extraction(s, f)
+
+
+def _extract_text(text: str) -> tuple[str | None, str | None]:
+    """Free short answers (probe answers): after "The answer is", else the last non-empty line."""
+    m = re.findall(_ANSWER_IS + r"(.+?)\s*(?:\.\s|\.?$|\n)", text, re.MULTILINE)
+    strict = m[-1].strip().strip("*").strip() if m else None
+    if strict is None:
+        lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+        return None, (lines[-1] if lines else None)
+    return strict, strict
+
+
+def infer_answer_type(answer: str) -> str:
+    """The answer type of a free answer (a teacher's answer to a probe): number, yesno or text."""
+    if parse_number(answer) is not None:
+        return "number"
+    if _norm_text(answer) in ("yes", "no"):
+        return "yesno"
+    return "text"
 
 
 def _letter_to_choice(value: str | None, choices: tuple[str, ...]) -> str | None:
@@ -236,6 +257,8 @@ def matches(example: Example, extracted: str | None) -> bool:
     kind = answer_type(example)
     if kind in ("yesno", "letter"):
         return extracted.strip().lower() == example.answer.lower() if kind == "yesno" else extracted == example.answer
+    if kind == "text":
+        return _norm_text(extracted).strip("\"'") == _norm_text(example.answer).strip("\"'")
     if kind == "number":
         return numbers_equal(extracted, example.answer)
     if example.choices:

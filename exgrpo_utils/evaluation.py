@@ -113,9 +113,9 @@ def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from .progress import progress
 
-    return tqdm(total=total, desc=desc, disable=not enabled)
+    return progress(total=total, desc=desc, enabled=enabled)
 
 
 # ---------------------------------------------------------------------------------------------

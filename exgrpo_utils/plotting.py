@@ -44,3 +44,25 @@ def accuracy_bars(summary, title: str = "", paper_averages: dict[str, float] | N
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def probe_filter_bars(stats_rules, title: str = ""):
+    """Per rule: probes generated, kept by Eq. 1, and in questions kept by Eq. 2."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    df = stats_rules.groupby("rule", sort=False)[["generated", "kept_eq1", "in_kept_items"]].sum()
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(df) + 2), 4))
+    width = 0.27
+    x = range(len(df))
+    for j, (col, label) in enumerate([("generated", "generated"), ("kept_eq1", "kept by Eq. 1"),
+                                      ("in_kept_items", "in questions kept by Eq. 2")]):
+        ax.bar([i + (j - 1) * width for i in x], df[col], width=width, label=label)
+    ax.set_xticks(list(x), df.index, rotation=45, ha="right")
+    ax.set_ylabel("probes")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Explanatory Inversion: probes per rule through the filters")
+    fig.tight_layout()
+    return fig

@@ -63,8 +63,11 @@ def notebook_path(stem: str) -> Path:
 
 
 def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False, log=print) -> Path:
+    import os
+
     import papermill as pm
 
+    os.environ.setdefault("EXGRPO_PROGRESS", "lines")  # the kernel inherits it: progress lines in the log
     out_nb = out_dir / f"{stem}.ipynb"
     params_file = out_dir / f"{stem}.parameters.json"
     done_file = out_dir / f"{stem}.done.json"
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     run_name = args.run_name or Path(args.preset).stem
     overrides = parse_overrides(args.set)
     stems = args.only or cfg["notebooks"]
+    unused = set(overrides) - {k for stem in stems for k in cfg.get(stem, {})}
+    if unused:
+        raise SystemExit(f"--set {', '.join(sorted(unused))}: applies to no notebook of this run ({', '.join(stems)})")
     out_dir = results_root() / "executed" / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

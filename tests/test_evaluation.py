@@ -1,0 +1,126 @@
+import json
+
+import pytest
+
+from exgrpo_utils import evaluation
+from exgrpo_utils.data import Example
+from exgrpo_utils.evaluation import EvalSettings, SettingsMismatchError
+from exgrpo_utils.generation import Completion, SamplingConfig
+
+
+class FakeGenerator:
+    """Answers '<gold>' for even-numbered items, a wrong number otherwise; can die after N batches."""
+
+    name = "fake"
+
+    def __init__(self, die_after_batches=None):
+        self.calls, self.seen, self.die_after = 0, [], die_after_batches
+
+    def render(self, messages):
+        return messages[-1]["content"]
+
+    def generate(self, batch, sampling):
+        if self.die_after is not None and self.calls >= self.die_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        outs = []
+        for m in batch:
+            idx = int(m[-1]["content"].split()[1])
+            self.seen.append(idx)
+            outs.append(Completion(f"The answer is {idx if idx % 2 == 0 else idx + 1000}.", 5, True))
+        return outs
+
+
+def _examples(n):
+    return [Example(f"q{i}", "gsm8k", f"Item {i} question", str(i)) for i in range(n)]
+
+
+def test_wilson_interval_hand_computed():
+    lo, hi = evaluation.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    lo, hi = evaluation.wilson_interval(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+    assert evaluation.wilson_interval(0, 0)[0] != evaluation.wilson_interval(0, 0)[0]  # nan
+
+
+def test_mean_interval_hand_computed():
+    lo, hi = evaluation.mean_interval([0, 0], [10, 10])
+    assert lo == 0.0 and hi == pytest.approx(0.1296, abs=1e-4)
+    lo, hi = evaluation.mean_interval([5, 10], [10, 10])  # mean 0.75
+    p1, p2 = 7 / 14, 12 / 14
+    half = 1.959964 * ((p1 * (1 - p1) / 14 + p2 * (1 - p2) / 14) / 4) ** 0.5
+    assert (lo, hi) == (pytest.approx(0.75 - half), pytest.approx(min(1.0, 0.75 + half)))
+
+
+def test_interrupted_evaluation_resumes_without_duplicates(tmp_path):
+    exs = _examples(10)
+    out = tmp_path / "gsm8k.jsonl"
+    sampling = SamplingConfig(max_new_tokens=8)
+    dying = FakeGenerator(die_after_batches=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_examples(dying, exs, out, sampling=sampling, batch_size=3, progress=False)
+    assert len(out.read_text().splitlines()) == 6
+    resumed = FakeGenerator()
+    recs = evaluation.evaluate_examples(resumed, exs, out, sampling=sampling, batch_size=3, progress=False)
+    assert sorted(resumed.seen + dying.seen) == list(range(10))  # each item generated exactly once
+    assert [r["id"] for r in recs] == [e.id for e in exs]
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(lines) == 10 and len({r["id"] for r in lines}) == 10
+    score = evaluation.score_records("gsm8k", recs)
+    assert (score.n, score.correct, score.correct_strict) == (10, 5, 5)
+    again = FakeGenerator()
+    evaluation.evaluate_examples(again, exs, out, sampling=sampling, batch_size=3, progress=False)
+    assert again.calls == 0
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    evaluation.check_settings(tmp_path, EvalSettings(model="m", max_new_tokens=8))
+    evaluation.check_settings(tmp_path, EvalSettings(model="m", max_new_tokens=8))
+    with pytest.raises(SettingsMismatchError, match="max_new_tokens"):
+        evaluation.check_settings(tmp_path, EvalSettings(model="m", max_new_tokens=16))
+
+
+def test_stored_records_are_rescored_with_the_current_scorer(tmp_path):
+    exs = _examples(2)
+    out = tmp_path / "gsm8k.jsonl"
+    stale = {"id": "q0", "dataset": "gsm8k", "answer": "0", "prompt": "p", "completion": "The answer is 0.",
+             "n_tokens": 3, "finished": True, "extracted_strict": None, "extracted_flexible": None,
+             "correct_strict": False, "correct_flexible": False}
+    out.write_text(json.dumps(stale) + "\n")
+    gen = FakeGenerator()
+    recs = evaluation.evaluate_examples(gen, exs, out, sampling=SamplingConfig(), batch_size=4, progress=False)
+    assert recs[0]["correct_flexible"] is True and gen.seen == [1]
+    assert json.loads(out.read_text().splitlines()[0])["correct_strict"] is True
+
+
+def test_changed_gold_is_refused(tmp_path):
+    out = tmp_path / "gsm8k.jsonl"
+    out.write_text(json.dumps({"id": "q0", "answer": "999", "completion": "x"}) + "\n")
+    with pytest.raises(SettingsMismatchError, match="data changed"):
+        evaluation.evaluate_examples(FakeGenerator(), _examples(1), out, sampling=SamplingConfig(), progress=False)
+
+
+def test_suite_summary_has_per_dataset_rows_and_averages(tmp_path):
+    exs = {"gsm8k": _examples(4), "gsm8k_rev": [Example(f"r{i}", "gsm8k_rev", f"Item {i} q", str(i)) for i in range(4)]}
+    table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalSettings(model="fake"),
+                                      batch_size=2, label="zero-shot", progress=False)
+    rows = dict(zip(table["dataset"], table["accuracy"]))
+    assert rows == {"gsm8k": 50.0, "gsm8k_rev": 50.0, "held-in-avg8": 50.0, "ood-avg4": 50.0}
+    assert (tmp_path / "summary.csv").exists()
+    assert table.loc[table["dataset"] == "held-in-avg8", "role"].item() == "average of 1/8"
+
+
+def test_paper_layout_puts_paper_numbers_beside_ours(tmp_path):
+    from exgrpo_utils import reporting
+
+    exs = {"gsm8k": _examples(4)}
+    table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalSettings(model="fake"),
+                                      batch_size=2, label="zero-shot", progress=False)
+    layout = reporting.paper_layout([table], student="fake")
+    ours = layout[layout["source"] == "ours"].iloc[0]
+    assert ours["GSM8K"] == 50.0 and ours["Avg (held-in)"] == 50.0
+    qwen = layout[(layout["student"] == "Qwen2.5-7B-Instruct") & (layout["method"] == "ExGRPO")].iloc[0]
+    assert qwen["Avg (held-in)"] == 82.54 and qwen["Avg (OOD)"] == 82.34
+    paths = reporting.write_eval_report(table, tmp_path, student="fake")
+    assert all(p.exists() for p in paths.values())
+    assert "| fake | zero-shot | ours |" in paths["table_md"].read_text()

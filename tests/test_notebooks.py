@@ -1,0 +1,86 @@
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from exgrpo_utils import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def _parameters(nb_path):
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(nb_path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{nb_path.name}: needs exactly one cell tagged 'parameters'"
+    namespace = {}
+    exec(cells[0].source, {}, namespace)  # our own committed cell, not model output
+    params = {k: v for k, v in namespace.items() if not k.startswith("__")}
+    declared = {p.name for p in PythonTranslator.inspect(cells[0])}
+    assert declared == set(params), f"{nb_path.name}: papermill cannot read {set(params) - declared}"
+    return params
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_name_real_notebooks_and_parameters(preset):
+    cfg = yaml.safe_load(preset.read_text())
+    for stem in cfg["notebooks"]:
+        params = _parameters(ROOT / "notebooks" / f"{stem}.ipynb")
+        unknown = set(cfg.get(stem, {})) - set(params)
+        assert not unknown, f"{preset.name} [{stem}]: not parameters of the notebook: {unknown}"
+
+
+def test_notebook_defaults_are_the_cpu_preset():
+    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
+    for stem in cfg["notebooks"]:
+        params = _parameters(ROOT / "notebooks" / f"{stem}.ipynb")
+        for key, value in cfg[stem].items():
+            assert params[key] == value, f"{stem}.{key}: notebook says {params[key]!r}, cpu.yaml says {value!r}"
+
+
+def test_runner_rejects_bad_presets_and_overrides(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("notebooks: 00_setup\n")
+    with pytest.raises(SystemExit, match="needs a 'notebooks' list"):
+        runner.load_preset(str(bad))
+    with pytest.raises(SystemExit, match="known presets"):
+        runner.load_preset("no-such-preset")
+    with pytest.raises(SystemExit, match="key=value"):
+        runner.parse_overrides(["oops"])
+    with pytest.raises(SystemExit, match="applies to no notebook"):
+        runner.main(["--preset", "smoke", "--run-name", "x", "--set", "no_such_parameter=1"])
+
+
+def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, student_path):
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
+    assert runner.main(["--preset", "smoke", "--run-name", "t"]) == 0
+    executed = tmp_path / "executed" / "t"
+    for stem in ("00_setup", "01_probes", "04_evaluate"):
+        nb = nbformat.read(executed / f"{stem}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+        assert json.loads((executed / f"{stem}.parameters.json").read_text())["run_name"] == "t"
+    ev = tmp_path / "runs" / "t" / "eval" / "zero-shot"
+    summary = (ev / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 12 + 2
+    assert len((ev / "gsm8k.jsonl").read_text().splitlines()) == 2
+    for name in ("table_paper_layout.md", "accuracy_by_dataset.png", "accuracy_by_dataset.pdf", "04_evaluate.json"):
+        assert (ev / name).exists(), name
+    ei = tmp_path / "runs" / "t" / "ei"
+    assert len((ei / "arith" / "probe_dataset.jsonl").read_text().splitlines()) <= 3
+    assert (ei / "stats_rules.csv").exists() and (ei / "probe_filters.png").exists()
+    stamp = (executed / "04_evaluate.ipynb").stat().st_mtime
+    assert runner.main(["--preset", "smoke", "--run-name", "t"]) == 0  # finished notebooks are skipped
+    assert (executed / "04_evaluate.ipynb").stat().st_mtime == stamp

@@ -1,0 +1,220 @@
+import re
+
+import pytest
+
+from exgrpo_utils import data, probes, rules, synthetic, teachers
+from exgrpo_utils.cache import ChatResult
+from exgrpo_utils.data import Example
+
+RULES = rules.load_rules()
+
+
+def test_the_ten_rules_load_with_their_sources():
+    assert [r.number for r in RULES.rules] == list(range(1, 11))
+    assert [r.source for r in RULES.rules] == ["paper"] * 6 + ["kit default"] * 4
+    assert {r.id for r in RULES.rules} == set(teachers.PROBE_MAKERS)
+    prompt = RULES.probe_prompt(RULES.by_id("counterfactual"), question="Q?", answer="3", reasoning="R")
+    assert "Rule: Counterfactual." in prompt and "Original question:\nQ?" in prompt and "Probe:" in prompt
+
+
+def test_bad_rules_files_name_the_field(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("preamble: p\nrules:\n  - id: a\n    name: A\n    description: d\ntemplates: {}\n")
+    with pytest.raises(ValueError, match=r"r.yaml: rules\[0\]: missing field 'example'"):
+        rules.load_rules(bad)
+    bad.write_text("preamble: p\nrules: []\ntemplates: {probe: x, answer: y}\n")
+    with pytest.raises(ValueError, match="templates.answer_instruction is missing"):
+        rules.load_rules(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Equations 1 and 2 on hand-made cases
+
+def test_eq1_consistency_keeps_only_probes_that_leave_the_answer_right():
+    item = Example("g", "gsm8k", "q", "18")
+    assert probes.consistency_keep(item, "Given that, the answer is 18.")
+    assert not probes.consistency_keep(item, "Given that, the answer is 17.")
+    assert not probes.consistency_keep(item, "I cannot tell.")
+
+
+@pytest.mark.parametrize("n, lam, lo, hi, keep", [
+    (0, 0, 0, None, False),  # N' = 0
+    (5, 5, 0, None, False),  # too easy: Λ = N'
+    (5, 4, 0, None, True),
+    (5, 0, 0, None, True),
+    (1, 0, 0, None, True),
+    (1, 1, 0, None, False),
+    (5, 3, 0, 2, False),  # explicit upper bound (τ_hard read as "drop when Λ > τ")
+    (5, 1, 2, None, False),  # explicit lower bound (τ_hard read as "keep only when Λ >= τ")
+    (5, 2, 2, None, True),
+])
+def test_eq2_difficulty_filter(n, lam, lo, hi, keep):
+    assert probes.difficulty_keep(n, lam, min_correct=lo, max_correct=hi)[0] is keep
+
+
+# ---------------------------------------------------------------------------------------------
+# Program teacher: every answer recomputed independently from the probe text and the program
+
+def _recompute(meta: dict, rule: str, text: str) -> str:
+    prog = [(s["op"], s["operand"]) for s in meta["steps"]]
+    values = synthetic.run_program(meta["start"], prog)
+    if rule in ("why",):
+        return str(values[-1])
+    if rule in ("cause_effect", "explanatory_challenge"):
+        k = int(re.search(r'step (\d+) \("([^"]+)"\)', text).group(1))
+        assert re.search(r'step \d+ \("([^"]+)"\)', text).group(1) == teachers._step_sentence(meta, k - 1)
+        return str(values[k])
+    if rule == "process":
+        return str(values[-2])
+    if rule == "counterfactual":
+        new_start = int(re.search(r"had started with (\d+)", text).group(1))
+        return str(synthetic.run_program(new_start, prog)[-1])
+    if rule == "comparison":
+        return str(values[-1] - values[0])
+    if rule == "hypothesis":
+        threshold = int(re.search(r"more than (\d+)", text).group(1))
+        return "yes" if values[-1] > threshold else "no"
+    if rule == "decomposition":
+        k = int(re.search(r"after step (\d+)", text).group(1))
+        return str(values[k])
+    if rule == "inversion":  # undo the steps from the stated result
+        value = int(re.search(r"Now \w+ has (\d+)", text).group(1))
+        for op, n in reversed(prog):
+            value = synthetic.apply_op(synthetic.INVERSE[op], value, n)
+        return str(value)
+    if rule == "causal_verification":
+        claimed = int(re.search(r"now has (\d+)", text).group(1))
+        return "yes" if claimed == values[-1] else "no"
+    raise AssertionError(rule)
+
+
+def test_program_teacher_answers_verified_by_recomputation():
+    items = data.load("arith", "train", synthetic_options={"n_train": 400, "max_steps": 4})
+    teacher = teachers.ProgramTeacher()
+    drafts = teacher.write_probes(items, teacher.solve(items), RULES.rules)
+    checked = 0
+    for ex, item_drafts in zip(items, drafts):
+        for d in item_drafts:
+            if d.text is None:
+                assert d.rule == "counterfactual" and d.reason  # only a perturbed start can fail to divide
+                continue
+            assert d.gold == _recompute(ex.meta, d.rule, d.text), (d.rule, d.text)
+            checked += 1
+        responses = teacher.answer_probes([d for d in item_drafts if d.text])
+        assert all(r.endswith(f"The answer is {d.gold}.") for r, d in zip(responses, [d for d in item_drafts if d.text]))
+    assert checked >= 0.95 * 400 * 10
+    yes_no = [d.gold for ds in drafts for d in ds if d.rule in ("hypothesis", "causal_verification")]
+    assert 0.25 < yes_no.count("yes") / len(yes_no) < 0.75  # both answers occur
+
+
+def test_program_teacher_refuses_items_without_a_program():
+    with pytest.raises(ValueError, match="step program"):
+        teachers.ProgramTeacher().solve([Example("g", "gsm8k", "q", "1")])
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline with an LLM teacher over a scripted chat backend
+
+class ScriptedChat:
+    """Teacher: right CoT except for item 'bad'; probe replies by rule; answers; Eq. 1 rechecks."""
+
+    kind, model = "scripted", "t"
+
+    def __init__(self):
+        self.calls = 0
+
+    def complete(self, batch, sampling, on_result=None):
+        out = []
+        for msgs in batch:
+            self.calls += 1
+            text = msgs[-1]["content"]
+            if "Rule: Why question" in text:
+                reply = "Probe: Why is the total 5?"
+            elif "Rule: Counterfactual" in text:
+                reply = "Probe: " + re.search(r"Original question:\n(.*?)\n\nCorrect", text, re.S).group(1)  # restated
+            elif "Rule: Comparison" in text:
+                reply = "Probe: Compare the two numbers."
+            elif "Rule:" in text:
+                reply = ""
+            elif text.startswith("Why is the total 5?"):
+                reply = "Because 2 + 3 = 5. The answer is 5."
+            elif text.startswith("Compare the two numbers."):
+                reply = "They differ."  # no parseable answer
+            elif len(msgs) > 1:  # Eq. 1 recheck: the original question after the probe
+                reply = "The answer is 5." if "derail" not in msgs[0]["content"] else "The answer is 4."
+            else:  # CoT
+                reply = "2 + 3 = 5. The answer is 5." if "Tom" in text else "The answer is 6."
+            out.append(ChatResult(reply))
+        return out
+
+
+class ScriptedStudent:
+    kind, model = "scripted", "s"
+
+    def __init__(self, right: bool):
+        self.right = right
+
+    def complete(self, batch, sampling, on_result=None):
+        return [ChatResult("The answer is 5." if self.right else "The answer is 7.") for _ in batch]
+
+
+def _items():
+    return [Example("ok", "gsm8k", "Tom has 2 apples and gets 3 more. How many?", "5"),
+            Example("bad", "gsm8k", "Ann has 2 pears and gets 3 more. How many?", "5")]
+
+
+def test_pipeline_counts_every_drop_with_a_reason_and_the_statistics_add_up(tmp_path):
+    rule_set = RULES.subset(["why", "counterfactual", "comparison", "hypothesis"])
+    teacher = teachers.LLMTeacher(ScriptedChat(), rule_set)
+    res = probes.run_pipeline(_items(), teacher, rule_set, student=ScriptedStudent(right=False), out_dir=tmp_path)
+    ok, bad = res["records"]
+    assert bad["drop_reason"] == "teacher CoT is wrong" and bad["probes"] == []
+    status = {p["rule"]: p["status"] for p in ok["probes"]}
+    assert status == {"why": "kept", "counterfactual": "malformed: probe restates the original question",
+                      "comparison": "malformed: no parseable answer", "hypothesis": "malformed: empty probe"}
+    assert ok["kept"] and ok["n_consistent"] == 1 and ok["n_student_correct"] == 0
+    items = res["stats_items"].iloc[0]
+    assert (items.items_in, items.teacher_correct, items.probes_attempted, items.probes_generated,
+            items.probes_answered, items.probes_kept_eq1, items.items_kept_eq2) == (2, 1, 4, 2, 1, 1, 1)
+    rs = res["stats_rules"]
+    assert (rs.attempted == rs.not_applicable + rs.malformed + rs.failed_eq1 + rs.kept_eq1).all()
+    assert res["dataset"][0]["probes"][0]["teacher_answer"] == "5"
+    loaded = probes.load_probe_dataset(tmp_path / "probe_dataset.jsonl")
+    assert loaded == res["dataset"]
+    hf = probes.load_probe_dataset(tmp_path / "probe_dataset.jsonl", as_hf=True)
+    assert hf.num_rows == 1 and hf[0]["rule"] == "why" and hf[0]["answer"] == "5"
+
+
+def test_pipeline_eq2_drops_questions_the_student_already_masters(tmp_path):
+    rule_set = RULES.subset(["why"])
+    teacher = teachers.LLMTeacher(ScriptedChat(), rule_set)
+    res = probes.run_pipeline(_items()[:1], teacher, rule_set, student=ScriptedStudent(right=True))
+    rec = res["records"][0]
+    assert not rec["kept"] and rec["drop_reason"].startswith("Eq. 2: too easy") and res["dataset"] == []
+
+
+def test_pipeline_eq1_drops_derailing_probes():
+    rule_set = RULES.subset(["why"])
+    derailing = rules.RuleSet(rule_set.version, rule_set.preamble, rule_set.rules,
+                              dict(rule_set.templates, answer="derail {probe}\n{answer_instruction}"), rule_set.path)
+
+    class Chat(ScriptedChat):
+        def complete(self, batch, sampling, on_result=None):
+            fixed = [[{**m, "content": m["content"].removeprefix("derail ")} if i == 0 and len(msgs) == 1 else m
+                      for i, m in enumerate(msgs)] for msgs in batch]
+            return super().complete(fixed, sampling)
+
+    res = probes.run_pipeline(_items()[:1], teachers.LLMTeacher(Chat(), derailing), derailing, student=None)
+    assert res["records"][0]["probes"][0]["status"].startswith("dropped: Eq. 1")
+    assert res["records"][0]["drop_reason"].startswith("Eq. 2: no probe survived Eq. 1")
+
+
+def test_program_pipeline_on_arith_end_to_end(tmp_path):
+    items = data.load("arith", "train", limit=20)
+    res = probes.run_pipeline(items, teachers.ProgramTeacher(), RULES, student=ScriptedStudent(right=False),
+                              out_dir=tmp_path)
+    stats = res["stats_items"].iloc[0]
+    assert stats.items_in == stats.teacher_correct == stats.items_kept_eq2 == 20
+    assert stats.probes_kept_eq1 >= 190
+    for name in ("ei_records.jsonl", "probe_dataset.jsonl", "stats_items.csv", "stats_rules.csv", "ei_summary.json"):
+        assert (tmp_path / name).exists()
