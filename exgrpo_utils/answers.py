@@ -180,13 +180,15 @@ def extract_both(example: Example, completion: str) -> Extraction:
         s, f = _extract_letter(text, n, example.choices)
     elif kind == "number":
         s, f = _extract_number(text)
+    elif kind == "latex" and example.choices:  # TabMWP multiple choice: answers are option texts
+        boxed = last_boxed(text)
+        s = _letter_to_choice(boxed, example.choices) if boxed is not None else None
+        f = s
+        if f is None:  # "the answer is (B)", "(B)", a bare letter, or the option's text
+            letter = _extract_letter(text, len(example.choices), example.choices)[1]
+            f = example.choices[LETTERS.index(letter)] if letter else None
     elif kind == "latex":
         s, f = _extract_latex(text)
-        if example.choices:  # TabMWP multiple choice: an option letter stands for its text
-            s, f = (_letter_to_choice(x, example.choices) for x in (s, f))
-            if f is None:
-                letter = _option_by_text(text, example.choices)
-                f = example.choices[LETTERS.index(letter)] if letter else None
     elif kind == "text":
         s, f = _extract_text(text)
     else:

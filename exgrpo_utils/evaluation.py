@@ -246,3 +246,17 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
     generator = generator or make_generator(model, backend=backend, dtype=dtype)
     return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
                           progress=progress)
+
+
+def before_after(summaries: dict[str, "object"]):
+    """{stage label: summary table} -> one row per stage, accuracy (95% CI) per dataset."""
+    import pandas as pd
+
+    rows = []
+    for label, table in summaries.items():
+        row = {"stage": label}
+        for _, r in table.iterrows():
+            if "avg" not in r["dataset"]:
+                row[r["dataset"]] = f"{r['accuracy']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -66,3 +66,36 @@ def probe_filter_bars(stats_rules, title: str = ""):
     ax.set_title(title or "Explanatory Inversion: probes per rule through the filters")
     fig.tight_layout()
     return fig
+
+
+def training_curves(log, columns: dict[str, str], title: str = "", smooth: int = 1):
+    """One panel per logged metric against the training step (Figure 3's R_base and r_dsu curves).
+
+    ``columns``: {log column: panel title}; missing columns are skipped. ``smooth`` > 1 adds a
+    rolling mean over that many steps.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    log = log[log["step"] > 0]
+    if "loss" in log.columns:  # the end-of-training summary row has no per-step metrics
+        log = log[log["loss"].notna()]
+    present = [(c, t) for c, t in columns.items() if c in log.columns]
+    if not present:
+        raise ValueError(f"none of the columns {list(columns)} are in the log")
+    cols = min(3, len(present))
+    rows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, (col, name) in zip(axes.flat, present):
+        ax.plot(log["step"], log[col], lw=1, alpha=0.5 if smooth > 1 else 1)
+        if smooth > 1:
+            ax.plot(log["step"], log[col].rolling(smooth, min_periods=1).mean(), lw=2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

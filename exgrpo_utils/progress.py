@@ -13,12 +13,19 @@ PROGRESS_ENV = "EXGRPO_PROGRESS"
 
 
 class LineProgress:
+    """A plain line at most every 5% of the work or 30 seconds, and at the end."""
+
     def __init__(self, total: int, desc: str):
         self.total, self.desc, self.n, self.t0 = total, desc, 0, time.time()
+        self.last_n, self.last_t = 0, self.t0
 
     def update(self, k: int = 1) -> None:
         self.n += k
-        elapsed = time.time() - self.t0
+        now = time.time()
+        if self.n < self.total and self.n - self.last_n < 0.05 * self.total and now - self.last_t < 30:
+            return
+        self.last_n, self.last_t = self.n, now
+        elapsed = now - self.t0
         eta = elapsed / self.n * (self.total - self.n) if self.n else float("nan")
         print(f"[{self.desc}] {self.n}/{self.total} ({elapsed:.0f} s, about {eta:.0f} s left)", file=sys.stderr, flush=True)
 

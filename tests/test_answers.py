@@ -74,6 +74,9 @@ CASES = [
     (TAB_MC, r"\boxed{B}", True, True),
     (TAB_MC, "The rate changes, so the function is nonlinear.", True, False),
     (TAB_MC, r"\boxed{linear}", False, False),
+    (TAB_MC, "(B) nonlinear\n\nThe rate changes from 1 to 12.", True, False),
+    (TAB_MC, "(A) linear, since 10 and 12 differ by 2", False, False),
+    (TAB_MC, "The answer is (B).", True, False),
 ]
 
 

@@ -84,3 +84,22 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
     stamp = (executed / "04_evaluate.ipynb").stat().st_mtime
     assert runner.main(["--preset", "smoke", "--run-name", "t"]) == 0  # finished notebooks are skipped
     assert (executed / "04_evaluate.ipynb").stat().st_mtime == stamp
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_training_sections_map_onto_the_settings(preset):
+    import dataclasses
+
+    from exgrpo_utils import exgrpo, sft, train_cli
+
+    cfg = yaml.safe_load(preset.read_text())
+    notebook_only = {"model", "train_dataset", "label", "init_model", "eval_datasets", "eval_limit",
+                     "eval_max_new_tokens", "eval_batch_size"}
+    for section, cls in (("02_sft", sft.SFTSettings), ("03_exgrpo", exgrpo.ExGRPOSettings)):
+        if section not in cfg:
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(cfg[section]) - fields <= notebook_only, set(cfg[section]) - fields - notebook_only
+        settings = train_cli.settings_from(cls, cfg[section])
+        for key in set(cfg[section]) & fields:
+            assert getattr(settings, key) == cfg[section][key]

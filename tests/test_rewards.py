@@ -1,0 +1,155 @@
+import math
+import random
+
+import pytest
+
+from exgrpo_utils import rewards
+from exgrpo_utils.data import Example
+from exgrpo_utils.dialogue import ChatLayout, plan_group, teacher_forced
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 4
+
+def test_r_base_is_the_evaluation_scorer():
+    ex = Example("q", "gsm8k", "...", "18")
+    assert rewards.r_base(ex, "so 9 * 2 = 18. The answer is 18.") == 1.0
+    assert rewards.r_base(ex, "The answer is 17.") == 0.0
+    assert rewards.r_base(ex, "") == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 5-6, hand-computed
+
+@pytest.mark.parametrize("full, partial, delta, nu, expected", [
+    ([1, 1, 0, 1], [1, 0, 0, 0], 0.5, 1.0, [1.5, 1.5, 0.0, 1.5]),  # 0.75 > 0.25: fires on correct rollouts only
+    ([1, 0, 0, 0], [1, 0, 0, 0], 0.5, 1.0, [1.0, 0.0, 0.0, 0.0]),  # equal: strict inequality does not fire
+    ([1, 1, 0, 0], [1, 0, 0, 0], 0.5, 2.0, [1.0, 1.0, 0.0, 0.0]),  # 0.5 > 2 * 0.25 is false
+    ([1, 1, 1, 0], [1, 0, 0, 0], 0.3, 2.0, [1.3, 1.3, 1.3, 0.0]),  # 0.75 > 0.5 fires
+    ([0, 0, 0, 0], [0, 0, 0, 0], 0.5, 1.0, [0.0, 0.0, 0.0, 0.0]),  # all zero: 0 > 0 is false
+    ([1, 1, 1, 1], [1, 1, 1, 1], 0.5, 1.0, [1.0, 1.0, 1.0, 1.0]),  # all one: 1 > 1 is false
+    ([1, 1, 1, 1], [1, 1, 1, 0], 0.5, 1.0, [1.5, 1.5, 1.5, 1.5]),
+    ([1, 0], [], 0.5, 1.0, [1.5, 0.0]),  # empty partial group: P_partial = 0 (kit default)
+    ([0, 0], [], 0.5, 1.0, [0.0, 0.0]),
+    ([], [1, 0], 0.5, 1.0, []),
+])
+def test_dsu_bonus_hand_computed(full, partial, delta, nu, expected):
+    assert rewards.dsu_bonus(full, partial, delta=delta, nu=nu) == pytest.approx(expected)
+
+
+def test_dsu_rejects_out_of_range_parameters():
+    with pytest.raises(ValueError, match="ν must be >= 1"):
+        rewards.dsu_bonus([1], [0], delta=0.5, nu=0.9)
+    with pytest.raises(ValueError, match="δ must be > 0"):
+        rewards.dsu_bonus([1], [0], delta=0.0)
+
+
+def test_bonus_never_lowers_the_expected_reward_of_a_full_rollout():
+    """The paper's theorem, checked on random groups: R_total >= R_base everywhere."""
+    rng = random.Random(0)
+    for _ in range(500):
+        full = [rng.randint(0, 1) for _ in range(rng.randint(1, 6))]
+        partial = [rng.randint(0, 1) for _ in range(rng.randint(0, 6))]
+        total = rewards.dsu_bonus(full, partial, delta=rng.uniform(0.1, 1), nu=rng.uniform(1, 3))
+        assert all(t >= b for t, b in zip(total, full))
+
+
+def test_group_rewards_keep_scenario_b_at_r_base_and_report_statistics():
+    totals, stats = rewards.exgrpo_group_rewards([1, 0, 1, 1, 0, 0], ["A", "B", "A", "A", "B", "B"], 0.5, 1.0)
+    assert totals == [1.5, 0.0, 1.5, 1.5, 0.0, 0.0]
+    assert stats == {"p_full": 1.0, "p_partial": 0.0, "fired": True}
+    totals, stats = rewards.exgrpo_group_rewards([0, 1], ["A", "B"], 0.5, 1.0)
+    assert totals == [0.0, 1.0] and stats["fired"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 7 advantages, hand-computed (sample std, as TRL)
+
+def test_group_advantages_hand_computed():
+    adv = rewards.group_advantages([1.5, 1.5, 0.0, 0.0])
+    std = math.sqrt((4 * 0.75 ** 2) / 3)  # mean 0.75
+    assert adv == pytest.approx([0.75 / (std + 1e-4)] * 2 + [-0.75 / (std + 1e-4)] * 2)
+    assert rewards.group_advantages([1, 1, 1, 1]) == [0.0] * 4  # all equal: no signal
+    assert rewards.group_advantages([0, 0, 0]) == [0.0] * 3
+    assert rewards.group_advantages([2.0, 0.0], scale=False) == [1.0, -1.0]
+    assert rewards.group_advantages([]) == []
+
+
+def test_advantages_match_trl_normalisation():
+    import torch
+
+    rs = [1.5, 0.0, 1.0, 1.0, 0.0, 0.0, 1.5, 0.0]
+    t = torch.tensor(rs).view(-1, 8)
+    expected = ((t - t.mean(dim=1, keepdim=True)) / (t.std(dim=1, keepdim=True) + 1e-4)).view(-1).tolist()
+    assert rewards.group_advantages(rs) == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dialogues
+
+def test_plan_group_orders_probes_without_repeats_and_b_is_a_prefix_of_a():
+    rng = random.Random(1)
+    for _ in range(200):
+        n, k, G = rng.randint(1, 10), rng.randint(1, 6), rng.choice([2, 4, 8, 5])
+        plans = plan_group("q", n, G=G, k=k, rng=rng)
+        a = [p for p in plans if p.scenario == "A"]
+        b = [p for p in plans if p.scenario == "B"]
+        assert len(a) == G - G // 2 and len(b) == G // 2
+        order = a[0].probe_order
+        assert len(order) == min(k, n) and len(set(order)) == len(order) and all(0 <= j < n for j in order)
+        assert all(p.probe_order == order for p in a)
+        for p in b:
+            assert len(p.probe_order) < len(order) and order[: len(p.probe_order)] == p.probe_order
+
+
+def test_plan_group_rejects_bad_groups():
+    with pytest.raises(ValueError, match="G must be >= 2"):
+        plan_group("q", 3, G=1, k=2, rng=random.Random(0))
+    with pytest.raises(ValueError, match="no probes"):
+        plan_group("q", 0, G=4, k=2, rng=random.Random(0))
+
+
+@pytest.fixture(scope="module")
+def layout(student_path):
+    from transformers import AutoTokenizer
+
+    return ChatLayout(AutoTokenizer.from_pretrained(student_path))
+
+
+def test_teacher_forced_dialogue_masks_exactly_the_assistant_tokens(layout):
+    tok = layout.tok
+    turns = [("Probe one?", "Because 2 + 3 = 5. The answer is 5."), ("Probe two?", "The answer is 7."),
+             ("Original question?", "So the answer is 12.")]
+    d = teacher_forced(layout, turns)
+    rendered = tok.apply_chat_template([m for u, a in turns for m in ({"role": "user", "content": u},
+                                                                      {"role": "assistant", "content": a})], tokenize=False)
+    assert tok.decode(d.full_ids) == rendered.rstrip("\n")
+    trained = [t for t, m in zip(d.completion_ids, d.mask) if m]
+    expected = []
+    for _, a in turns:
+        expected += layout.encode(a) + [tok.eos_token_id]
+    assert trained == expected  # every assistant token, its EOS, and nothing else
+    last_only = teacher_forced(layout, turns, train_last_only=True)
+    assert [t for t, m in zip(last_only.completion_ids, last_only.mask) if m] == layout.encode(turns[-1][1]) + [tok.eos_token_id]
+
+
+def test_rollout_keeps_generated_tokens_and_masks_context(layout, student):
+    from exgrpo_utils.exgrpo import rollout_dialogues
+
+    model, tok = student
+    dialogues = [["What is 2 + 3?", "What is 4 + 4?", "What is 1 + 1?"], ["What is 1 + 1?"]]
+    out = rollout_dialogues(model, tok, layout, dialogues, None, temperature=0.0, max_probe_tokens=8, max_final_tokens=8)
+    (full, final_a), (short, final_b) = out
+    assert final_a and final_b
+    # context segments (mask 0) are exactly the template's turn switches with the next probe
+    text = tok.decode(full.full_ids)
+    for q in dialogues[0]:
+        assert text.count(q) == 1
+    policy = [t for t, m in zip(full.completion_ids, full.mask) if m]
+    context = tok.decode([t for t, m in zip(full.completion_ids, full.mask) if not m])
+    assert "What is 4 + 4?" in context and "What is 1 + 1?" in context and "<|im_start|>assistant" in context
+    assert len(policy) <= 3 * 8 and short.mask == [1] * len(short.mask)  # one turn: all policy tokens
+    teacher = rollout_dialogues(model, tok, layout, dialogues[:1], [["five", "eight"]], temperature=0.0,
+                                max_probe_tokens=8, max_final_tokens=8)[0][0]
+    assert sum(teacher.mask) <= 8  # teacher answers are context; only the final answer is policy
+    assert "five" in tok.decode([t for t, m in zip(teacher.completion_ids, teacher.mask) if not m])

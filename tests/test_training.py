@@ -1,0 +1,98 @@
+"""Two-step smoke runs of SFT and ExGRPO on the embedded student, with a resume from step 1."""
+import json
+import shutil
+
+import pytest
+
+from exgrpo_utils import data, exgrpo, probes, rules, sft, teachers
+from exgrpo_utils.trainlog import read_train_log
+
+
+@pytest.fixture(scope="module")
+def probe_records(tmp_path_factory):
+    items = data.load("arith", "train", limit=4)
+    out = tmp_path_factory.mktemp("ei")
+    probes.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=out)
+    return probes.load_probe_dataset(out / "probe_dataset.jsonl")
+
+
+def _adapter_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def _step_rows(log):
+    return log[log["loss"].notna()].set_index("step")
+
+
+def _resume_from_step_one(out_dir):
+    """Forget everything after the step-1 checkpoint, as a run killed during step 2 would."""
+    shutil.rmtree(out_dir / "checkpoints" / "checkpoint-2")
+    shutil.rmtree(out_dir / "final")
+
+
+def test_sft_two_steps_then_resume_reproduces_step_two(probe_records, tmp_path, student_path):
+    settings = sft.SFTSettings(max_steps=2, batch_size=4, save_steps=1, seed=0)
+    first = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
+    assert first["steps"] == 2 and first["rows"] == sum(len(r["probes"]) + 1 for r in probe_records)
+    weights = _adapter_weights(tmp_path / "final")
+    assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)  # LoRA B starts at zero
+    log1 = _step_rows(read_train_log(tmp_path / "train_log.jsonl"))
+    _resume_from_step_one(tmp_path)
+    second = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
+    assert second["resumed_from"].endswith("checkpoint-1")
+    log2 = read_train_log(tmp_path / "train_log.jsonl")
+    steps = _step_rows(log2)
+    assert list(steps.index) == [1, 2]  # one curve, no duplicated step
+    assert steps.loc[2, "loss"] == pytest.approx(log1.loc[2, "loss"], rel=1e-3)
+
+
+def test_sft_data_fraction_keeps_a_seeded_share_of_questions(probe_records):
+    half = sft.subsample_questions(probe_records, 0.5, seed=0)
+    assert len(half) == 2 and half == sft.subsample_questions(probe_records, 0.5, seed=0)
+    rows = sft.sft_rows(half, rules.load_rules(), include_original_cot=False)
+    assert len(rows) == sum(len(r["probes"]) for r in half)
+    assert all(r["completion"][0]["role"] == "assistant" for r in rows)
+    with pytest.raises(ValueError, match="data_fraction"):
+        sft.subsample_questions(probe_records, 0.0, seed=0)
+
+
+def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, student_path):
+    settings = exgrpo.ExGRPOSettings(k=2, G=4, max_probe_tokens=12, max_final_tokens=16, max_steps=2, save_steps=1,
+                                     learning_rate=1e-4, seed=0)
+    first = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
+                                settings=settings)
+    assert first["steps"] == 2
+    log1 = _step_rows(read_train_log(tmp_path / "train_log.jsonl"))
+    for col in ("exgrpo/r_base", "exgrpo/bonus_fired", "exgrpo/p_full", "exgrpo/p_partial", "exgrpo/r_dsu", "kl",
+                "aux_sft_loss", "completions/mean_length", "num_tokens", "wall_time_s"):
+        assert col in log1.columns, col
+    assert (log1["aux_sft_loss"] > 0).all()
+    weights = _adapter_weights(tmp_path / "final")
+    assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)
+    _resume_from_step_one(tmp_path)
+    second = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
+                                 settings=settings)
+    assert second["resumed_from"].endswith("checkpoint-1")
+    steps = _step_rows(read_train_log(tmp_path / "train_log.jsonl"))
+    assert list(steps.index) == [1, 2]
+    for col in ("completions/mean_length", "exgrpo/r_base", "aux_sft_loss"):
+        assert steps.loc[2, col] == pytest.approx(log1.loc[2, col], rel=1e-3, abs=1e-6), col
+
+
+def test_plain_grpo_variant_trains_on_independent_probes(probe_records, tmp_path, student_path):
+    settings = exgrpo.ExGRPOSettings(mode="grpo", G=4, max_final_tokens=16, max_steps=1, save_steps=10, aux_lambda=0.0)
+    rows = exgrpo.training_rows(probe_records, rules.load_rules(), settings)
+    assert len(rows) == sum(len(r["probes"]) + 1 for r in probe_records)
+    summary = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
+                                  settings=settings)
+    log = _step_rows(read_train_log(tmp_path / "train_log.jsonl"))
+    assert summary["steps"] == 1 and "exgrpo/r_base" in log.columns and "exgrpo/bonus_fired" not in log.columns
+    assert "aux_sft_loss" not in log.columns
+
+
+def test_bad_settings_are_refused(probe_records, tmp_path):
+    with pytest.raises(ValueError, match="mode must be"):
+        exgrpo.train_exgrpo(init_model="x", probe_records=probe_records, out_dir=tmp_path,
+                            settings=exgrpo.ExGRPOSettings(mode="ppo"))
