@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make reproduce   set up .venv if needed, then run the default reproduction (CPU, offline)
 #   make test        set up .venv if needed, then run the test suite
-# Optional: make lab (JupyterLab with the project's kernel), make bench, make smoke.
+# Optional: make lab (JupyterLab with the project's kernel), make bench, make bench-rl, make smoke.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-gpu reproduce smoke test lab bench clean-venv
+.PHONY: setup setup-gpu reproduce smoke test lab bench bench-rl clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -34,6 +34,9 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/bench_generation.py
+
+bench-rl: setup
+	$(PY) benchmarks/bench_rl_step.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -31,18 +31,19 @@ def main() -> None:
     items = data.load("arith", "train", limit=max(4, args.steps))
     probes.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
     records = probes.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
-    print(f"{'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13}")
+    print(f"{'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13} {'peak MiB':>9}")
     for mode in ("exgrpo", "grpo"):
         settings = exgrpo.ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.tokens,
                                          max_final_tokens=args.tokens, max_steps=args.steps, save_steps=10_000)
-        exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=work / mode, settings=settings,
-                            resume=False)
+        summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=work / mode,
+                                      settings=settings, resume=False)
         log = read_train_log(work / mode / "train_log.jsonl")
         log = log[log["loss"].notna()].iloc[1:] if len(log[log["loss"].notna()]) > 1 else log[log["loss"].notna()]
         seconds = log["step_time"].mean()
         tokens = (log["completions/mean_length"] * args.G).mean()  # policy tokens per step
-        print(f"{mode:>7} {seconds:>8.1f} {tokens:>13.0f} {1000 * seconds / tokens:>13.1f}")
-    print(f"(first step dropped as warm-up; work dir {work})")
+        print(f"{mode:>7} {seconds:>8.1f} {tokens:>13.0f} {1000 * seconds / tokens:>13.1f} "
+              f"{summary['peak_memory_mib']:>9.0f}")
+    print(f"(first step dropped as warm-up; peak memory is the process peak so far; work dir {work})")
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     import torch
 
     from .models import default_device, load_model
-    from .sft import last_checkpoint, lora_config
+    from .sft import last_checkpoint, lora_config, peak_memory_mib
     from .trainlog import JsonlLogCallback
 
     if settings.mode not in ("exgrpo", "grpo"):
@@ -404,6 +404,7 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
     summary = {"init_model": init_model, "base": base_path, "settings": asdict(settings), "rows": len(rows),
-               "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt, "final": str(final)}
+               "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt,
+               "peak_memory_mib": peak_memory_mib(), "final": str(final)}
     atomic_write_json(out_dir / "rl_summary.json", summary)
     return summary

@@ -73,6 +73,17 @@ def lora_config(r: int, alpha: int, dropout: float):
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def peak_memory_mib() -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, resident set size on CPU."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def last_checkpoint(out_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -121,6 +132,6 @@ def train_sft(*, model: str, probe_records: Sequence[dict], out_dir: str | Path,
     tok.save_pretrained(str(final))
     summary = {"model": model, "settings": asdict(settings), "rows": len(rows), "questions": len(records),
                "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt,
-               "tokens_seen": trainer.state.num_input_tokens_seen, "final": str(final)}
+               "peak_memory_mib": peak_memory_mib(), "final": str(final)}
     atomic_write_json(out_dir / "sft_summary.json", summary)
     return summary
