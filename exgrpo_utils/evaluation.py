@@ -16,6 +16,7 @@ from . import answers, prompts
 from .data import DATASETS, HELD_IN, OOD, Example
 from .generation import Generator, SamplingConfig
 from .io import append_jsonl, atomic_write_json, read_log_jsonl
+from .progress import progress as make_progress
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def evaluate_examples(generator: Generator, examples: Sequence[Example], out_pat
         # Similar lengths together: less padding per batch.
         lengths = {ex.id: len(generator.render(msgs[ex.id])) for ex in todo}
         todo.sort(key=lambda ex: lengths[ex.id], reverse=True)
-        bar = _progress(total=len(todo), desc=f"eval {examples[0].dataset}", enabled=progress)
+        bar = make_progress(total=len(todo), desc=f"eval {examples[0].dataset}", enabled=progress)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             outs = generator.generate([msgs[ex.id] for ex in chunk], sampling)
@@ -110,12 +111,6 @@ def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
 
         atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return {r["id"]: r for r in records}
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from .progress import progress
-
-    return progress(total=total, desc=desc, enabled=enabled)
 
 
 # ---------------------------------------------------------------------------------------------

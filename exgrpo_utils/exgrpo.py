@@ -116,8 +116,6 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
                       max_final_tokens: int) -> list[tuple[DialogueTokens, str]]:
     """Run dialogues turn by turn, all rollouts in lockstep. ``dialogues[i]``: the user turns (probes,
     then the original question). Returns each rollout's tokens with the policy mask, and its final answer."""
-    import torch
-
     states = [DialogueTokens(layout.first_prompt(turns[0])) for turns in dialogues]
     finals = [""] * len(dialogues)
     n_turns = max(len(t) for t in dialogues)
@@ -280,11 +278,9 @@ def make_trainer_class():
     class ExGRPOTrainer(GRPOTrainer):
         """GRPOTrainer plus Eq. 8's auxiliary SFT loss on the teacher's probe answers."""
 
-        def __init__(self, *args, aux_lambda: float = 0.0, aux_source=None, layout=None, rules=None,
-                     records=None, **kwargs):
+        def __init__(self, *args, aux_lambda: float = 0.0, aux_source=None, layout=None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.aux_lambda, self.aux_source, self.layout, self.rules = aux_lambda, aux_source, layout, rules
-            self.records = {r["id"]: r for r in (records or [])}
+            self.aux_lambda, self.aux_source, self.layout = aux_lambda, aux_source, layout
             self._aux_batch: list[DialogueTokens] = []
 
         def _generate_and_score_completions(self, inputs):
@@ -395,7 +391,7 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
         peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
         rollout_func=rollout, callbacks=[JsonlLogCallback(out_dir / "train_log.jsonl")],
-        aux_lambda=settings.aux_lambda, aux_source=rollout, layout=layout, rules=rules, records=probe_records)
+        aux_lambda=settings.aux_lambda, aux_source=rollout, layout=layout)
     ckpt = last_checkpoint(out_dir) if resume else None
     t0 = time.time()
     trainer.train(resume_from_checkpoint=ckpt)

@@ -24,6 +24,7 @@ from typing import Sequence
 from . import prompts, synthetic
 from .data import Example
 from .generation import SamplingConfig
+from .progress import progress
 from .rules import Rule, RuleSet
 
 
@@ -34,12 +35,6 @@ class ProbeDraft:
     reason: str | None = None
     gold: str | None = None  # exact answer, when the teacher knows it (program teacher)
     explanation: tuple[str, ...] | None = None  # the program teacher's worked steps for that answer
-
-
-def _progress(total, desc):
-    from .progress import progress
-
-    return progress(total=total, desc=desc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +61,7 @@ class LLMTeacher:
         self.name = f"{chat.kind}:{chat.model}"
 
     def _complete(self, batch, desc):
-        bar = _progress(len(batch), desc)
+        bar = progress(total=len(batch), desc=desc)
         try:
             if hasattr(self.chat, "cache"):
                 return [r.text for r in self.chat.complete(batch, self.sampling, progress=bar)]

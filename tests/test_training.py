@@ -1,5 +1,4 @@
 """Two-step smoke runs of SFT and ExGRPO on the embedded student, with a resume from step 1."""
-import json
 import shutil
 
 import pytest
