@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make reproduce   set up .venv if needed, then run the default reproduction (CPU, offline)
 #   make test        set up .venv if needed, then run the test suite
-# Optional: make lab (JupyterLab with the project's kernel), make bench, make bench-rl, make smoke.
+# Optional: make reproduce-full (3-seed baselines and ablations), make reproduce-scratch (main job
+# from scratch into scratch-results/), make lab (JupyterLab), make bench, make bench-rl, make smoke.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-gpu reproduce smoke test lab bench bench-rl clean-venv
+.PHONY: setup setup-gpu reproduce reproduce-full reproduce-scratch smoke test lab bench bench-rl clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,6 +22,14 @@ setup-gpu:
 
 reproduce: setup
 	$(PY) -m exgrpo_utils.runner --preset $(PRESET)
+
+# every baseline and ablation with 3 seeds, added to the cpu run (about 2 h more on 2 cores)
+reproduce-full: reproduce
+	$(PY) -m exgrpo_utils.runner --preset cpu-full
+
+# the main job from scratch into scratch-results/ (the committed results/ stay untouched)
+reproduce-scratch: setup
+	EXGRPO_RESULTS_DIR=$(abspath scratch-results) $(PY) -m exgrpo_utils.runner --preset $(PRESET)
 
 smoke: setup
 	$(PY) -m exgrpo_utils.runner --preset smoke --run-name smoke

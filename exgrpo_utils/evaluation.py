@@ -40,7 +40,10 @@ def check_settings(out_dir: Path, settings: EvalSettings) -> None:
     if path.exists():
         import json
 
+        from .paths import portable
+
         have = json.loads(path.read_text())
+        have["model"] = portable(have.get("model", ""))  # records written before paths were stored relative
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
         if diff:
             raise SettingsMismatchError(
@@ -61,29 +64,44 @@ def evaluate_examples(generator: Generator, examples: Sequence[Example], out_pat
                       sampling: SamplingConfig, batch_size: int = 32, progress: bool = True,
                       system_prompt: str | None = None) -> list[dict]:
     """Generate and score every example not yet in ``out_path``; return all records in example order."""
-    out_path = Path(out_path)
-    done = _rescored(out_path, {ex.id: ex for ex in examples})
-    todo = [ex for ex in examples if ex.id not in done]
+    return evaluate_pooled(generator, {"": (examples, out_path)}, sampling=sampling, batch_size=batch_size,
+                           progress=progress, system_prompt=system_prompt)[""]
+
+
+def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example], str | Path]], *,
+                    sampling: SamplingConfig, batch_size: int = 32, progress: bool = True,
+                    system_prompt: str | None = None) -> dict[str, list[dict]]:
+    """Several datasets at once: {name: (examples, out_path)} -> {name: records in example order}.
+
+    Items of every dataset share batches, longest prompts first (less padding, full batches even for
+    small per-dataset subsamples); each record goes to its own dataset's file as its batch finishes."""
+    done: dict[str, dict[str, dict]] = {}
+    todo: list[tuple[str, Example]] = []
+    for name, (examples, out_path) in jobs.items():
+        done[name] = _rescored(Path(out_path), {ex.id: ex for ex in examples})
+        todo += [(name, ex) for ex in examples if ex.id not in done[name]]
     if todo:
-        msgs = {ex.id: prompts.messages_for(ex, system_prompt) for ex in todo}
-        # Similar lengths together: less padding per batch.
-        lengths = {ex.id: len(generator.render(msgs[ex.id])) for ex in todo}
-        todo.sort(key=lambda ex: lengths[ex.id], reverse=True)
-        bar = make_progress(total=len(todo), desc=f"eval {examples[0].dataset}", enabled=progress)
+        msgs = {(name, ex.id): prompts.messages_for(ex, system_prompt) for name, ex in todo}
+        lengths = {key: len(generator.render(m)) for key, m in msgs.items()}
+        todo.sort(key=lambda t: lengths[(t[0], t[1].id)], reverse=True)
+        names = sorted({ex.dataset for _, ex in todo})
+        bar = make_progress(total=len(todo), desc=f"eval {names[0] if len(names) == 1 else f'{len(names)} datasets'}",
+                            enabled=progress)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            outs = generator.generate([msgs[ex.id] for ex in chunk], sampling)
-            recs = []
-            for ex, out in zip(chunk, outs):
+            outs = generator.generate([msgs[(name, ex.id)] for name, ex in chunk], sampling)
+            per_file: dict[str, list[dict]] = {}
+            for (name, ex), out in zip(chunk, outs):
                 rec = {"id": ex.id, "dataset": ex.dataset, "answer": ex.answer,
-                       "prompt": generator.render(msgs[ex.id]), "completion": out.text,
+                       "prompt": generator.render(msgs[(name, ex.id)]), "completion": out.text,
                        "n_tokens": out.n_tokens, "finished": out.finished, **score_record(ex, out.text)}
-                recs.append(rec)
-                done[ex.id] = rec
-            append_jsonl(out_path, recs)
+                per_file.setdefault(name, []).append(rec)
+                done[name][ex.id] = rec
+            for name, recs in per_file.items():
+                append_jsonl(Path(jobs[name][1]), recs)
             bar.update(len(chunk))
         bar.close()
-    return [done[ex.id] for ex in examples if ex.id in done]
+    return {name: [done[name][ex.id] for ex in examples if ex.id in done[name]] for name, (examples, _) in jobs.items()}
 
 
 def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
@@ -204,13 +222,13 @@ def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_d
     out_dir = Path(out_dir)
     check_settings(out_dir, settings)
     sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
-    scores = []
     for name, examples in suites.items():
         if not examples:
             raise ValueError(f"dataset {name!r} has no examples to evaluate")
-        recs = evaluate_examples(generator, examples, out_dir / f"{name}.jsonl", sampling=sampling,
-                                 batch_size=batch_size, progress=progress, system_prompt=settings.system_prompt)
-        scores.append(score_records(name, recs))
+    records = evaluate_pooled(generator, {name: (examples, out_dir / f"{name}.jsonl") for name, examples in suites.items()},
+                              sampling=sampling, batch_size=batch_size, progress=progress,
+                              system_prompt=settings.system_prompt)
+    scores = [score_records(name, records[name]) for name in suites]
     table = summary_table(scores, label=label)
     from .io import atomic_write_text
 
@@ -236,11 +254,40 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
     for name in datasets:
         ds_split = split if split in DATASETS[name].splits else "test"
         suites[name] = load(name, ds_split, data_dir=data_dir or None, limit=limit_per_dataset, sample_seed=sample_seed)
-    settings = EvalSettings(model=model, max_new_tokens=max_new_tokens, dtype=dtype, backend=backend)
+    from .paths import portable
+
+    settings = EvalSettings(model=portable(model), max_new_tokens=max_new_tokens, dtype=dtype, backend=backend)
     check_settings(Path(out_dir), settings)  # fail before loading a model, not after
     generator = generator or make_generator(model, backend=backend, dtype=dtype)
     return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
                           progress=progress)
+
+
+def safe_label(label: str) -> str:
+    """A method label as a folder name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def resolve_models(models: dict[str, str], run: Path) -> dict[str, str]:
+    """{label: registry name or path inside ``run``} -> {label: what ``load_model`` accepts}.
+
+    A relative path that exists inside the run folder wins; a registry name stays a name; anything
+    else is an error that names the label (a typo should not become a silent download attempt)."""
+    from .models import MODELS
+
+    out = {}
+    for label, spec in models.items():
+        candidate = Path(run) / spec
+        if candidate.exists():
+            out[label] = str(candidate)
+        elif spec in MODELS or Path(spec).exists():
+            out[label] = spec
+        else:
+            raise FileNotFoundError(f"model {label!r}: {spec!r} is neither a registry name, a path, nor a path inside {run} "
+                                    "(did the training notebook finish?)")
+    return out
 
 
 def before_after(summaries: dict[str, "object"]):

@@ -58,7 +58,11 @@ class ExGRPOSettings:
     lora_r: int = 32  # kit default
     lora_alpha: int = 64  # kit default
     seed: int = 0
-    bf16: bool | None = None  # None: bf16 on GPUs that support it, float32 on CPU
+    bf16: bool | None = None  # None: see ``sft.training_precision``
+    use_vllm: bool = False  # GPU only: rollouts (every dialogue turn) through TRL's vLLM engine
+    vllm_mode: str = "colocate"  # "colocate" (same GPUs) or "server" (``trl vllm-serve`` on other GPUs)
+    vllm_gpu_memory_utilization: float = 0.3  # colocate: the share of each GPU vLLM may take (kit default)
+    vllm_server_base_url: str = ""  # server mode, e.g. http://127.0.0.1:8000
 
 
 def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: bool):
@@ -81,7 +85,10 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=settings.max_steps, save_steps=settings.save_steps, save_total_limit=3,
         logging_steps=1, seed=settings.seed, data_seed=settings.seed, bf16=bf16, use_cpu=device == "cpu",
-        gradient_checkpointing=False, use_vllm=False, report_to="none", remove_unused_columns=False,
+        gradient_checkpointing=False, report_to="none", remove_unused_columns=False,
+        use_vllm=settings.use_vllm, vllm_mode=settings.vllm_mode,
+        vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        vllm_server_base_url=settings.vllm_server_base_url or None,
         log_completions=False, dataloader_num_workers=0, shuffle_dataset=True)
 
 
@@ -113,9 +120,14 @@ def training_rows(records: Sequence[dict], rules: RuleSet, settings: ExGRPOSetti
 
 def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[list[str]],
                       teacher_answers: Sequence[list[str]] | None, *, temperature: float, max_probe_tokens: int,
-                      max_final_tokens: int) -> list[tuple[DialogueTokens, str]]:
+                      max_final_tokens: int, sampler=None) -> list[tuple[DialogueTokens, str]]:
     """Run dialogues turn by turn, all rollouts in lockstep. ``dialogues[i]``: the user turns (probes,
-    then the original question). Returns each rollout's tokens with the policy mask, and its final answer."""
+    then the original question). Returns each rollout's tokens with the policy mask, and its final answer.
+
+    ``sampler(contexts, temperature=, max_new_tokens=)`` -> one token list per context; default:
+    ``model.generate`` (``_sample``); on GPUs ``VLLMTurnSampler`` (TRL's vLLM engine, weights synced)."""
+    if sampler is None:
+        sampler = lambda contexts, **kw: _sample(model, tokenizer, contexts, **kw)
     states = [DialogueTokens(layout.first_prompt(turns[0])) for turns in dialogues]
     finals = [""] * len(dialogues)
     n_turns = max(len(t) for t in dialogues)
@@ -134,7 +146,7 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
             idx = [i for i, f in to_generate if f == is_final]
             if not idx:
                 continue
-            outs = _sample(model, tokenizer, [states[i].full_ids for i in idx], temperature=temperature,
+            outs = sampler([states[i].full_ids for i in idx], temperature=temperature,
                            max_new_tokens=max_final_tokens if is_final else max_probe_tokens)
             for i, gen in zip(idx, outs):
                 ended = bool(gen) and gen[-1] == layout.eos_id
@@ -168,6 +180,32 @@ def _sample(model, tokenizer, contexts: Sequence[list[int]], *, temperature: flo
                 row = row[:-1]
         result.append(row)
     return result
+
+
+class VLLMTurnSampler:
+    """One dialogue turn through the trainer's vLLM engine (``use_vllm=True``: TRL syncs the policy
+    weights into vLLM before each ``rollout_func`` call; colocate and server modes both work through
+    ``VLLMGeneration.generate``). The turn's token budget is set for the call and restored after."""
+
+    def __init__(self, vllm_generation, eos_id: int):
+        self.engine, self.eos_id = vllm_generation, eos_id
+
+    def __call__(self, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int) -> list[list[int]]:
+        if not contexts:
+            return []
+        saved = (self.engine.max_completion_length, self.engine.temperature)
+        self.engine.max_completion_length, self.engine.temperature = max_new_tokens, temperature
+        try:
+            _, completion_ids, _, _ = self.engine.generate(prompts=[list(c) for c in contexts], images=None, num_generations=1)
+        finally:
+            self.engine.max_completion_length, self.engine.temperature = saved
+        out = []
+        for row in completion_ids:
+            row = list(row)
+            if self.eos_id in row:
+                row = row[: row.index(self.eos_id) + 1]
+            out.append(row)
+        return out
 
 
 class DialogueRollout:
@@ -209,11 +247,12 @@ class DialogueRollout:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
+        sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.eos_id) if getattr(trainer, "use_vllm", False) else None
         try:
             out = rollout_dialogues(model, self.tokenizer, self.layout, dialogues,
                                     teacher if self.settings.probe_answers == "teacher" else None,
                                     temperature=self.settings.temperature, max_probe_tokens=self.settings.max_probe_tokens,
-                                    max_final_tokens=self.settings.max_final_tokens)
+                                    max_final_tokens=self.settings.max_final_tokens, sampler=sampler)
         finally:
             model.train(was_training)
         # Eq. 8's teacher-forced dialogues: the Scenario A probe order of each question
@@ -333,8 +372,9 @@ def aux_sft_loss(model, batch: Sequence[DialogueTokens], *, pad_id: int):
 
 
 def prepare_init(init_model: str, out_dir: Path) -> str:
-    """The starting weights as a plain checkpoint: an SFT adapter is merged once into ``out_dir/init``,
-    which becomes the frozen base (and so TRL's reference policy)."""
+    """The starting weights as a plain checkpoint: an SFT adapter is merged once, and the merged model
+    becomes the frozen base (and so TRL's reference policy). An adapter saved as ``<run>/final`` is
+    merged into ``<run>/merged``, shared by every RL run that starts from it; others into ``out_dir/init``."""
     import json
     import shutil
     import tempfile
@@ -344,12 +384,12 @@ def prepare_init(init_model: str, out_dir: Path) -> str:
     source = ensure_local(init_model)
     if not (Path(source) / "adapter_config.json").exists():
         return source
-    target = out_dir / "init"
+    target = Path(source).parent / "merged" if Path(source).name == "final" else out_dir / "init"
     marker = target / "exgrpo_init.json"
     if marker.exists() and json.loads(marker.read_text()).get("source") == str(Path(source).resolve()):
         return str(target)
     model, tok = load_model(source, dtype="float32", device="cpu")  # merges the adapter
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".init."))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".init."))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "exgrpo_init.json").write_text(json.dumps({"source": str(Path(source).resolve())}))
@@ -363,10 +403,9 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
                  settings: ExGRPOSettings = ExGRPOSettings(), rules: RuleSet | None = None, resume: bool = True) -> dict:
     """Train from ``init_model`` (the SFT output, or the base student for a cold start); save ``out_dir/final``."""
     import datasets
-    import torch
 
     from .models import default_device, load_model
-    from .sft import last_checkpoint, lora_config, peak_memory_mib
+    from .sft import finished_run, last_checkpoint, lora_config, peak_memory_mib, train_from, trained_tokens, training_precision
     from .trainlog import JsonlLogCallback
 
     if settings.mode not in ("exgrpo", "grpo"):
@@ -376,11 +415,14 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_run(out_dir, "rl_summary.json", settings, init_model=init_model) if resume else None
+    if done:
+        return done
     rules = rules or load_rules()
     device = default_device()
-    bf16 = settings.bf16 if settings.bf16 is not None else (device == "cuda" and torch.cuda.is_bf16_supported())
+    dtype, bf16 = training_precision(settings.bf16, device)
     base_path = prepare_init(init_model, out_dir)
-    model, tok = load_model(base_path, dtype="bfloat16" if bf16 else "float32", device=device, for_training=True)
+    model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
     tok.padding_side = "left"
     layout = ChatLayout(tok)
     rows = training_rows(probe_records, rules, settings)
@@ -394,13 +436,14 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
         aux_lambda=settings.aux_lambda, aux_source=rollout, layout=layout)
     ckpt = last_checkpoint(out_dir) if resume else None
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=ckpt)
+    train_from(trainer, ckpt, settings.max_steps)
     seconds = time.time() - t0
     final = out_dir / "final"
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
     summary = {"init_model": init_model, "base": base_path, "settings": asdict(settings), "rows": len(rows),
                "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt,
+               "train_tokens": trained_tokens(trainer.state.log_history),
                "peak_memory_mib": peak_memory_mib(), "final": str(final)}
     atomic_write_json(out_dir / "rl_summary.json", summary)
     return summary

@@ -22,3 +22,15 @@ def run_dir(run_name: str, results: str | os.PathLike | None = None) -> Path:
     path = results_root(results) / "runs" / run_name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def portable(path: str | os.PathLike) -> str:
+    """``path`` relative to the project root when it lies inside it (so records survive a move or a
+    fresh clone); anything else (a registry name, a path elsewhere) unchanged."""
+    text = str(path)
+    if not Path(text).is_absolute():
+        return text
+    try:
+        return str(Path(text).resolve().relative_to(PROJECT_ROOT))
+    except (ValueError, OSError):
+        return text

@@ -1,7 +1,18 @@
 """Plots. One function per figure; each returns the matplotlib Figure and can save PNG and PDF."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+
+def _plt():
+    """pyplot on the non-interactive Agg backend (headless runs), unless a backend is already chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save(fig, path_stem: str | Path) -> list[Path]:
@@ -19,10 +30,7 @@ def accuracy_bars(summary, title: str = "", paper_averages: dict[str, float] | N
 
     ``paper_averages``: optional {"held-in-avg8": value, ...} drawn as dashed reference lines.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _plt()
     import seaborn as sns
 
     df = summary.copy()
@@ -48,10 +56,7 @@ def accuracy_bars(summary, title: str = "", paper_averages: dict[str, float] | N
 
 def probe_filter_bars(stats_rules, title: str = ""):
     """Per rule: probes generated, kept by Eq. 1, and in questions kept by Eq. 2."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     df = stats_rules.groupby("rule", sort=False)[["generated", "kept_eq1", "in_kept_items"]].sum()
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(df) + 2), 4))
@@ -74,10 +79,7 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
     ``columns``: {log column: panel title}; missing columns are skipped. ``smooth`` > 1 adds a
     rolling mean over that many steps.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     log = log[log["step"] > 0]
     if "loss" in log.columns:  # the end-of-training summary row has no per-step metrics
@@ -97,5 +99,62 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training"):
+    """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, col, name in ((axes[0], "r_base", "R_base (Eq. 4)"), (axes[1], "r_dsu", "mean r_dsu (Eq. 5)")):
+        if len(curves):
+            for rid, grp in curves.groupby("run_id"):
+                ax.plot(grp["step"], grp[col], lw=1, alpha=0.5, label=rid)
+            mean = curves.groupby("step")[col].mean()
+            ax.plot(mean.index, mean.values, lw=2.5, color="k", label="mean")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("training step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data fraction"):
+    """Accuracy against the data fraction p, ExGRPO vs SFT, with 95% intervals."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, grp in points.groupby("method"):
+        grp = grp.sort_values("p")
+        lo = (grp["mean"] - grp["low"]).fillna(0).clip(lower=0)
+        hi = (grp["high"] - grp["mean"]).fillna(0).clip(lower=0)
+        ax.errorbar(grp["p"], grp["mean"], yerr=[lo, hi], marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xticks([0.1, 0.25, 0.5, 1.0], ["0.1", "0.25", "0.5", "1.0"])
+    ax.set_xlabel("fraction p of the training questions")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens"):
+    """Accuracy against the tokens processed in training (warm-up included), one point per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = {"sft": "o", "rl": "s", "zero-shot": "*"}
+    for _, r in points.iterrows():
+        x = max(r["train_tokens"], 1.0)
+        yerr = None
+        if not math.isnan(r["low"]):
+            yerr = [[max(0.0, r["mean"] - r["low"])], [max(0.0, r["high"] - r["mean"])]]
+        ax.errorbar([x], [r["mean"]], yerr=yerr, marker=markers.get(r["kind"], "o"), capsize=2, ls="none")
+        ax.annotate(r["key"], (x, r["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (prompt + completion, warm-up included; zero-shot at 1)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

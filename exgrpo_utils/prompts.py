@@ -13,6 +13,7 @@ INSTRUCTIONS = {
     "letter": 'Think step by step, then finish with "The answer is (X)", where X is the letter of the correct choice.',
     "number": 'Think step by step, then finish with "The answer is N", where N is a number.',
     "latex": "Think step by step, then put your final answer within \\boxed{}.",
+    "text": 'Think step by step, then finish with "The answer is ...".',  # generated questions of unknown type
 }
 PROMPT_VERSION = "eval-v1"  # bump when the wording changes: it is part of every evaluation's identity
 

@@ -29,6 +29,10 @@ class RuleSet:
     templates: dict
     path: str
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(r.id for r in self.rules)
+
     def by_id(self, rule_id: str) -> Rule:
         for r in self.rules:
             if r.id == rule_id:

@@ -4,8 +4,8 @@
     python -m exgrpo_utils.runner --preset smoke --run-name t  # seconds to minutes
     python -m exgrpo_utils.runner --preset cpu --only 04_evaluate --set limit_per_dataset=10
 
-Presets live in ``configs/<preset>.yaml``: a ``notebooks`` list and one section of parameters per
-notebook. Each executed notebook goes to ``results/executed/<run>/<notebook>.ipynb`` with its
+Presets live in ``configs/<preset>.yaml``: a ``notebooks`` list, one section of parameters per
+notebook, and optionally ``run_name`` (the run folder it writes to; default the preset's name). Each executed notebook goes to ``results/executed/<run>/<notebook>.ipynb`` with its
 resolved parameters beside it (``<notebook>.parameters.json``). A notebook that finished with the
 same parameters is skipped on the next run (``--force`` reruns it); the stages inside resume too.
 """
@@ -100,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = load_preset(args.preset)
-    run_name = args.run_name or Path(args.preset).stem
+    # outputs: results/runs/<run_name>; a preset may name the run it extends (cpu-full adds to cpu)
+    run_name = args.run_name or cfg.get("run_name") or Path(args.preset).stem
+    executed_name = args.run_name or Path(args.preset).stem
     overrides = parse_overrides(args.set)
     stems = args.only or cfg["notebooks"]
     unused = set(overrides) - {k for stem in stems for k in cfg.get(stem, {})}
     if unused:
         raise SystemExit(f"--set {', '.join(sorted(unused))}: applies to no notebook of this run ({', '.join(stems)})")
-    out_dir = results_root() / "executed" / run_name
+    out_dir = results_root() / "executed" / executed_name
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for stem in stems:

@@ -25,6 +25,7 @@ from .rules import RuleSet, load_rules
 class SFTSettings:
     epochs: float = 3.0  # paper (ablation table: SFT 3 epochs)
     include_original_cot: bool = True  # kit default: also train on (Q, R_T, A)
+    rules: tuple[str, ...] = ()  # probes of these rules only (Table 4's single-rule SFT); empty: all rules
     data_fraction: float = 1.0  # fraction of questions kept (Figure 4)
     lora: bool = True  # kit default; False = full fine-tuning
     lora_r: int = 32  # kit default
@@ -38,7 +39,24 @@ class SFTSettings:
     save_steps: int = 50
     logging_steps: int = 1
     seed: int = 0
-    bf16: bool | None = None  # None: bf16 on GPUs that support it, float32 on CPU
+    bf16: bool | None = None  # None: see ``training_precision``
+
+
+def training_precision(bf16: bool | None, device: str) -> tuple[str, bool]:
+    """(weights dtype, mixed-precision flag for the trainer).
+
+    ``None`` (kit default): bf16 weights with bf16 autocast on GPUs that support it; bf16 weights
+    without autocast on CPUs with AVX512-BF16/AMX (about 1.5x faster training than float32 here, the
+    LoRA adapter itself stays float32); float32 elsewhere. ``True``/``False`` force bf16/float32."""
+    import torch
+
+    from .models import cpu_has_fast_bf16
+
+    if device == "cuda":
+        use = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+        return ("bfloat16", True) if use else ("float32", False)
+    use = cpu_has_fast_bf16() if bf16 is None else bf16
+    return ("bfloat16", False) if use else ("float32", False)
 
 
 def subsample_questions(records: Sequence[dict], fraction: float, seed: int) -> list[dict]:
@@ -51,11 +69,17 @@ def subsample_questions(records: Sequence[dict], fraction: float, seed: int) -> 
     return [records[i] for i in keep]
 
 
-def sft_rows(records: Sequence[dict], rules: RuleSet, *, include_original_cot: bool = True) -> list[dict]:
+def sft_rows(records: Sequence[dict], rules: RuleSet, *, include_original_cot: bool = True,
+             only_rules: Sequence[str] = ()) -> list[dict]:
     """Prompt-completion rows (conversational): probe -> teacher response, and Q -> teacher CoT."""
+    unknown = set(only_rules) - set(rules.ids)
+    if unknown:
+        raise ValueError(f"unknown rule(s) {sorted(unknown)}; known: {', '.join(rules.ids)}")
     rows = []
     for rec in records:
         for p in rec["probes"]:
+            if only_rules and p["rule"] not in only_rules:
+                continue
             rows.append({"prompt": [{"role": "user", "content": rules.answer_prompt(p["probe"])}],
                          "completion": [{"role": "assistant", "content": p["teacher_response"]}],
                          "source": f"probe:{p['rule']}", "question_id": rec["id"]})
@@ -84,6 +108,44 @@ def peak_memory_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def trained_tokens(log_history: Sequence[dict]) -> int:
+    """Tokens the trainer processed (TRL's cumulative ``num_tokens``: prompt and completion)."""
+    return int(max((h.get("num_tokens", 0) for h in log_history), default=0))
+
+
+def finished_run(out_dir: Path, summary_name: str, settings, **same) -> dict | None:
+    """The summary of a finished run in ``out_dir`` with these settings (and ``same`` fields), else None.
+
+    A rerun of a finished stage must not train again (resuming a trainer from its last checkpoint
+    at max_steps still takes one more step)."""
+    import json
+
+    path = out_dir / summary_name
+    if not (path.exists() and (out_dir / "final").exists()):
+        return None
+    summary = json.loads(path.read_text())
+    want = json.loads(json.dumps(asdict(settings)))
+    if summary.get("settings") != want or any(summary.get(k) != v for k, v in same.items()):
+        return None
+    return summary
+
+
+def train_from(trainer, ckpt: str | None, max_steps: int) -> None:
+    """``trainer.train``, resuming from ``ckpt``; a checkpoint already at the last step (a run killed
+    between its last checkpoint and saving ``final``) is loaded instead of trained further."""
+    import json
+
+    if ckpt:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        target = max_steps if max_steps > 0 else state.get("max_steps", 0)
+        if target > 0 and state["global_step"] >= target:
+            trainer._load_from_checkpoint(ckpt)
+            trainer.state.global_step = state["global_step"]
+            trainer.state.log_history = state.get("log_history", [])
+            return
+    trainer.train(resume_from_checkpoint=ckpt)
+
+
 def last_checkpoint(out_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -91,11 +153,21 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
 
 
-def train_sft(*, model: str, probe_records: Sequence[dict], out_dir: str | Path, settings: SFTSettings = SFTSettings(),
-              rules: RuleSet | None = None, resume: bool = True) -> dict:
-    """Train and save ``out_dir/final`` (a LoRA adapter or a full model, loadable by ``models.load_model``)."""
+def subsample_rows(rows: Sequence[dict], fraction: float, seed: int) -> list[dict]:
+    """Keep the rows of a seeded fraction of the questions (``question_id``), as for probe records."""
+    qids = list(dict.fromkeys(r["question_id"] for r in rows))
+    keep = {q["id"] for q in subsample_questions([{"id": q} for q in qids], fraction, seed)}
+    return [r for r in rows if r["question_id"] in keep]
+
+
+def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_dir: str | Path,
+              settings: SFTSettings = SFTSettings(), rules: RuleSet | None = None, resume: bool = True,
+              rows: Sequence[dict] | None = None) -> dict:
+    """Train and save ``out_dir/final`` (a LoRA adapter or a full model, loadable by ``models.load_model``).
+
+    The data is either ``probe_records`` (the EI probe dataset: Eq. 3) or ready-made prompt-completion
+    ``rows`` (the baselines); ``settings.data_fraction`` subsamples questions in both cases."""
     import datasets
-    import torch
     from trl import SFTConfig, SFTTrainer
 
     from .models import default_device, load_model
@@ -103,13 +175,23 @@ def train_sft(*, model: str, probe_records: Sequence[dict], out_dir: str | Path,
 
     out_dir = Path(out_dir)
     rules = rules or load_rules()
-    records = subsample_questions(probe_records, settings.data_fraction, settings.seed)
-    rows = sft_rows(records, rules, include_original_cot=settings.include_original_cot)
+    done = finished_run(out_dir, "sft_summary.json", settings, model=model) if resume else None
+    if done:
+        return done
+    if (probe_records is None) == (rows is None):
+        raise ValueError("give exactly one of probe_records and rows")
+    if rows is None:
+        records = subsample_questions(probe_records, settings.data_fraction, settings.seed)
+        rows = sft_rows(records, rules, include_original_cot=settings.include_original_cot, only_rules=settings.rules)
+        n_questions = len(records)
+    else:
+        rows = subsample_rows(rows, settings.data_fraction, settings.seed)
+        n_questions = len({r["question_id"] for r in rows})
     if not rows:
-        raise ValueError("the probe dataset gave no SFT rows (no kept questions?)")
+        raise ValueError("no SFT rows (no kept questions, or no probes of the chosen rules)")
     device = default_device()
-    bf16 = settings.bf16 if settings.bf16 is not None else (device == "cuda" and torch.cuda.is_bf16_supported())
-    base, tok = load_model(model, dtype="bfloat16" if bf16 else "float32", device=device, for_training=True)
+    dtype, bf16 = training_precision(settings.bf16, device)
+    base, tok = load_model(model, dtype=dtype, device=device, for_training=True)
     tok.padding_side = "right"  # training pads on the right; generation code sets left itself
     config = SFTConfig(
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=settings.epochs, max_steps=settings.max_steps,
@@ -125,13 +207,14 @@ def train_sft(*, model: str, probe_records: Sequence[dict], out_dir: str | Path,
                          callbacks=[JsonlLogCallback(out_dir / "train_log.jsonl")])
     t0 = time.time()
     ckpt = last_checkpoint(out_dir) if resume else None
-    trainer.train(resume_from_checkpoint=ckpt)
+    train_from(trainer, ckpt, settings.max_steps)
     seconds = time.time() - t0
     final = out_dir / "final"
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
-    summary = {"model": model, "settings": asdict(settings), "rows": len(rows), "questions": len(records),
+    summary = {"model": model, "settings": asdict(settings), "rows": len(rows), "questions": n_questions,
                "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt,
+               "train_tokens": trained_tokens(trainer.state.log_history),
                "peak_memory_mib": peak_memory_mib(), "final": str(final)}
     atomic_write_json(out_dir / "sft_summary.json", summary)
     return summary

@@ -124,3 +124,43 @@ def test_paper_layout_puts_paper_numbers_beside_ours(tmp_path):
     paths = reporting.write_eval_report(table, tmp_path, student="fake")
     assert all(p.exists() for p in paths.values())
     assert "| fake | zero-shot | ours |" in paths["table_md"].read_text()
+
+
+def test_pooled_evaluation_shares_batches_and_resumes(tmp_path):
+    """Items of several datasets share batches; each record lands in its own file; a kill resumes."""
+    a = [Example(f"a{i}", "gsm8k", f"Item {i} question", str(i)) for i in range(0, 5)]
+    b = [Example(f"b{i}", "gsm8k_rev", f"Item {i} question", str(i)) for i in range(5, 9)]
+    jobs = {"gsm8k": (a, tmp_path / "gsm8k.jsonl"), "gsm8k_rev": (b, tmp_path / "gsm8k_rev.jsonl")}
+    sampling = SamplingConfig(max_new_tokens=8)
+    dying = FakeGenerator(die_after_batches=1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_pooled(dying, jobs, sampling=sampling, batch_size=4, progress=False)
+    resumed = FakeGenerator()
+    out = evaluation.evaluate_pooled(resumed, jobs, sampling=sampling, batch_size=4, progress=False)
+    assert resumed.calls == 2  # 9 items, 4 done before the kill: 5 left = 2 batches of up to 4
+    assert sorted(dying.seen + resumed.seen) == list(range(9))
+    assert [r["id"] for r in out["gsm8k"]] == [e.id for e in a] and [r["id"] for r in out["gsm8k_rev"]] == [e.id for e in b]
+    for name, (exs, path) in jobs.items():
+        lines = [json.loads(l) for l in path.read_text().splitlines()]
+        assert sorted(r["id"] for r in lines) == sorted(e.id for e in exs)  # no record in the wrong file, none twice
+
+
+def test_resolve_models(tmp_path):
+    (tmp_path / "train" / "sft" / "final").mkdir(parents=True)
+    got = evaluation.resolve_models({"zero-shot": "smollm2-135m-instruct", "sft": "train/sft/final"}, tmp_path)
+    assert got == {"zero-shot": "smollm2-135m-instruct", "sft": str(tmp_path / "train" / "sft" / "final")}
+    with pytest.raises(FileNotFoundError, match="'exgrpo'"):
+        evaluation.resolve_models({"exgrpo": "train/exgrpo/final"}, tmp_path)
+
+
+def test_settings_compare_portable_model_paths(tmp_path):
+    from exgrpo_utils.paths import PROJECT_ROOT, portable
+
+    inside = PROJECT_ROOT / "results" / "runs" / "x" / "final"
+    assert portable(inside) == "results/runs/x/final"
+    assert portable("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert portable("/elsewhere/model") == "/elsewhere/model"
+    (tmp_path / "config.json").write_text(json.dumps({**evaluation.asdict(EvalSettings(model="x")), "model": str(inside)}))
+    evaluation.check_settings(tmp_path, EvalSettings(model="results/runs/x/final"))  # old absolute record: same model
+    with pytest.raises(SettingsMismatchError):
+        evaluation.check_settings(tmp_path, EvalSettings(model="results/runs/y/final"))

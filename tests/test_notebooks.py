@@ -81,6 +81,20 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
     ei = tmp_path / "runs" / "t" / "ei"
     assert len((ei / "arith" / "probe_dataset.jsonl").read_text().splitlines()) <= 3
     assert (ei / "stats_rules.csv").exists() and (ei / "probe_filters.png").exists()
+    assert (tmp_path / "runs" / "t" / "eval" / "exgrpo" / "summary.csv").exists()
+    # 05: every planned (method, seed) has a record; sft-grpo also on the 12 datasets; OPD skipped with a reason
+    run = tmp_path / "runs" / "t"
+    records = {p.stem: json.loads(p.read_text()) for p in (run / "experiments").glob("*.json")}
+    assert set(records) == {"zero-shot", "sft", "sft-grpo", "exgrpo", "rephrase", "sft-rule-counterfactual",
+                            "sft-rule-causal_verification", "sft-rule-explanatory_challenge"}
+    assert set(records["sft-grpo"]["n"]) >= {"arith", "arith_rev", "gsm8k", "held-in-avg8"}
+    assert records["sft-rule-counterfactual"]["train_tokens"] > 0 and records["exgrpo"]["train_tokens"] > records["sft"]["train_tokens"]
+    assert (run / "baselines" / "arith" / "baseline_data.jsonl").exists() and (run / "experiments.csv").exists()
+    # 06: tables and figures from the records alone
+    for name in ("table1.md", "table2.md", "table3.md", "table4.md", "figure3_rewards.png", "figure4_fraction.pdf",
+                 "figure5_tokens.png"):
+        assert (run / "paper" / name).exists(), name
+    assert "82.54" in (run / "paper" / "table3.md").read_text()  # the paper's number beside ours
     stamp = (executed / "04_evaluate.ipynb").stat().st_mtime
     assert runner.main(["--preset", "smoke", "--run-name", "t"]) == 0  # finished notebooks are skipped
     assert (executed / "04_evaluate.ipynb").stat().st_mtime == stamp

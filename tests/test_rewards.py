@@ -153,3 +153,37 @@ def test_rollout_keeps_generated_tokens_and_masks_context(layout, student):
                                 max_probe_tokens=8, max_final_tokens=8)[0][0]
     assert sum(teacher.mask) <= 8  # teacher answers are context; only the final answer is policy
     assert "five" in tok.decode([t for t, m in zip(teacher.completion_ids, teacher.mask) if not m])
+
+
+class FakeVLLMGeneration:
+    """Stands in for TRL's VLLMGeneration: answers every context with fixed tokens, records budgets."""
+
+    def __init__(self, eos_id, reply):
+        self.max_completion_length, self.temperature = 999, 0.7
+        self.eos_id, self.reply, self.calls = eos_id, reply, []
+
+    def generate(self, prompts, images, num_generations):
+        assert images is None and num_generations == 1
+        self.calls.append((len(prompts), self.max_completion_length, self.temperature))
+        completions = [self.reply[: self.max_completion_length] for _ in prompts]
+        return prompts, completions, None, None
+
+
+def test_vllm_turn_sampler_drives_the_dialogue(layout):
+    """The vLLM path of the rollouts: one engine call per turn with that turn's budget, EOS cut, settings restored."""
+    from exgrpo_utils.exgrpo import VLLMTurnSampler, rollout_dialogues
+
+    tok = layout.tok
+    answer = layout.encode("The answer is 5.")
+    engine = FakeVLLMGeneration(layout.eos_id, answer + [layout.eos_id] + answer)  # text after EOS must be cut
+    sampler = VLLMTurnSampler(engine, layout.eos_id)
+    dialogues = [["Probe one?", "Question?"], ["Question?"]]
+    out = rollout_dialogues(None, tok, layout, dialogues, None, temperature=1.0, max_probe_tokens=64,
+                            max_final_tokens=32, sampler=sampler)
+    assert [f for _, f in out] == ["The answer is 5.", "The answer is 5."]
+    # turn 1: one probe answer (budget 64) and one final answer (budget 32); turn 2: the other final answer
+    assert engine.calls == [(1, 64, 1.0), (1, 32, 1.0), (1, 32, 1.0)]
+    assert (engine.max_completion_length, engine.temperature) == (999, 0.7)
+    full = out[0][0]
+    assert sum(full.mask) == 2 * (len(answer) + 1)  # two policy turns, each ending at its EOS
+    assert sampler([], temperature=1.0, max_new_tokens=8) == []

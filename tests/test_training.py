@@ -1,4 +1,5 @@
 """Two-step smoke runs of SFT and ExGRPO on the embedded student, with a resume from step 1."""
+import json
 import shutil
 
 import pytest
@@ -95,3 +96,35 @@ def test_bad_settings_are_refused(probe_records, tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         exgrpo.train_exgrpo(init_model="x", probe_records=probe_records, out_dir=tmp_path,
                             settings=exgrpo.ExGRPOSettings(mode="ppo"))
+
+
+def test_on_policy_distillation_runs_with_a_local_teacher(probe_records, tmp_path, student_path):
+    """TRL's GKD path with lmbda = 1 (student samples) and reverse KL; the student as its own teacher
+    stands in for a larger model with the same tokenizer (the only local one on a CPU machine)."""
+    from exgrpo_utils import distill
+
+    settings = distill.OPDSettings(max_steps=1, batch_size=2, max_new_tokens=8, save_steps=10)
+    summary = distill.train_opd(student="smollm2-135m-instruct", teacher="smollm2-135m-instruct",
+                                probe_records=probe_records[:2], out_dir=tmp_path, settings=settings)
+    assert summary["steps"] == 1 and (tmp_path / "final" / "adapter_config.json").exists()
+    weights = _adapter_weights(tmp_path / "final")
+    assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)
+    log = read_train_log(tmp_path / "train_log.jsonl")
+    assert log["loss"].notna().any()
+
+
+def test_a_finished_run_is_not_trained_again(probe_records, tmp_path, student_path):
+    """Rerunning a finished stage returns its summary; a run killed after its last checkpoint but before
+    saving ``final`` loads that checkpoint instead of taking another step."""
+    settings = sft.SFTSettings(max_steps=2, batch_size=4, save_steps=1, seed=0)
+    first = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
+    again = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
+    assert again == json.loads(json.dumps(first))  # as stored
+    weights = _adapter_weights(tmp_path / "final")
+    shutil.rmtree(tmp_path / "final")
+    (tmp_path / "sft_summary.json").unlink()
+    third = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
+    assert third["steps"] == 2 and third["resumed_from"].endswith("checkpoint-2")
+    assert list(_step_rows(read_train_log(tmp_path / "train_log.jsonl")).index) == [1, 2]  # no step 3
+    reloaded = _adapter_weights(tmp_path / "final")
+    assert all(float((reloaded[k] - w).abs().max()) == 0 for k, w in weights.items())

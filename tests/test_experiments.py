@@ -1,0 +1,234 @@
+"""Baseline data, the experiment plan, seed statistics, the paper tables and the figure functions."""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from exgrpo_utils import answers, baselines, experiments, paper_tables, plotting, synthetic
+from exgrpo_utils.data import Example
+
+
+def _arith_items(n=6):
+    return synthetic.load("arith", "train", n_train=n)
+
+
+def _baseline_records(tmp_path, n=6):
+    items = _arith_items(n)
+    cots = [synthetic.forward_rationale(synthetic.Program(e.meta["name"], e.meta["item"], e.meta["start"],
+                                                          tuple((s["op"], s["operand"]) for s in e.meta["steps"]))) for e in items]
+    return items, baselines.build_baseline_data(items, cots, baselines.ProgramAugmenter(), tmp_path / "bl.jsonl")
+
+
+def test_program_augmentations_are_exact(tmp_path):
+    items, recs = _baseline_records(tmp_path)
+    for ex, rec in zip(items, recs):
+        assert answers.is_correct(ex, rec["alt_cot"])  # a second, differently worded correct solution
+        assert rec["alt_cot"] != rec["teacher_cot"]
+        rq = Example("r", "arith", rec["rephrased"]["question"], ex.answer)
+        assert rq.question != ex.question and answers.is_correct(rq, rec["rephrased"]["cot"])
+        new = rec["new_question"]
+        assert new["question"] != ex.question and answers.is_correct(Example("n", "arith", new["question"], new["answer"]), new["cot"])
+        # RevThink's backward question asks for the start; its reasoning ends there
+        assert str(ex.meta["start"]) == answers.extract(Example("b", "arith_rev", "", ""), rec["backward"]["cot"], "flexible")
+        assert f"Now {ex.meta['pronoun']} has {ex.answer} " in rec["backward"]["question"]
+    assert len(baselines.load_baseline_data(tmp_path / "bl.jsonl")) == len(items)
+
+
+def test_question_aug_never_uses_test_programs(tmp_path):
+    _, recs = _baseline_records(tmp_path, n=40)
+    test_questions = {e.question for e in synthetic.load("arith", "test")}
+    assert not {r["new_question"]["question"] for r in recs} & test_questions
+
+
+def test_baseline_rows_per_method(tmp_path):
+    items, recs = _baseline_records(tmp_path, n=4)
+    per_item = {"skd": 1, "dss": 2, "rephrase": 2, "question_aug": 2, "answer_aug": 2, "revthink": 3}
+    for b, k in per_item.items():
+        rows = baselines.baseline_rows(recs, b)
+        assert len(rows) == k * len(items), b
+        assert all(r["completion"][0]["role"] == "assistant" and r["question_id"] for r in rows)
+    dss = baselines.baseline_rows(recs, "dss")
+    label, rationale = dss[0]["completion"][0]["content"], dss[1]["completion"][0]["content"]
+    assert label == f"The answer is {items[0].answer}." and "The answer is" not in rationale
+    rev = baselines.baseline_rows(recs, "revthink")
+    assert [r["source"] for r in rev[:3]] == ["original", "backward_question", "backward_reasoning"]
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baselines.baseline_rows(recs, "nope")
+
+
+def test_rationale_strips_only_the_answer_sentence():
+    assert baselines.rationale_of("a = 1.\nb = 2.\nThe answer is 2.") == "a = 1.\nb = 2."
+    assert baselines.rationale_of("The answer is 3.") == "The answer is 3."  # nothing else to keep
+
+
+def test_prepare_baseline_data_reads_ei_records_and_reuses(tmp_path):
+    items, _ = _baseline_records(tmp_path, n=3)
+    ei = tmp_path / "ei_records.jsonl"
+    lines = [{"id": e.id, "item": e.to_dict(), "teacher_cot": "x\nThe answer is " + e.answer + ".", "teacher_correct": i != 1}
+             for i, e in enumerate(items)]
+    ei.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    out = tmp_path / "bl" / "baseline_data.jsonl"
+    recs = baselines.prepare_baseline_data(ei, out)
+    assert [r["id"] for r in recs] == [items[0].id, items[2].id]  # wrong teacher CoT left out
+    mtime = out.stat().st_mtime_ns
+    baselines.prepare_baseline_data(ei, out)
+    assert out.stat().st_mtime_ns == mtime  # reused, not rewritten
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl: line 1"):
+        baselines.prepare_baseline_data(bad, tmp_path / "o.jsonl")
+
+
+def test_expand_puts_dependencies_first_and_rejects_unknown():
+    order = experiments.expand(keys=["exgrpo-p0.1", "sft-grpo"])
+    assert order == ["sft-p0.1", "exgrpo-p0.1", "sft", "sft-grpo"]
+    assert experiments.expand(["core"]) == ["zero-shot", "sft", "sft-grpo", "exgrpo"]
+    with pytest.raises(ValueError, match="unknown group"):
+        experiments.expand(["nope"])
+    with pytest.raises(ValueError, match="unknown method"):
+        experiments.expand(keys=["nope"])
+
+
+def test_plan_seed0_first_then_other_seeds():
+    p = experiments.plan(["core"], [0, 1, 2], ["table4"])
+    ids = [experiments.run_id(k, s) for k, s in p]
+    assert ids[:4] == ["zero-shot", "sft", "sft-grpo", "exgrpo"]
+    assert "zero-shot-s1" not in ids and "sft-rule-counterfactual-s1" not in ids  # greedy zero-shot once; table4 seed 0 only
+    assert ids.index("sft-s1") < ids.index("exgrpo-s1")  # warm-up before the run that starts from it
+    assert len(ids) == len(set(ids))
+    with pytest.raises(ValueError):
+        experiments.plan(["core"], [])
+
+
+def test_method_table_matches_the_paper_rows():
+    m = experiments.METHODS
+    assert (m["cold-grpo"].init, m["cold-grpo"].mode, m["cold-grpo"].aux) == ("base", "grpo", False)
+    assert (m["cold-grpo-aux"].init, m["cold-grpo-aux"].aux) == ("base", True)
+    assert (m["sft-grpo"].init, m["sft-grpo"].mode, m["sft-grpo"].aux) == ("sft", "grpo", False)
+    assert (m["exgrpo"].init, m["exgrpo"].mode, m["exgrpo"].aux) == ("sft", "exgrpo", True)
+    assert m["sft-rule-counterfactual"].rules == ("counterfactual",)
+    assert m["exgrpo-p0.25"].init == "sft-p0.25" and m["sft-p0.25"].fraction == 0.25
+
+
+def test_seed_interval_hand_computed():
+    mean, lo, hi = experiments.seed_interval([10.0, 20.0, 30.0])
+    half = 4.303 * 10.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert (mean, lo, hi) == (20.0, pytest.approx(20 - half), pytest.approx(20 + half))
+    mean, lo, hi = experiments.seed_interval([5.0])
+    assert mean == 5.0 and math.isnan(lo) and math.isnan(hi)
+    assert math.isnan(experiments.seed_interval([])[0])
+
+
+def test_opd_is_skipped_with_a_reason_unless_a_local_teacher_is_given():
+    for teacher in ("program", "openai", "vllm"):
+        ok, reason = experiments.opd_status(teacher)
+        assert not ok and reason.startswith("skipped:") and "tokenizer" in reason
+    assert experiments.opd_status("openai", "gemini-1.5-pro")[0] is False  # text only, whatever the model
+    assert experiments.opd_status("vllm", "Qwen/Qwen2.5-72B-Instruct") == (True, "")
+
+
+def test_reuse_refuses_a_run_with_other_settings(tmp_path):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "sft_summary.json").write_text(json.dumps({"settings": {"epochs": 1.0, "rules": []}, "final": "f"}))
+    assert experiments._check_reuse(tmp_path / "sft_summary.json", {"epochs": 1.0, "rules": ()}, "SFT")["final"] == "f"
+    with pytest.raises(RuntimeError, match="other settings"):
+        experiments._check_reuse(tmp_path / "sft_summary.json", {"epochs": 3.0, "rules": ()}, "SFT")
+    assert experiments._check_reuse(tmp_path / "missing.json", {}, "SFT") is None
+
+
+def test_training_cost_adds_the_warm_up():
+    done = {"sft": {"train_tokens": 100, "seconds": 10}, "exgrpo": {"train_tokens": 50, "seconds": 20},
+            "cold-grpo": {"train_tokens": 7, "seconds": 1}}
+    assert experiments.training_cost("exgrpo", 0, done) == (150, 30.0)
+    assert experiments.training_cost("cold-grpo", 0, done) == (7, 1.0)
+
+
+def _records(tmp_path):
+    """A run folder with records: sft and exgrpo over 3 seeds, rephrase once, opd skipped."""
+    run = tmp_path / "run"
+    rows = {("sft", 0): 40.0, ("sft", 1): 50.0, ("sft", 2): 60.0, ("exgrpo", 0): 50.0, ("exgrpo", 1): 60.0,
+            ("exgrpo", 2): 70.0, ("rephrase", 0): 30.0, ("sft-p0.1", 0): 10.0, ("exgrpo-p0.1", 0): 20.0}
+    for (key, seed), acc in rows.items():
+        rid = experiments.run_id(key, seed)
+        rec = {"run_id": rid, "key": key, "label": experiments.METHODS[key].label, "kind": experiments.METHODS[key].kind,
+               "seed": seed, "status": "ok", "reason": "", "train_tokens": 1000 * (1 + seed), "train_seconds": 1.0,
+               "accuracy": {"arith": acc, "arith_rev": acc / 2}, "n": {"arith": 50, "arith_rev": 50},
+               "correct": {"arith": int(acc / 2), "arith_rev": int(acc / 4)}}
+        (run / "experiments").mkdir(parents=True, exist_ok=True)
+        (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
+    skipped = {"run_id": "opd", "key": "opd", "label": "On-Policy Distillation", "kind": "opd", "seed": 0, "status": "skipped",
+               "reason": "skipped: no teacher", "train_tokens": 0, "train_seconds": 0.0, "accuracy": {}, "n": {}, "correct": {}}
+    (run / "experiments" / "opd.json").write_text(json.dumps(skipped))
+    return run
+
+
+def test_tables_put_ours_beside_the_paper(tmp_path):
+    from exgrpo_utils import reporting
+
+    df = paper_tables.load_records([_records(tmp_path)])
+    paper = reporting.paper_results()
+    t3 = paper_tables.build_table("table3", df, paper).set_index("method")
+    half = 4.303 * 10.0 / math.sqrt(3)
+    assert t3.loc["SFT (EI, all rules)", "ours: arith (held-in)"] == f"50.0 [{50 - half:.1f}, {50 + half:.1f}] (n=3)"
+    assert t3.loc["ExGRPO (SFT + ExGRPO + aux SFT)", "paper: Qwen2.5-7B-Instruct (held-in-avg8)"] == "82.54"
+    assert t3.loc["RL cold start (R_base)", "paper: Gemma-7B-it (held-in-avg8)"] == "12.34"
+    assert t3.loc["RL cold start (R_base)", "ours: arith (held-in)"] == "–"
+    assert t3.loc["RL cold start (R_base)", "note"] == "not run in these results"
+    t4 = paper_tables.build_table("table4", df, paper).set_index("method")
+    lo, hi = (100 * x for x in __import__("exgrpo_utils.evaluation", fromlist=["x"]).wilson_interval(15, 50))
+    assert t4.loc["Rephrase Question", "ours: arith (held-in)"] == f"30.0 [{lo:.1f}, {hi:.1f}]"  # one seed: Wilson
+    assert t4.loc["Rephrase Question", "paper: Qwen2.5-7B-Instruct (held-in-avg8)"] == "78.88"
+    t1 = paper_tables.build_table("table1", df, paper).set_index("method")
+    assert t1.loc["On-Policy Distillation", "note"] == "skipped: no teacher"
+    assert t1.loc["On-Policy Distillation", "paper: Gemma-7B-it (held-in-avg8)"] == "65.40"
+    paths = paper_tables.write_tables(df, paper, tmp_path / "paper")
+    assert all(p.exists() and p.with_suffix(".csv").exists() for p in paths.values())
+
+
+def test_figure_data_and_plots(tmp_path):
+    df = paper_tables.load_records([_records(tmp_path)])
+    f4 = paper_tables.fraction_points(df)
+    assert set(f4["p"]) == {0.1, 1.0}
+    assert f4[(f4["method"] == "ExGRPO") & (f4["p"] == 1.0)]["mean"].iloc[0] == 60.0
+    f5 = paper_tables.token_points(df)
+    assert f5.set_index("key").loc["sft", "train_tokens"] == 2000.0  # mean over seeds of 1000, 2000, 3000
+    curves = pd.DataFrame({"run_id": ["exgrpo"] * 3, "step": [1, 2, 3], "r_base": [0.1, 0.2, 0.3], "r_dsu": [0, 0.05, 0.1]})
+    for name, fig in (("f3", plotting.figure3_rewards(curves)), ("f4", plotting.figure4_fraction(f4)),
+                      ("f5", plotting.figure5_tokens(f5))):
+        png, pdf = plotting.save(fig, tmp_path / name)
+        assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+
+
+def test_reward_curves_read_train_logs(tmp_path):
+    run = tmp_path / "run"
+    for rid in ("exgrpo", "exgrpo-s1", "sft"):
+        d = run / "train" / rid
+        d.mkdir(parents=True)
+        lines = [{"step": s, "loss": 0.1, "exgrpo/r_base": 0.25 * s, "exgrpo/r_dsu": 0.0} for s in (1, 2)] if rid != "sft" else [{"step": 1, "loss": 1.0}]
+        (d / "train_log.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    curves = paper_tables.reward_curves([run])
+    assert sorted(curves["run_id"].unique()) == ["exgrpo", "exgrpo-s1"] and len(curves) == 4
+
+
+def test_records_need_a_run():
+    with pytest.raises(FileNotFoundError, match="notebook 05"):
+        paper_tables.load_records(["/nonexistent/run"])
+
+
+def test_single_seed_average_gets_the_interval_of_a_mean(tmp_path):
+    from exgrpo_utils import evaluation
+    from exgrpo_utils.data import HELD_IN
+
+    run = tmp_path / "run"
+    (run / "experiments").mkdir(parents=True)
+    correct = {name: i % 4 for i, name in enumerate(HELD_IN)}
+    acc = {name: 10.0 * k for name, k in correct.items()}
+    acc["held-in-avg8"] = sum(acc.values()) / len(HELD_IN)
+    rec = {"run_id": "sft", "key": "sft", "label": "SFT", "kind": "sft", "seed": 0, "status": "ok", "reason": "",
+           "train_tokens": 1, "train_seconds": 1.0, "accuracy": acc, "n": {k: 10 for k in acc}, "correct": correct}
+    (run / "experiments" / "sft.json").write_text(json.dumps(rec))
+    df = paper_tables.load_records([run])
+    s = paper_tables.cell_stats(df, "sft", "held-in-avg8")
+    lo, hi = evaluation.mean_interval(list(correct.values()), [10] * 8)
+    assert (s["mean"], s["low"], s["high"], s["seeds"]) == (acc["held-in-avg8"], pytest.approx(100 * lo), pytest.approx(100 * hi), 1)
