@@ -141,19 +141,28 @@ def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data f
 
 
 def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens"):
-    """Accuracy against the tokens processed in training (warm-up included), one point per method."""
+    """Accuracy against the tokens processed in training (warm-up included), one point per method;
+    zero-shot (no training) as a dashed line."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    markers = {"sft": "o", "rl": "s", "zero-shot": "*"}
-    for _, r in points.iterrows():
-        x = max(r["train_tokens"], 1.0)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    markers = {"sft": "o", "rl": "s", "opd": "^"}
+    trained = points[points["kind"] != "zero-shot"].sort_values("train_tokens").reset_index(drop=True)
+    for i, r in trained.iterrows():
         yerr = None
         if not math.isnan(r["low"]):
             yerr = [[max(0.0, r["mean"] - r["low"])], [max(0.0, r["high"] - r["mean"])]]
-        ax.errorbar([x], [r["mean"]], yerr=yerr, marker=markers.get(r["kind"], "o"), capsize=2, ls="none")
-        ax.annotate(r["key"], (x, r["mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.errorbar([r["train_tokens"]], [r["mean"]], yerr=yerr, marker=markers.get(r["kind"], "o"), capsize=2, ls="none",
+                    alpha=0.8)
+        ax.annotate(r["key"], (r["train_tokens"], r["mean"]), fontsize=7, xytext=(4, -10 + 7 * (i % 4)),
+                    textcoords="offset points")
+    for _, r in points[points["kind"] == "zero-shot"].iterrows():
+        ax.axhline(r["mean"], ls="--", lw=1, color="k")
+        ax.text(0.01, r["mean"], "zero-shot", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
     ax.set_xscale("log")
-    ax.set_xlabel("training tokens (prompt + completion, warm-up included; zero-shot at 1)")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training tokens (prompt + completion; RL methods include their SFT warm-up)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
