@@ -245,7 +245,7 @@ def training_cost(key: str, seed: int, done: dict[str, dict]) -> tuple[int, floa
     if m.kind == "rl" and m.init != "base":
         t2, s2 = training_cost(m.init, seed, done)
         tokens, seconds = tokens + t2, seconds + s2
-    return tokens, seconds
+    return tokens, round(seconds, 1)
 
 
 def plan(groups: Sequence[str], seeds: Sequence[int], seed0_only_groups: Sequence[str] = ()) -> list[tuple[str, int]]:
@@ -281,6 +281,16 @@ def context_from_run(run: Path, *, student: str, train_dataset: str, **kwargs) -
         raise FileNotFoundError(f"{probe_path} is missing: run notebook 01 of this run first")
     return Context(run=Path(run), student=student, train_dataset=train_dataset, sft_settings=settings["sft"],
                    rl_settings=settings["exgrpo"], **kwargs)
+
+
+def _same_record(path: Path, rec: dict) -> bool:
+    """Whether ``path`` holds ``rec`` already, its wall time aside."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    old.pop("wall_seconds", None)
+    return old == json.loads(json.dumps(rec))
 
 
 def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> list[dict]:
@@ -337,8 +347,11 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             rec["n"][r["dataset"]] = int(r["n"])
             if "avg" not in r["dataset"]:
                 rec["correct"][r["dataset"]] = int(round(r["accuracy"] * r["n"] / 100))
-        rec["wall_seconds"] = round(time.time() - t0, 1)
-        atomic_write_json(record_path, rec)
+        if _same_record(record_path, rec):  # reused unchanged: keep the record (and time) of the run that made it
+            rec = json.loads(record_path.read_text())
+        else:
+            rec["wall_seconds"] = round(time.time() - t0, 1)
+            atomic_write_json(record_path, rec)
         log(f"[{n}/{len(pairs)}] {rid}: " + ", ".join(f"{d} {rec['accuracy'][d]:.1f}" for d in SYNTHETIC_EVAL))
         out.append(rec)
     return out

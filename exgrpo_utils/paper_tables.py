@@ -2,10 +2,12 @@
 
 Input: the long table of ``experiments.collect`` (one row per method, seed and dataset) and the
 paper's reported numbers (``reporting.paper_results``). Our cells read ``mean [low, high]``: with
-several seeds the mean over seeds and a 95% Student-t interval; with one seed the accuracy and its
-95% Wilson interval over the test items. The paper reports averages over its 8 held-in (4 OOD)
-datasets for 7B students; our columns are the synthetic held-in ``arith``, its reverse ``arith_rev``
-(OOD) and the averages over the 12 datasets' CPU subsamples (seed 0 only), for the CPU student.
+several seeds the mean over seeds and a 95% Student-t interval over seeds, widened where needed to
+the item-level interval of all seeds' items pooled (seeds that agree exactly get no zero-width
+interval); with one seed the accuracy and its 95% Wilson interval over the test items. The paper
+reports averages over its 8 held-in (4 OOD) datasets for 7B students; our columns are the
+synthetic held-in ``arith``, its reverse ``arith_rev`` (OOD) and the averages over the 12
+datasets' CPU subsamples (seed 0 only), for the CPU student.
 """
 from __future__ import annotations
 
@@ -75,7 +77,32 @@ def cell_stats(df, key: str, dataset: str) -> dict:
             return {"mean": float(r["accuracy"]), "low": 100 * lo, "high": 100 * hi, "seeds": 1}
         return {"mean": float(r["accuracy"]), "low": float("nan"), "high": float("nan"), "seeds": 1}
     m, lo, hi = seed_interval(rows["accuracy"].tolist())
+    pooled = _pooled_interval(df, rows, dataset)
+    if pooled is not None:  # never narrower than the item-level uncertainty (seeds that agree exactly)
+        lo, hi = min(lo, pooled[0]), max(hi, pooled[1])
     return {"mean": m, "low": lo, "high": hi, "seeds": len(rows)}
+
+
+def _pooled_interval(df, rows, dataset: str):
+    """The item-level 95% interval (in %) of several seeds' results pooled, or None without counts.
+
+    One dataset: Wilson over all seeds' items together. An average: ``mean_interval`` over the
+    pooled counts of its datasets. ``cell_stats`` reports the union of this and the t-interval over
+    seeds, so that seeds which agree exactly (say 0% three times) still get an honest width.
+    """
+    parts = [dataset] if dataset not in AVERAGES else list(AVERAGES[dataset])
+    ks, ns = [], []
+    for name in parts:
+        hit = df[df["run_id"].isin(rows["run_id"]) & (df["dataset"] == name) & (df["status"] == "ok")]
+        if len(hit) != len(rows) or hit["correct"].isna().any() or hit["n"].isna().any():
+            return None
+        ks.append(int(hit["correct"].sum()))
+        ns.append(int(hit["n"].sum()))
+    if dataset in AVERAGES:
+        lo, hi = mean_interval(ks, ns)
+    else:
+        lo, hi = wilson_interval(ks[0], ns[0])
+    return 100 * lo, 100 * hi
 
 
 def fmt(stats: dict) -> str:

@@ -232,3 +232,35 @@ def test_single_seed_average_gets_the_interval_of_a_mean(tmp_path):
     s = paper_tables.cell_stats(df, "sft", "held-in-avg8")
     lo, hi = evaluation.mean_interval(list(correct.values()), [10] * 8)
     assert (s["mean"], s["low"], s["high"], s["seeds"]) == (acc["held-in-avg8"], pytest.approx(100 * lo), pytest.approx(100 * hi), 1)
+
+
+def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
+    from exgrpo_utils import evaluation
+
+    run = tmp_path / "run"
+    (run / "experiments").mkdir(parents=True)
+    for seed, k in ((0, 0), (1, 0), (2, 0)):  # three seeds at 0/50: the t-interval alone is [0, 0]
+        rid = "sft" if seed == 0 else f"sft-s{seed}"
+        rec = {"run_id": rid, "key": "sft", "label": "SFT", "kind": "sft", "seed": seed, "status": "ok", "reason": "",
+               "train_tokens": 1, "train_seconds": 1.0, "accuracy": {"arith": 0.0, "arith_rev": 2.0 * seed},
+               "n": {"arith": 50, "arith_rev": 50}, "correct": {"arith": k, "arith_rev": seed}}
+        (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
+    df = paper_tables.load_records([run])
+    s = paper_tables.cell_stats(df, "sft", "arith")
+    lo, hi = evaluation.wilson_interval(0, 150)
+    assert (s["mean"], s["seeds"]) == (0.0, 3) and s["low"] == pytest.approx(100 * lo) and s["high"] == pytest.approx(100 * hi)
+    # seeds that disagree: 0, 2, 4 % -> t-interval 2 +- 4.303 * 2 / sqrt(3) = [-2.97, 6.97], wider than pooled Wilson
+    s = paper_tables.cell_stats(df, "sft", "arith_rev")
+    assert s["mean"] == pytest.approx(2.0) and s["low"] == pytest.approx(2 - 4.303 * 2 / math.sqrt(3), abs=1e-3)
+    assert s["high"] == pytest.approx(2 + 4.303 * 2 / math.sqrt(3), abs=1e-3)
+
+
+def test_a_reused_record_is_not_rewritten(tmp_path):
+    rec = {"run_id": "sft", "accuracy": {"arith": 4.0}, "n": {"arith": 50}, "train_seconds": 1.5}
+    path = tmp_path / "sft.json"
+    assert not experiments._same_record(path, rec)  # no file yet
+    path.write_text(json.dumps({**rec, "wall_seconds": 80.0}))
+    assert experiments._same_record(path, dict(rec))  # only the wall time would differ
+    assert not experiments._same_record(path, {**rec, "accuracy": {"arith": 6.0}})
+    path.write_text("{broken")
+    assert not experiments._same_record(path, rec)
