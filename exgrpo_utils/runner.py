@@ -7,7 +7,8 @@
 Presets live in ``configs/<preset>.yaml``: a ``notebooks`` list, one section of parameters per
 notebook, and optionally ``run_name`` (the run folder it writes to; default the preset's name). Each executed notebook goes to ``results/executed/<run>/<notebook>.ipynb`` with its
 resolved parameters beside it (``<notebook>.parameters.json``). A notebook that finished with the
-same parameters is skipped on the next run (``--force`` reruns it); the stages inside resume too.
+same parameters is skipped on the next run (``--force`` reruns it), unless a notebook before it
+in the same call ran (its outputs may be inputs of the later ones); the stages inside resume too.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def notebook_path(stem: str) -> Path:
     return path
 
 
-def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False, log=print) -> Path:
+def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False, log=print) -> bool:
+    """Execute one notebook unless it finished with these parameters; True when it ran."""
     import os
 
     import papermill as pm
@@ -73,7 +75,7 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
     done_file = out_dir / f"{stem}.done.json"
     if not force and done_file.exists() and json.loads(done_file.read_text()).get("parameters") == params:
         log(f"[skip] {stem}: already finished with these parameters ({out_nb})")
-        return out_nb
+        return False
     atomic_write_json(params_file, params)
     done_file.unlink(missing_ok=True)
     log(f"[run ] {stem} -> {out_nb}")
@@ -87,7 +89,7 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
     seconds = round(time.time() - t0, 1)
     atomic_write_json(done_file, {"parameters": params, "seconds": seconds})
     log(f"[done] {stem} in {seconds} s")
-    return out_nb
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = results_root() / "executed" / executed_name
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    upstream_ran = False  # once a notebook runs, the later ones run too: their inputs may have changed
     for stem in stems:
         params = dict(cfg.get(stem, {}))
         params.update({k: v for k, v in overrides.items() if k in params})
         params["run_name"] = run_name
-        run_notebook(stem, params, out_dir, force=args.force)
+        upstream_ran |= run_notebook(stem, params, out_dir, force=args.force or upstream_ran)
     print(f"finished {len(stems)} notebook(s) in {time.time() - t0:.0f} s")
     print(f"executed notebooks: {out_dir}")
     print(f"run outputs:        {results_root() / 'runs' / run_name}")

@@ -118,3 +118,29 @@ def test_training_sections_map_onto_the_settings(preset):
         settings = train_cli.settings_from(cls, cfg[section])
         for key in set(cfg[section]) & fields:
             assert getattr(settings, key) == cfg[section][key]
+
+
+def test_a_notebook_that_ran_makes_the_later_ones_run(tmp_path, monkeypatch):
+    import papermill
+
+    ran = []
+
+    def fake_execute(src, dst, **kwargs):
+        ran.append(Path(src).stem)
+        Path(dst).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
+    preset = tmp_path / "two.yaml"
+    preset.write_text("notebooks: [05_experiments, 06_paper_figures]\n")
+    assert runner.main(["--preset", str(preset), "--run-name", "r"]) == 0
+    assert ran == ["05_experiments", "06_paper_figures"]
+    ran.clear()
+    assert runner.main(["--preset", str(preset), "--run-name", "r"]) == 0
+    assert ran == []  # both finished with these parameters
+    (tmp_path / "executed" / "r" / "05_experiments.done.json").unlink()  # 05 must run again (say it was cut off)
+    assert runner.main(["--preset", str(preset), "--run-name", "r"]) == 0
+    assert ran == ["05_experiments", "06_paper_figures"]  # 06 too: its inputs changed
+    ran.clear()
+    assert runner.main(["--preset", str(preset), "--run-name", "r", "--only", "06_paper_figures"]) == 0
+    assert ran == []
