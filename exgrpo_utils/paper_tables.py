@@ -80,7 +80,7 @@ def cell_stats(df, key: str, dataset: str) -> dict:
     pooled = _pooled_interval(df, rows, dataset)
     if pooled is not None:  # never narrower than the item-level uncertainty (seeds that agree exactly)
         lo, hi = min(lo, pooled[0]), max(hi, pooled[1])
-    return {"mean": m, "low": lo, "high": hi, "seeds": len(rows)}
+    return {"mean": m, "low": max(0.0, lo), "high": min(100.0, hi), "seeds": len(rows)}  # accuracies are in [0, 100]
 
 
 def _pooled_interval(df, rows, dataset: str):

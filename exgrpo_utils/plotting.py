@@ -144,17 +144,16 @@ def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens")
     """Accuracy against the tokens processed in training (warm-up included), one point per method;
     zero-shot (no training) as a dashed line."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
     markers = {"sft": "o", "rl": "s", "opd": "^"}
     trained = points[points["kind"] != "zero-shot"].sort_values("train_tokens").reset_index(drop=True)
-    for i, r in trained.iterrows():
+    colors = plt.get_cmap("tab20").colors
+    for i, r in trained.iterrows():  # one colour and legend entry per method: labels on the axes would collide
         yerr = None
         if not math.isnan(r["low"]):
             yerr = [[max(0.0, r["mean"] - r["low"])], [max(0.0, r["high"] - r["mean"])]]
         ax.errorbar([r["train_tokens"]], [r["mean"]], yerr=yerr, marker=markers.get(r["kind"], "o"), capsize=2, ls="none",
-                    alpha=0.8)
-        ax.annotate(r["key"], (r["train_tokens"], r["mean"]), fontsize=7, xytext=(4, -10 + 7 * (i % 4)),
-                    textcoords="offset points")
+                    alpha=0.85, color=colors[i % len(colors)], label=f"{r['key']} ({int(r['seeds'])} seed{'s' if r['seeds'] > 1 else ''})")
     for _, r in points[points["kind"] == "zero-shot"].iterrows():
         ax.axhline(r["mean"], ls="--", lw=1, color="k")
         ax.text(0.01, r["mean"], "zero-shot", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
@@ -164,6 +163,8 @@ def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training tokens (prompt + completion; RL methods include their SFT warm-up)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + "  (circles: SFT-type, squares: RL)", fontsize=10)
+    if len(trained):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
