@@ -67,7 +67,7 @@ def train_opd(*, student: str, teacher: str, probe_records: Sequence[dict], out_
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from .models import default_device, load_model
-    from .sft import finished_run, last_checkpoint, lora_config, peak_memory_mib, train_from, trained_tokens, training_precision
+    from .sft import finished_run, last_checkpoint, lora_config, run_cost, train_from, trained_tokens, training_precision
     from .trainlog import JsonlLogCallback
 
     out_dir = Path(out_dir)
@@ -99,8 +99,7 @@ def train_opd(*, student: str, teacher: str, probe_records: Sequence[dict], out_
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
     summary = {"model": student, "teacher": teacher, "settings": asdict(settings), "rows": len(probe_records),
-               "steps": trainer.state.global_step, "seconds": round(time.time() - t0, 1), "resumed_from": ckpt,
-               "train_tokens": trained_tokens(trainer.state.log_history), "peak_memory_mib": peak_memory_mib(),
-               "final": str(final)}
+               "steps": trainer.state.global_step, **run_cost(out_dir, "opd_summary.json", time.time() - t0),
+               "resumed_from": ckpt, "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
     atomic_write_json(out_dir / "opd_summary.json", summary)
     return summary

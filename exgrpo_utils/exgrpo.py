@@ -409,7 +409,7 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     import datasets
 
     from .models import default_device, load_model
-    from .sft import finished_run, last_checkpoint, lora_config, peak_memory_mib, train_from, trained_tokens, training_precision
+    from .sft import finished_run, last_checkpoint, lora_config, run_cost, train_from, trained_tokens, training_precision
     from .trainlog import JsonlLogCallback
 
     if settings.mode not in ("exgrpo", "grpo"):
@@ -441,13 +441,11 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     ckpt = last_checkpoint(out_dir) if resume else None
     t0 = time.time()
     train_from(trainer, ckpt, settings.max_steps)
-    seconds = time.time() - t0
     final = out_dir / "final"
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
     summary = {"init_model": init_model, "base": base_path, "settings": asdict(settings), "rows": len(rows),
-               "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt,
-               "train_tokens": trained_tokens(trainer.state.log_history),
-               "peak_memory_mib": peak_memory_mib(), "final": str(final)}
+               "steps": trainer.state.global_step, **run_cost(out_dir, "rl_summary.json", time.time() - t0),
+               "resumed_from": ckpt, "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
     atomic_write_json(out_dir / "rl_summary.json", summary)
     return summary

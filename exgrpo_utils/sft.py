@@ -17,7 +17,7 @@ from typing import Sequence
 
 from . import prompts
 from .data import Example
-from .io import atomic_write_json
+from .io import atomic_write_json, read_log_jsonl
 from .rules import RuleSet, load_rules
 
 
@@ -106,6 +106,26 @@ def peak_memory_mib() -> float:
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_cost(out_dir: Path, summary_name: str, seconds_this_call: float) -> dict:
+    """``seconds`` and ``peak_memory_mib`` of a whole training in ``out_dir``, over resumed calls.
+
+    Seconds: the log's cumulative wall time (``JsonlLogCallback`` carries it across resumes), or
+    this call's time when that is larger (model saving is not logged). Peak memory: the larger of
+    this call's and the one the previous summary recorded, so a call that only reloads a finished
+    checkpoint does not replace the training's numbers with its own."""
+    import json
+
+    logged = max((float(r.get("wall_time_s", 0.0)) for r in read_log_jsonl(out_dir / "train_log.jsonl")), default=0.0)
+    peak = peak_memory_mib()
+    previous = out_dir / summary_name
+    if previous.exists():
+        try:
+            peak = max(peak, float(json.loads(previous.read_text()).get("peak_memory_mib") or 0.0))
+        except ValueError:
+            pass
+    return {"seconds": round(max(logged, seconds_this_call), 1), "peak_memory_mib": peak}
 
 
 def trained_tokens(log_history: Sequence[dict]) -> int:
@@ -208,13 +228,11 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
     t0 = time.time()
     ckpt = last_checkpoint(out_dir) if resume else None
     train_from(trainer, ckpt, settings.max_steps)
-    seconds = time.time() - t0
     final = out_dir / "final"
     trainer.save_model(str(final))
     tok.save_pretrained(str(final))
     summary = {"model": model, "settings": asdict(settings), "rows": len(rows), "questions": n_questions,
-               "steps": trainer.state.global_step, "seconds": round(seconds, 1), "resumed_from": ckpt,
-               "train_tokens": trained_tokens(trainer.state.log_history),
-               "peak_memory_mib": peak_memory_mib(), "final": str(final)}
+               "steps": trainer.state.global_step, **run_cost(out_dir, "sft_summary.json", time.time() - t0),
+               "resumed_from": ckpt, "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
     atomic_write_json(out_dir / "sft_summary.json", summary)
     return summary

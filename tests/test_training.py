@@ -125,6 +125,16 @@ def test_a_finished_run_is_not_trained_again(probe_records, tmp_path, student_pa
     (tmp_path / "sft_summary.json").unlink()
     third = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
     assert third["steps"] == 2 and third["resumed_from"].endswith("checkpoint-2")
+    logged = max(r["wall_time_s"] for r in read_train_log(tmp_path / "train_log.jsonl").to_dict("records"))
+    assert third["seconds"] >= round(logged, 1)  # the training's time, not the reload's
     assert list(_step_rows(read_train_log(tmp_path / "train_log.jsonl")).index) == [1, 2]  # no step 3
     reloaded = _adapter_weights(tmp_path / "final")
     assert all(float((reloaded[k] - w).abs().max()) == 0 for k, w in weights.items())
+
+
+def test_run_cost_spans_resumed_calls(tmp_path):
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "wall_time_s": 40.0}\n{"step": 2, "wall_time_s": 287.03}\n')
+    (tmp_path / "sft_summary.json").write_text(json.dumps({"peak_memory_mib": 1e9}))
+    cost = sft.run_cost(tmp_path, "sft_summary.json", 0.3)  # a call that only reloaded the last checkpoint
+    assert cost == {"seconds": 287.0, "peak_memory_mib": 1e9}
+    assert sft.run_cost(tmp_path / "none", "sft_summary.json", 12.34)["seconds"] == 12.3  # no log yet: this call
