@@ -11,7 +11,6 @@ skipped rather than faked.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,9 +18,6 @@ from typing import Sequence
 from . import prompts
 from .data import Example
 from .io import atomic_write_json
-
-# TRL reads this deprecated property before every generation; one warning per step buries the log.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,9 +33,6 @@ from .data import Example
 from .dialogue import ChatLayout, DialogueTokens, plan_group, teacher_forced
 from .io import atomic_write_json
 from .rules import RuleSet, load_rules
-
-# TRL reads this deprecated property before every generation; one warning per step buries the log.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)

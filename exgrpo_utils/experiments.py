@@ -283,14 +283,14 @@ def context_from_run(run: Path, *, student: str, train_dataset: str, **kwargs) -
                    rl_settings=settings["exgrpo"], **kwargs)
 
 
-def _same_record(path: Path, rec: dict) -> bool:
-    """Whether ``path`` holds ``rec`` already, its wall time aside."""
+def _same_record(path: Path, rec: dict) -> dict | None:
+    """The record stored at ``path`` when it equals ``rec`` (its wall time aside), else None."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    old.pop("wall_seconds", None)
-    return old == json.loads(json.dumps(rec))
+        return None
+    same = {k: v for k, v in old.items() if k != "wall_seconds"} == json.loads(json.dumps(rec))
+    return old if same else None
 
 
 def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> list[dict]:
@@ -347,8 +347,9 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             rec["n"][r["dataset"]] = int(r["n"])
             if "avg" not in r["dataset"]:
                 rec["correct"][r["dataset"]] = int(round(r["accuracy"] * r["n"] / 100))
-        if _same_record(record_path, rec):  # reused unchanged: keep the record (and time) of the run that made it
-            rec = json.loads(record_path.read_text())
+        stored = _same_record(record_path, rec)
+        if stored:  # reused unchanged: keep the record (and time) of the run that made it
+            rec = stored
         else:
             rec["wall_seconds"] = round(time.time() - t0, 1)
             atomic_write_json(record_path, rec)

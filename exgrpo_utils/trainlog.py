@@ -4,11 +4,16 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from .io import append_jsonl, atomic_write_text, read_log_jsonl
+
+# Every trainer of the kit logs through this module. TRL reads a deprecated transformers property
+# before every generation (GRPO, GKD); one warning per step would bury the log.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class JsonlLogCallback(TrainerCallback):
