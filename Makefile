@@ -1,8 +1,9 @@
 # The two commands of the README:
 #   make reproduce   set up .venv if needed, then run the default reproduction (CPU, offline)
-#   make test        set up .venv if needed, then run the test suite
-# Optional: make reproduce-full (3-seed baselines and ablations), make reproduce-scratch (main job
-# from scratch into scratch-results/), make lab (JupyterLab), make bench, make bench-rl, make smoke.
+#   make test        set up .venv if needed, then run the whole test suite (what CI runs)
+# Optional: make test-fast (no model loaded, nothing trained: the inner loop), make reproduce-full
+# (3-seed baselines and ablations), make reproduce-scratch (main job from scratch into
+# scratch-results/), make lab (JupyterLab), make bench, make bench-rl, make smoke, make config-files.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-gpu reproduce reproduce-full reproduce-scratch smoke test lab bench bench-rl clean-venv
+.PHONY: setup setup-gpu reproduce reproduce-full reproduce-scratch smoke test test-fast config-files lab bench bench-rl clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -36,6 +37,13 @@ smoke: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# regenerate the notebooks' parameter cells and docs/configuration.md from the settings dataclasses
+config-files: setup
+	$(PY) -m exgrpo_utils.config --write-notebooks --write-docs
 
 lab: setup
 	$(PY) -m ipykernel install --user --name exgrpo-kit --display-name "Python (exgrpo-kit)"

@@ -13,7 +13,7 @@ import argparse
 import resource
 import time
 
-from exgrpo_utils.models import load_model, pick_dtype, default_device
+from exgrpo_utils.models.registry import default_device, load_model, pick_dtype
 
 
 def main() -> None:

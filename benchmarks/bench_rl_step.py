@@ -14,8 +14,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from exgrpo_utils import data, exgrpo, probes, rules, teachers
-from exgrpo_utils.trainlog import read_train_log
+from exgrpo_utils.common.files import read_train_log
+from exgrpo_utils.common.layout import TRAIN_LOG
+from exgrpo_utils.data.datasets import load
+from exgrpo_utils.teach import inversion, rules, teachers
+from exgrpo_utils.train import exgrpo
+from exgrpo_utils.train.settings import ExGRPOSettings
 
 
 def main() -> None:
@@ -28,16 +32,16 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
-    items = data.load("arith", "train", limit=max(4, args.steps))
-    probes.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
-    records = probes.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
+    items = load("arith", "train", limit=max(4, args.steps))
+    inversion.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
+    records = inversion.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
     print(f"{'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13} {'peak MiB':>9}")
     for mode in ("exgrpo", "grpo"):
-        settings = exgrpo.ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.tokens,
+        settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.tokens,
                                          max_final_tokens=args.tokens, max_steps=args.steps, save_steps=10_000)
         summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=work / mode,
                                       settings=settings, resume=False)
-        log = read_train_log(work / mode / "train_log.jsonl")
+        log = read_train_log(work / mode / TRAIN_LOG)
         log = log[log["loss"].notna()].iloc[1:] if len(log[log["loss"].notna()]) > 1 else log[log["loss"].notna()]
         seconds = log["step_time"].mean()
         tokens = (log["completions/mean_length"] * args.G).mean()  # policy tokens per step

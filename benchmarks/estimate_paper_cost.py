@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exgrpo_utils import data, prompts  # noqa: E402
-from exgrpo_utils.rules import load_rules  # noqa: E402
-
+from exgrpo_utils.data import datasets as data  # noqa: E402
+from exgrpo_utils.data import prompts
+from exgrpo_utils.models.registry import ensure_local  # noqa: E402
+from exgrpo_utils.teach.rules import load_rules  # noqa: E402
 
 WORKED_SOLUTIONS = ("gsm8k", "math", "tabmwp")
 
@@ -46,8 +47,6 @@ def main() -> int:
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
-
-    from exgrpo_utils.models import ensure_local
 
     tok = AutoTokenizer.from_pretrained(ensure_local("smollm2-135m-instruct"))
     n_tok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])

@@ -1,72 +1,44 @@
-"""Run the numbered notebooks headless with papermill, with parameters from a preset file.
+"""Run the numbered notebooks headless with papermill, with parameters from a preset.
 
-    python -m exgrpo_utils.runner --preset cpu                 # the main job (make reproduce)
-    python -m exgrpo_utils.runner --preset smoke --run-name t  # seconds to minutes
-    python -m exgrpo_utils.runner --preset cpu --only 04_evaluate --set limit_per_dataset=10
+    python -m exgrpo_utils.runner --preset cpu                  # the main job (make reproduce)
+    python -m exgrpo_utils.runner --preset smoke --run-name t   # seconds to minutes
+    python -m exgrpo_utils.runner --preset cpu --only 04_evaluate --set suite_limit=5 --run-name quick
+    python -m exgrpo_utils.runner --preset paper --dry-run      # print every notebook's parameters, run nothing
 
-Presets live in ``configs/<preset>.yaml``: a ``notebooks`` list, one section of parameters per
-notebook, and optionally ``run_name`` (the run folder it writes to; default the preset's name). Each executed notebook goes to ``results/executed/<run>/<notebook>.ipynb`` with its
-resolved parameters beside it (``<notebook>.parameters.json``). A notebook that finished with the
-same parameters is skipped on the next run (``--force`` reruns it), unless a notebook before it
-in the same call ran (its outputs may be inputs of the later ones); the stages inside resume too.
+Parameters resolve as: the settings dataclasses' defaults < the preset (``configs/<preset>.yaml``,
+and the presets it ``extends``) < ``--set KEY=VALUE`` (typed by the field it sets; an unknown key is
+refused with the list of known ones). Each notebook receives the parameters it declares
+(``config.NOTEBOOKS``). Each executed notebook goes to ``results/executed/<name>/<notebook>.ipynb``
+with its parameters beside it. A notebook that finished with the same parameters is skipped on the
+next run (``--force`` reruns it), unless a notebook before it in the same call ran (its outputs may
+be inputs of the later ones); the stages inside resume too.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .io import atomic_write_json
-from .paths import PROJECT_ROOT, results_root
+from .common.files import atomic_write_json
+from .common.layout import RunLayout
+from .common.settings import SettingsError
+from .config import NOTEBOOK_DIR, NOTEBOOKS, for_notebook, load_preset, parse_overrides, resolve
 
-CONFIG_DIR = PROJECT_ROOT / "configs"
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-
-
-def load_preset(preset: str) -> dict:
-    import yaml
-
-    path = Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{preset}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise SystemExit(f"preset {preset!r}: no file {path} (known presets: {known})")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(cfg.get("notebooks"), list):
-        raise SystemExit(f"{path}: needs a 'notebooks' list")
-    for nb in cfg["notebooks"]:
-        if not isinstance(cfg.get(nb, {}), dict):
-            raise SystemExit(f"{path}: section {nb!r} must be a mapping of parameters")
-    return cfg
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+# papermill is imported inside the function that uses it (heavy, or needed only on some paths).
 
 
 def notebook_path(stem: str) -> Path:
     path = NOTEBOOK_DIR / f"{stem}.ipynb"
     if not path.exists():
-        raise SystemExit(f"notebook {path} does not exist")
+        raise SettingsError(f"notebook {path} does not exist")
     return path
 
 
 def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False, log=print) -> bool:
     """Execute one notebook unless it finished with these parameters; True when it ran."""
-    import os
-
     import papermill as pm
 
     os.environ.setdefault("EXGRPO_PROGRESS", "lines")  # the kernel inherits it: progress lines in the log
@@ -92,36 +64,52 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
     return True
 
 
+def plan(args) -> tuple[RunLayout, str, list[tuple[str, dict]]]:
+    """(run layout, executed-folder name, [(notebook, its parameters)]) for the command line ``args``."""
+    preset = load_preset(args.preset)
+    overrides = parse_overrides(args.set)
+    run_name = args.run_name or preset.values.get("run_name") or Path(args.preset).stem
+    layout = RunLayout.of(run_name)
+    stems = list(args.only or preset.notebooks)
+    unknown = [s for s in stems if s not in NOTEBOOKS]
+    if unknown:
+        raise SettingsError(f"--only {', '.join(unknown)}: no such notebook; known: {', '.join(NOTEBOOKS)}")
+    unused = [k for k in overrides if not any(k in NOTEBOOKS[s] for s in stems)]
+    if unused:
+        raise SettingsError(f"--set {', '.join(sorted(unused))}: taken by no notebook of this call ({', '.join(stems)})")
+    values = resolve(preset, overrides, run_name=run_name)
+    return layout, args.run_name or Path(args.preset).stem, [(s, for_notebook(s, values)) for s in stems]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", help="configs/<preset>.yaml or a path to a YAML file")
-    ap.add_argument("--run-name", default=None, help="results/runs/<run-name> (default: the preset name)")
+    ap.add_argument("--run-name", default=None, help="results/runs/<run-name> (default: the preset's run_name, else its name)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these notebooks (stems)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a parameter everywhere it applies")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a parameter in every notebook that takes it")
     ap.add_argument("--force", action="store_true", help="rerun notebooks that already finished")
+    ap.add_argument("--dry-run", action="store_true", help="print every notebook's resolved parameters; run nothing")
     args = ap.parse_args(argv)
-
-    cfg = load_preset(args.preset)
-    # outputs: results/runs/<run_name>; a preset may name the run it extends (cpu-full adds to cpu)
-    run_name = args.run_name or cfg.get("run_name") or Path(args.preset).stem
-    executed_name = args.run_name or Path(args.preset).stem
-    overrides = parse_overrides(args.set)
-    stems = args.only or cfg["notebooks"]
-    unused = set(overrides) - {k for stem in stems for k in cfg.get(stem, {})}
-    if unused:
-        raise SystemExit(f"--set {', '.join(sorted(unused))}: applies to no notebook of this run ({', '.join(stems)})")
-    out_dir = results_root() / "executed" / executed_name
+    try:
+        layout, executed_name, todo = plan(args)
+    except (SettingsError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if args.dry_run:
+        for stem, params in todo:
+            print(f"# {stem}")
+            print("\n".join(f"  {k} = {json.dumps(v)}" for k, v in params.items()))
+        print(f"# outputs: {layout.root}; executed notebooks: {layout.executed_dir(executed_name)}")
+        return 0
+    out_dir = layout.executed_dir(executed_name)
     out_dir.mkdir(parents=True, exist_ok=True)
+    layout.create()
     t0 = time.time()
     upstream_ran = False  # once a notebook runs, the later ones run too: their inputs may have changed
-    for stem in stems:
-        params = dict(cfg.get(stem, {}))
-        params.update({k: v for k, v in overrides.items() if k in params})
-        params["run_name"] = run_name
+    for stem, params in todo:
         upstream_ran |= run_notebook(stem, params, out_dir, force=args.force or upstream_ran)
-    print(f"finished {len(stems)} notebook(s) in {time.time() - t0:.0f} s")
+    print(f"finished {len(todo)} notebook(s) in {time.time() - t0:.0f} s")
     print(f"executed notebooks: {out_dir}")
-    print(f"run outputs:        {results_root() / 'runs' / run_name}")
+    print(f"run outputs:        {layout.root}")
     return 0
 
 

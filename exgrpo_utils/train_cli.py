@@ -3,50 +3,60 @@
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m exgrpo_utils.train_cli sft \\
         --preset paper --run-name qwen-gsm8k
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m exgrpo_utils.train_cli exgrpo \\
-        --preset paper --run-name qwen-gsm8k --set label=exgrpo
+        --preset paper --run-name qwen-gsm8k --set rl_max_steps=500
 
-It reads the same preset sections as notebooks 02 (``02_sft``) and 03 (``03_exgrpo``) and calls the
-same library functions; the notebooks remain the place for the before/after evaluations and plots.
-With several processes each one must hold whole rollout groups (the DSU bonus compares the
-Scenario A and B rollouts of a question): ``per_device_train_batch_size`` is G x questions_per_step.
-This path is configured but has not been run in the kit's CI, which has no GPU.
+It resolves the same parameters as notebooks 02 (``sft``) and 03 (``exgrpo``) and calls the same
+library functions, writing the same folders (``RunLayout``); the notebooks remain the place for the
+before/after evaluations and plots. With several processes each one must hold whole rollout groups
+(the DSU bonus compares the Scenario A and B rollouts of a question): the per-device batch is
+G x ``rl_questions_per_step``. This path is configured but has not been run in the kit's CI, which
+has no GPU.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import sys
 
-from . import exgrpo, paths, probes, sft
-from .runner import load_preset, parse_overrides
+from .common.layout import RunLayout
+from .common.settings import SettingsError, build
+from .config import for_notebook, load_preset, parse_overrides, resolve
+from .teach.inversion import load_probe_dataset
+from .train.exgrpo import train_exgrpo
+from .train.settings import ExGRPOSettings, SFTSettings
+from .train.sft import train_sft
+
+STAGES = {"sft": "02_sft", "exgrpo": "03_exgrpo"}
 
 
-def settings_from(cls, params: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in params.items() if k in names})
+def stage_params(stage: str, preset: str, overrides: list[str], run_name: str) -> dict:
+    """The parameters notebook 02 or 03 would receive for this preset, run and ``--set`` list."""
+    return for_notebook(STAGES[stage], resolve(load_preset(preset), parse_overrides(overrides), run_name=run_name))
+
+
+def train_stage(stage: str, params: dict) -> dict:
+    layout = RunLayout.of(params["run_name"]).create()
+    records = load_probe_dataset(layout.probe_dataset(params["train_dataset"]))
+    report_to = tuple(params["report_to"])
+    if stage == "sft":
+        return train_sft(model=params["student"], probe_records=records, out_dir=layout.train_dir("sft"),
+                         settings=build(SFTSettings, params), report_to=report_to)
+    return train_exgrpo(init_model=str(layout.final_model("sft")), probe_records=records,
+                        out_dir=layout.train_dir("exgrpo"), settings=build(ExGRPOSettings, params), report_to=report_to)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["sft", "exgrpo"])
+    ap.add_argument("stage", choices=sorted(STAGES))
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--run-name", required=True)
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    section = "02_sft" if args.stage == "sft" else "03_exgrpo"
-    params = dict(load_preset(args.preset).get(section, {}))
-    params.update(parse_overrides(args.set))
-    run = paths.run_dir(args.run_name)
-    records = probes.load_probe_dataset(run / "ei" / params["train_dataset"] / "probe_dataset.jsonl")
-    out_dir = run / "train" / params["label"]
-    if args.stage == "sft":
-        summary = sft.train_sft(model=params["model"], probe_records=records, out_dir=out_dir,
-                                settings=settings_from(sft.SFTSettings, params))
-    else:
-        start = params.get("init_model") or str(run / "train" / "sft" / "final")
-        summary = exgrpo.train_exgrpo(init_model=start, probe_records=records, out_dir=out_dir,
-                                      settings=settings_from(exgrpo.ExGRPOSettings, params))
-    print(summary)
+    try:
+        params = stage_params(args.stage, args.preset, args.set, args.run_name)
+    except (SettingsError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(json.dumps(train_stage(args.stage, params), indent=2, default=str))
     return 0
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from exgrpo_utils import answers
-from exgrpo_utils.data import Example, format_options
+from exgrpo_utils.data import answers
+from exgrpo_utils.data.datasets import Example, format_options
 
 YN = Example("s1", "strategyqa", "Is the sky blue?", "yes")
 MC5 = Example("c1", "csqa", format_options("Where?", ["bank", "library", "store", "mall", "new york"]), "B",
@@ -88,7 +88,7 @@ def test_scoring_hand_written_completions(example, completion, flexible, strict)
 
 
 def test_every_dataset_has_a_right_and_a_wrong_case():
-    from exgrpo_utils.data import PAPER_DATASETS
+    from exgrpo_utils.data.datasets import PAPER_DATASETS
 
     for name in PAPER_DATASETS:
         outcomes = {c[2] for c in CASES if c[0].dataset == name}

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exgrpo_utils.backends import (CachedBackend, OpenAICompatibleBackend, TeacherAuthError, TeacherConfigError,
-                                   TeacherError)
-from exgrpo_utils.cache import CompletionCache
-from exgrpo_utils.generation import SamplingConfig
+from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend, TeacherAuthError, TeacherConfigError, TeacherError
+from exgrpo_utils.models.cache import CompletionCache
+from exgrpo_utils.models.generation import SamplingConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeServer  # noqa: E402
@@ -113,10 +112,10 @@ def test_cache_serves_repeats_and_never_stores_the_key(tmp_path, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import json, sys
-    from exgrpo_utils.backends import CachedBackend, OpenAICompatibleBackend
-    from exgrpo_utils.cache import CompletionCache
-    from exgrpo_utils.generation import SamplingConfig
-    from exgrpo_utils.io import atomic_write_json
+    from exgrpo_utils.common.files import atomic_write_json
+    from exgrpo_utils.models.cache import CompletionCache
+    from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend
+    from exgrpo_utils.models.generation import SamplingConfig
     url, cache_path, out = sys.argv[1:4]
     backend = CachedBackend(OpenAICompatibleBackend(base_url=url, model="m", max_in_flight=2), CompletionCache(cache_path))
     batch = [[{"role": "user", "content": f"q{i}"}] for i in range(30)]

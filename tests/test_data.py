@@ -3,9 +3,9 @@ import warnings
 
 import pytest
 
-from exgrpo_utils import data, synthetic
-from exgrpo_utils.answers import parse_number
-from exgrpo_utils.data import DATASETS, LETTERS, DataError, DataNotFoundError, Example
+from exgrpo_utils.data import datasets as data, synthetic
+from exgrpo_utils.data.answers import parse_number
+from exgrpo_utils.data.datasets import DATASETS, LETTERS, DataError, DataNotFoundError, Example
 
 LOCAL_SPLITS = [(n, s) for n, spec in DATASETS.items() if spec.role != "synthetic" for s in spec.splits]
 

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from exgrpo_utils import evaluation
-from exgrpo_utils.data import Example
-from exgrpo_utils.evaluation import EvalSettings, SettingsMismatchError
-from exgrpo_utils.generation import Completion, SamplingConfig
+from exgrpo_utils.evaluate import evaluation, stats
+from exgrpo_utils.data.datasets import Example
+from exgrpo_utils.evaluate.evaluation import EvalIdentity, SettingsMismatchError
+from exgrpo_utils.models.generation import Completion, SamplingConfig
 
 
 class FakeGenerator:
@@ -36,17 +36,17 @@ def _examples(n):
 
 
 def test_wilson_interval_hand_computed():
-    lo, hi = evaluation.wilson_interval(8, 10)
+    lo, hi = stats.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    lo, hi = evaluation.wilson_interval(0, 20)
+    lo, hi = stats.wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
-    assert evaluation.wilson_interval(0, 0)[0] != evaluation.wilson_interval(0, 0)[0]  # nan
+    assert stats.wilson_interval(0, 0)[0] != stats.wilson_interval(0, 0)[0]  # nan
 
 
 def test_mean_interval_hand_computed():
-    lo, hi = evaluation.mean_interval([0, 0], [10, 10])
+    lo, hi = stats.mean_interval([0, 0], [10, 10])
     assert lo == 0.0 and hi == pytest.approx(0.1296, abs=1e-4)
-    lo, hi = evaluation.mean_interval([5, 10], [10, 10])  # mean 0.75
+    lo, hi = stats.mean_interval([5, 10], [10, 10])  # mean 0.75
     p1, p2 = 7 / 14, 12 / 14
     half = 1.959964 * ((p1 * (1 - p1) / 14 + p2 * (1 - p2) / 14) / 4) ** 0.5
     assert (lo, hi) == (pytest.approx(0.75 - half), pytest.approx(min(1.0, 0.75 + half)))
@@ -74,10 +74,10 @@ def test_interrupted_evaluation_resumes_without_duplicates(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    evaluation.check_settings(tmp_path, EvalSettings(model="m", max_new_tokens=8))
-    evaluation.check_settings(tmp_path, EvalSettings(model="m", max_new_tokens=8))
+    evaluation.check_settings(tmp_path, EvalIdentity(model="m", max_new_tokens=8))
+    evaluation.check_settings(tmp_path, EvalIdentity(model="m", max_new_tokens=8))
     with pytest.raises(SettingsMismatchError, match="max_new_tokens"):
-        evaluation.check_settings(tmp_path, EvalSettings(model="m", max_new_tokens=16))
+        evaluation.check_settings(tmp_path, EvalIdentity(model="m", max_new_tokens=16))
 
 
 def test_stored_records_are_rescored_with_the_current_scorer(tmp_path):
@@ -102,7 +102,7 @@ def test_changed_gold_is_refused(tmp_path):
 
 def test_suite_summary_has_per_dataset_rows_and_averages(tmp_path):
     exs = {"gsm8k": _examples(4), "gsm8k_rev": [Example(f"r{i}", "gsm8k_rev", f"Item {i} q", str(i)) for i in range(4)]}
-    table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalSettings(model="fake"),
+    table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalIdentity(model="fake"),
                                       batch_size=2, label="zero-shot", progress=False)
     rows = dict(zip(table["dataset"], table["accuracy"]))
     assert rows == {"gsm8k": 50.0, "gsm8k_rev": 50.0, "held-in-avg8": 50.0, "ood-avg4": 50.0}
@@ -111,10 +111,10 @@ def test_suite_summary_has_per_dataset_rows_and_averages(tmp_path):
 
 
 def test_paper_layout_puts_paper_numbers_beside_ours(tmp_path):
-    from exgrpo_utils import reporting
+    from exgrpo_utils.report import reporting
 
     exs = {"gsm8k": _examples(4)}
-    table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalSettings(model="fake"),
+    table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalIdentity(model="fake"),
                                       batch_size=2, label="zero-shot", progress=False)
     layout = reporting.paper_layout([table], student="fake")
     ours = layout[layout["source"] == "ours"].iloc[0]
@@ -146,21 +146,28 @@ def test_pooled_evaluation_shares_batches_and_resumes(tmp_path):
 
 
 def test_resolve_models(tmp_path):
-    (tmp_path / "train" / "sft" / "final").mkdir(parents=True)
-    got = evaluation.resolve_models({"zero-shot": "smollm2-135m-instruct", "sft": "train/sft/final"}, tmp_path)
-    assert got == {"zero-shot": "smollm2-135m-instruct", "sft": str(tmp_path / "train" / "sft" / "final")}
-    with pytest.raises(FileNotFoundError, match="'exgrpo'"):
-        evaluation.resolve_models({"exgrpo": "train/exgrpo/final"}, tmp_path)
+    from exgrpo_utils.common.layout import RunLayout
+
+    layout = RunLayout.of("r", tmp_path)
+    layout.final_model("sft").mkdir(parents=True)
+    got = evaluation.resolve_models(["zero-shot", "sft", "mine=train/sft/final", "reg=qwen2.5-7b-instruct"], layout,
+                                    "smollm2-135m-instruct")
+    assert got == {"zero-shot": "smollm2-135m-instruct", "sft": str(layout.final_model("sft")),
+                   "mine": str(layout.final_model("sft")), "reg": "qwen2.5-7b-instruct"}
+    with pytest.raises(FileNotFoundError, match="'exgrpo'.*did its training finish"):
+        evaluation.resolve_models(["exgrpo"], layout, "s")
+    with pytest.raises(FileNotFoundError, match="'x': 'nope' is neither"):
+        evaluation.resolve_models(["x=nope"], layout, "s")
 
 
 def test_settings_compare_portable_model_paths(tmp_path):
-    from exgrpo_utils.paths import PROJECT_ROOT, portable
+    from exgrpo_utils.common.paths import PROJECT_ROOT, portable
 
     inside = PROJECT_ROOT / "results" / "runs" / "x" / "final"
     assert portable(inside) == "results/runs/x/final"
     assert portable("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert portable("/elsewhere/model") == "/elsewhere/model"
-    (tmp_path / "config.json").write_text(json.dumps({**evaluation.asdict(EvalSettings(model="x")), "model": str(inside)}))
-    evaluation.check_settings(tmp_path, EvalSettings(model="results/runs/x/final"))  # old absolute record: same model
+    (tmp_path / "config.json").write_text(json.dumps({**evaluation.asdict(EvalIdentity(model="x")), "model": str(inside)}))
+    evaluation.check_settings(tmp_path, EvalIdentity(model="results/runs/x/final"))  # old absolute record: same model
     with pytest.raises(SettingsMismatchError):
-        evaluation.check_settings(tmp_path, EvalSettings(model="results/runs/y/final"))
+        evaluation.check_settings(tmp_path, EvalIdentity(model="results/runs/y/final"))

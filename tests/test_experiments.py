@@ -5,8 +5,15 @@ import math
 import pandas as pd
 import pytest
 
-from exgrpo_utils import answers, baselines, experiments, paper_tables, plotting, synthetic
-from exgrpo_utils.data import Example
+from exgrpo_utils.data import answers, synthetic
+from exgrpo_utils.common.layout import RunLayout, run_id
+from exgrpo_utils.teach.settings import TeacherSettings
+from exgrpo_utils.evaluate import stats
+from exgrpo_utils.experiments import baselines, methods, runs
+from exgrpo_utils.report import paper_tables, plotting
+from exgrpo_utils.data.datasets import Example
+
+PROGRAM = TeacherSettings(teacher="program", teacher_model="")
 
 
 def _arith_items(n=6):
@@ -69,40 +76,40 @@ def test_prepare_baseline_data_reads_ei_records_and_reuses(tmp_path):
              for i, e in enumerate(items)]
     ei.write_text("".join(json.dumps(l) + "\n" for l in lines))
     out = tmp_path / "bl" / "baseline_data.jsonl"
-    recs = baselines.prepare_baseline_data(ei, out)
+    recs = baselines.prepare_baseline_data(ei, out, teacher=PROGRAM)
     assert [r["id"] for r in recs] == [items[0].id, items[2].id]  # wrong teacher CoT left out
     mtime = out.stat().st_mtime_ns
-    baselines.prepare_baseline_data(ei, out)
+    baselines.prepare_baseline_data(ei, out, teacher=PROGRAM)
     assert out.stat().st_mtime_ns == mtime  # reused, not rewritten
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl: line 1"):
-        baselines.prepare_baseline_data(bad, tmp_path / "o.jsonl")
+        baselines.prepare_baseline_data(bad, tmp_path / "o.jsonl", teacher=PROGRAM)
 
 
 def test_expand_puts_dependencies_first_and_rejects_unknown():
-    order = experiments.expand(keys=["exgrpo-p0.1", "sft-grpo"])
+    order = methods.expand(keys=["exgrpo-p0.1", "sft-grpo"])
     assert order == ["sft-p0.1", "exgrpo-p0.1", "sft", "sft-grpo"]
-    assert experiments.expand(["core"]) == ["zero-shot", "sft", "sft-grpo", "exgrpo"]
+    assert methods.expand(["core"]) == ["zero-shot", "sft", "sft-grpo", "exgrpo"]
     with pytest.raises(ValueError, match="unknown group"):
-        experiments.expand(["nope"])
+        methods.expand(["nope"])
     with pytest.raises(ValueError, match="unknown method"):
-        experiments.expand(keys=["nope"])
+        methods.expand(keys=["nope"])
 
 
 def test_plan_seed0_first_then_other_seeds():
-    p = experiments.plan(["core"], [0, 1, 2], ["table4"])
-    ids = [experiments.run_id(k, s) for k, s in p]
+    p = methods.plan(["core"], [0, 1, 2], ["table4"])
+    ids = [run_id(k, s) for k, s in p]
     assert ids[:4] == ["zero-shot", "sft", "sft-grpo", "exgrpo"]
     assert "zero-shot-s1" not in ids and "sft-rule-counterfactual-s1" not in ids  # greedy zero-shot once; table4 seed 0 only
     assert ids.index("sft-s1") < ids.index("exgrpo-s1")  # warm-up before the run that starts from it
     assert len(ids) == len(set(ids))
     with pytest.raises(ValueError):
-        experiments.plan(["core"], [])
+        methods.plan(["core"], [])
 
 
 def test_method_table_matches_the_paper_rows():
-    m = experiments.METHODS
+    m = methods.METHODS
     assert (m["cold-grpo"].init, m["cold-grpo"].mode, m["cold-grpo"].aux) == ("base", "grpo", False)
     assert (m["cold-grpo-aux"].init, m["cold-grpo-aux"].aux) == ("base", True)
     assert (m["sft-grpo"].init, m["sft-grpo"].mode, m["sft-grpo"].aux) == ("sft", "grpo", False)
@@ -112,46 +119,47 @@ def test_method_table_matches_the_paper_rows():
 
 
 def test_seed_interval_hand_computed():
-    mean, lo, hi = experiments.seed_interval([10.0, 20.0, 30.0])
+    mean, lo, hi = stats.seed_interval([10.0, 20.0, 30.0])
     half = 4.303 * 10.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
     assert (mean, lo, hi) == (20.0, pytest.approx(20 - half), pytest.approx(20 + half))
-    mean, lo, hi = experiments.seed_interval([5.0])
+    mean, lo, hi = stats.seed_interval([5.0])
     assert mean == 5.0 and math.isnan(lo) and math.isnan(hi)
-    assert math.isnan(experiments.seed_interval([])[0])
+    assert math.isnan(stats.seed_interval([])[0])
 
 
 def test_opd_is_skipped_with_a_reason_unless_a_local_teacher_is_given():
     for teacher in ("program", "openai", "vllm"):
-        ok, reason = experiments.opd_status(teacher)
+        ok, reason = methods.opd_status(teacher)
         assert not ok and reason.startswith("skipped:") and "tokenizer" in reason
-    assert experiments.opd_status("openai", "gemini-1.5-pro")[0] is False  # text only, whatever the model
-    assert experiments.opd_status("vllm", "Qwen/Qwen2.5-72B-Instruct") == (True, "")
+    assert methods.opd_status("openai", "gemini-1.5-pro")[0] is False  # text only, whatever the model
+    assert methods.opd_status("vllm", "Qwen/Qwen2.5-72B-Instruct") == (True, "")
 
 
 def test_reuse_refuses_a_run_with_other_settings(tmp_path):
     (tmp_path / "final").mkdir()
     (tmp_path / "sft_summary.json").write_text(json.dumps({"settings": {"epochs": 1.0, "rules": []}, "final": "f"}))
-    assert experiments._check_reuse(tmp_path / "sft_summary.json", {"epochs": 1.0, "rules": ()}, "SFT")["final"] == "f"
+    assert runs._check_reuse(tmp_path / "sft_summary.json", {"epochs": 1.0, "rules": ()}, "SFT")["final"] == "f"
     with pytest.raises(RuntimeError, match="other settings"):
-        experiments._check_reuse(tmp_path / "sft_summary.json", {"epochs": 3.0, "rules": ()}, "SFT")
-    assert experiments._check_reuse(tmp_path / "missing.json", {}, "SFT") is None
+        runs._check_reuse(tmp_path / "sft_summary.json", {"epochs": 3.0, "rules": ()}, "SFT")
+    assert runs._check_reuse(tmp_path / "missing.json", {}, "SFT") is None
 
 
 def test_training_cost_adds_the_warm_up():
     done = {"sft": {"train_tokens": 100, "seconds": 10}, "exgrpo": {"train_tokens": 50, "seconds": 20},
             "cold-grpo": {"train_tokens": 7, "seconds": 1}}
-    assert experiments.training_cost("exgrpo", 0, done) == (150, 30.0)
-    assert experiments.training_cost("cold-grpo", 0, done) == (7, 1.0)
+    assert runs.training_cost("exgrpo", 0, done) == (150, 30.0)
+    assert runs.training_cost("cold-grpo", 0, done) == (7, 1.0)
 
 
 def _records(tmp_path):
-    """A run folder with records: sft and exgrpo over 3 seeds, rephrase once, opd skipped."""
-    run = tmp_path / "run"
+    """A run with records: sft and exgrpo over 3 seeds, rephrase once, opd skipped."""
+    layout = RunLayout.of("run", tmp_path)
+    run = layout.root
     rows = {("sft", 0): 40.0, ("sft", 1): 50.0, ("sft", 2): 60.0, ("exgrpo", 0): 50.0, ("exgrpo", 1): 60.0,
             ("exgrpo", 2): 70.0, ("rephrase", 0): 30.0, ("sft-p0.1", 0): 10.0, ("exgrpo-p0.1", 0): 20.0}
     for (key, seed), acc in rows.items():
-        rid = experiments.run_id(key, seed)
-        rec = {"run_id": rid, "key": key, "label": experiments.METHODS[key].label, "kind": experiments.METHODS[key].kind,
+        rid = run_id(key, seed)
+        rec = {"run_id": rid, "key": key, "label": methods.METHODS[key].label, "kind": methods.METHODS[key].kind,
                "seed": seed, "status": "ok", "reason": "", "train_tokens": 1000 * (1 + seed), "train_seconds": 1.0,
                "accuracy": {"arith": acc, "arith_rev": acc / 2}, "n": {"arith": 50, "arith_rev": 50},
                "correct": {"arith": int(acc / 2), "arith_rev": int(acc / 4)}}
@@ -160,11 +168,11 @@ def _records(tmp_path):
     skipped = {"run_id": "opd", "key": "opd", "label": "On-Policy Distillation", "kind": "opd", "seed": 0, "status": "skipped",
                "reason": "skipped: no teacher", "train_tokens": 0, "train_seconds": 0.0, "accuracy": {}, "n": {}, "correct": {}}
     (run / "experiments" / "opd.json").write_text(json.dumps(skipped))
-    return run
+    return layout
 
 
 def test_tables_put_ours_beside_the_paper(tmp_path):
-    from exgrpo_utils import reporting
+    from exgrpo_utils.report import reporting
 
     df = paper_tables.load_records([_records(tmp_path)])
     paper = reporting.paper_results()
@@ -176,7 +184,7 @@ def test_tables_put_ours_beside_the_paper(tmp_path):
     assert t3.loc["RL cold start (R_base)", "ours: arith (held-in)"] == "–"
     assert t3.loc["RL cold start (R_base)", "note"] == "not run in these results"
     t4 = paper_tables.build_table("table4", df, paper).set_index("method")
-    lo, hi = (100 * x for x in __import__("exgrpo_utils.evaluation", fromlist=["x"]).wilson_interval(15, 50))
+    lo, hi = (100 * x for x in stats.wilson_interval(15, 50))
     assert t4.loc["Rephrase Question", "ours: arith (held-in)"] == f"30.0 [{lo:.1f}, {hi:.1f}]"  # one seed: Wilson
     assert t4.loc["Rephrase Question", "paper: Qwen2.5-7B-Instruct (held-in-avg8)"] == "78.88"
     t1 = paper_tables.build_table("table1", df, paper).set_index("method")
@@ -201,26 +209,28 @@ def test_figure_data_and_plots(tmp_path):
 
 
 def test_reward_curves_read_train_logs(tmp_path):
-    run = tmp_path / "run"
+    layout = RunLayout.of("run", tmp_path)
+    run = layout.root
     for rid in ("exgrpo", "exgrpo-s1", "sft"):
         d = run / "train" / rid
         d.mkdir(parents=True)
         lines = [{"step": s, "loss": 0.1, "exgrpo/r_base": 0.25 * s, "exgrpo/r_dsu": 0.0} for s in (1, 2)] if rid != "sft" else [{"step": 1, "loss": 1.0}]
         (d / "train_log.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
-    curves = paper_tables.reward_curves([run])
+    curves = paper_tables.reward_curves([layout])
     assert sorted(curves["run_id"].unique()) == ["exgrpo", "exgrpo-s1"] and len(curves) == 4
 
 
 def test_records_need_a_run():
     with pytest.raises(FileNotFoundError, match="notebook 05"):
-        paper_tables.load_records(["/nonexistent/run"])
+        paper_tables.load_records([RunLayout.of("run", "/nonexistent")])
 
 
 def test_single_seed_average_gets_the_interval_of_a_mean(tmp_path):
-    from exgrpo_utils import evaluation
-    from exgrpo_utils.data import HELD_IN
+    from exgrpo_utils.evaluate import evaluation
+    from exgrpo_utils.data.datasets import HELD_IN
 
-    run = tmp_path / "run"
+    layout = RunLayout.of("run", tmp_path)
+    run = layout.root
     (run / "experiments").mkdir(parents=True)
     correct = {name: i % 4 for i, name in enumerate(HELD_IN)}
     acc = {name: 10.0 * k for name, k in correct.items()}
@@ -228,16 +238,17 @@ def test_single_seed_average_gets_the_interval_of_a_mean(tmp_path):
     rec = {"run_id": "sft", "key": "sft", "label": "SFT", "kind": "sft", "seed": 0, "status": "ok", "reason": "",
            "train_tokens": 1, "train_seconds": 1.0, "accuracy": acc, "n": {k: 10 for k in acc}, "correct": correct}
     (run / "experiments" / "sft.json").write_text(json.dumps(rec))
-    df = paper_tables.load_records([run])
+    df = paper_tables.load_records([layout])
     s = paper_tables.cell_stats(df, "sft", "held-in-avg8")
-    lo, hi = evaluation.mean_interval(list(correct.values()), [10] * 8)
+    lo, hi = stats.mean_interval(list(correct.values()), [10] * 8)
     assert (s["mean"], s["low"], s["high"], s["seeds"]) == (acc["held-in-avg8"], pytest.approx(100 * lo), pytest.approx(100 * hi), 1)
 
 
 def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
-    from exgrpo_utils import evaluation
+    from exgrpo_utils.evaluate import evaluation
 
-    run = tmp_path / "run"
+    layout = RunLayout.of("run", tmp_path)
+    run = layout.root
     (run / "experiments").mkdir(parents=True)
     for seed, k in ((0, 0), (1, 0), (2, 0)):  # three seeds at 0/50: the t-interval alone is [0, 0]
         rid = "sft" if seed == 0 else f"sft-s{seed}"
@@ -245,7 +256,7 @@ def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
                "train_tokens": 1, "train_seconds": 1.0, "accuracy": {"arith": 0.0, "arith_rev": 2.0 * seed},
                "n": {"arith": 50, "arith_rev": 50}, "correct": {"arith": k, "arith_rev": seed}}
         (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
-    df = paper_tables.load_records([run])
+    df = paper_tables.load_records([layout])
     s = paper_tables.cell_stats(df, "sft", "arith")
     lo, hi = evaluation.wilson_interval(0, 150)
     assert (s["mean"], s["seeds"]) == (0.0, 3) and s["low"] == pytest.approx(100 * lo) and s["high"] == pytest.approx(100 * hi)
@@ -259,9 +270,9 @@ def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
 def test_a_reused_record_is_not_rewritten(tmp_path):
     rec = {"run_id": "sft", "accuracy": {"arith": 4.0}, "n": {"arith": 50}, "train_seconds": 1.5}
     path = tmp_path / "sft.json"
-    assert not experiments._same_record(path, rec)  # no file yet
+    assert not runs._same_record(path, rec)  # no file yet
     path.write_text(json.dumps({**rec, "wall_seconds": 80.0}))
-    assert experiments._same_record(path, dict(rec))  # only the wall time would differ
-    assert not experiments._same_record(path, {**rec, "accuracy": {"arith": 6.0}})
+    assert runs._same_record(path, dict(rec))  # only the wall time would differ
+    assert not runs._same_record(path, {**rec, "accuracy": {"arith": 6.0}})
     path.write_text("{broken")
-    assert not experiments._same_record(path, rec)
+    assert not runs._same_record(path, rec)

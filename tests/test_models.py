@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from exgrpo_utils import models
-from exgrpo_utils.generation import SamplingConfig, TransformersGenerator
+from exgrpo_utils.models import registry as models
+from exgrpo_utils.models.generation import SamplingConfig, TransformersGenerator
 
 
 def test_gguf_conversion_gives_a_plain_trainable_checkpoint(tmp_path):

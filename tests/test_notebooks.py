@@ -3,13 +3,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
-
-from exgrpo_utils import runner
+from exgrpo_utils import config, runner, train_cli
+from exgrpo_utils.common.settings import SettingsError, build
+from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def _parameters(nb_path):
@@ -23,7 +22,7 @@ def _parameters(nb_path):
     params = {k: v for k, v in namespace.items() if not k.startswith("__")}
     declared = {p.name for p in PythonTranslator.inspect(cells[0])}
     assert declared == set(params), f"{nb_path.name}: papermill cannot read {set(params) - declared}"
-    return params
+    return cells[0].source, params
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -34,34 +33,67 @@ def test_notebooks_are_stored_without_outputs(path):
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs"
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_presets_name_real_notebooks_and_parameters(preset):
-    cfg = yaml.safe_load(preset.read_text())
-    for stem in cfg["notebooks"]:
-        params = _parameters(ROOT / "notebooks" / f"{stem}.ipynb")
-        unknown = set(cfg.get(stem, {})) - set(params)
-        assert not unknown, f"{preset.name} [{stem}]: not parameters of the notebook: {unknown}"
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameter_cells_are_generated_from_the_settings(path):
+    source, params = _parameters(path)
+    assert source == config.parameter_cell(path.stem), \
+        f"{path.name}: parameter cell is stale; run python -m exgrpo_utils.config --write-notebooks"
+    assert list(params) == list(config.NOTEBOOKS[path.stem])
+    cpu = config.for_notebook(path.stem, config.resolve(config.load_preset("cpu"), run_name="cpu"))
+    assert params == cpu  # opened by hand, a notebook runs the main job's values
 
 
-def test_notebook_defaults_are_the_cpu_preset():
-    cfg = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
-    for stem in cfg["notebooks"]:
-        params = _parameters(ROOT / "notebooks" / f"{stem}.ipynb")
-        for key, value in cfg[stem].items():
-            assert params[key] == value, f"{stem}.{key}: notebook says {params[key]!r}, cpu.yaml says {value!r}"
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_code_names_no_run_folder(path):
+    """Every path of a run comes from RunLayout: no notebook writes a run folder's name itself."""
+    import ast
+
+    folders = {"ei", "train", "eval", "eval_arith", "experiments", "baselines", "paper", "executed", "runs", "results"}
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        literals = {n.value for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not (literals & folders), f"{path.name}: folder names {literals & folders} written by hand; use RunLayout"
 
 
-def test_runner_rejects_bad_presets_and_overrides(tmp_path):
+def test_runner_rejects_bad_presets_and_overrides(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("notebooks: 00_setup\n")
-    with pytest.raises(SystemExit, match="needs a 'notebooks' list"):
-        runner.load_preset(str(bad))
-    with pytest.raises(SystemExit, match="known presets"):
-        runner.load_preset("no-such-preset")
-    with pytest.raises(SystemExit, match="key=value"):
-        runner.parse_overrides(["oops"])
-    with pytest.raises(SystemExit, match="applies to no notebook"):
+    with pytest.raises(SettingsError, match="needs a 'notebooks' list"):
+        config.load_preset(str(bad))
+    with pytest.raises(SettingsError, match="known presets"):
+        config.load_preset("no-such-preset")
+    with pytest.raises(SettingsError, match="key=value"):
+        config.parse_overrides(["oops"])
+    with pytest.raises(SystemExit, match="unknown parameter.*known parameters: .*sft_learning_rate"):
         runner.main(["--preset", "smoke", "--run-name", "x", "--set", "no_such_parameter=1"])
+    with pytest.raises(SystemExit, match="taken by no notebook of this call"):
+        runner.main(["--preset", "smoke", "--run-name", "x", "--only", "06_paper_figures", "--set", "sft_epochs=2"])
+    with pytest.raises(SystemExit, match="--only 07_nothing: no such notebook"):
+        runner.main(["--preset", "smoke", "--run-name", "x", "--only", "07_nothing", "--dry-run"])
+    with pytest.raises(SystemExit, match=r"^error: sft_epochs='\[1, 2': malformed value"):
+        runner.main(["--preset", "smoke", "--run-name", "x", "--set", "sft_epochs=[1, 2", "--dry-run"])
+
+
+def test_dry_run_shows_which_notebooks_take_a_value(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
+    assert runner.main(["--preset", "cpu", "--dry-run", "--set", "suite_max_new_tokens=200", "sft_learning_rate=1e-5"]) == 0
+    out = capsys.readouterr().out
+    sections = {block.split("\n", 1)[0].strip(): block for block in out.split("# ")[1:]}
+    takers = sorted(s for s, block in sections.items() if "suite_max_new_tokens = 200" in block)
+    assert takers == ["04_evaluate", "05_experiments"]
+    assert "sft_learning_rate = 1e-05" in sections["02_sft"] and "sft_learning_rate = 1e-05" in sections["05_experiments"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "executed").exists()  # nothing ran, nothing written
+
+
+def test_train_cli_trains_with_the_notebook_parameters():
+    params = train_cli.stage_params("sft", "paper", ["sft_epochs=2"], "r")
+    assert params == config.for_notebook("02_sft", config.resolve(config.load_preset("paper"), {"sft_epochs": 2.0}, run_name="r"))
+    settings = build(SFTSettings, params)
+    assert settings.epochs == 2.0 and isinstance(settings.epochs, float) and settings.rules == ()
+    rl = build(ExGRPOSettings, train_cli.stage_params("exgrpo", "cpu", [], "r"))
+    assert (rl.k, rl.G, rl.max_steps) == (2, 4, 4)
 
 
 def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, student_path):
@@ -91,6 +123,8 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
     assert set(records["sft-grpo"]["n"]) >= {"arith", "arith_rev", "gsm8k", "held-in-avg8"}
     assert records["sft-rule-counterfactual"]["train_tokens"] > 0 and records["exgrpo"]["train_tokens"] > records["sft"]["train_tokens"]
     assert (run / "baselines" / "arith" / "baseline_data.jsonl").exists() and (run / "experiments.csv").exists()
+    for rid in ("sft", "exgrpo", "sft-grpo"):  # every trainer reports to TensorBoard inside its training folder
+        assert list((run / "train" / rid / "tensorboard").glob("events.out.tfevents*")), rid
     # 06: tables and figures from the records alone
     for name in ("table1.md", "table2.md", "table3.md", "table4.md", "figure3_rewards.png", "figure4_fraction.pdf",
                  "figure5_tokens.png"):
@@ -99,25 +133,6 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
     stamp = (executed / "04_evaluate.ipynb").stat().st_mtime
     assert runner.main(["--preset", "smoke", "--run-name", "t"]) == 0  # finished notebooks are skipped
     assert (executed / "04_evaluate.ipynb").stat().st_mtime == stamp
-
-
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
-def test_training_sections_map_onto_the_settings(preset):
-    import dataclasses
-
-    from exgrpo_utils import exgrpo, sft, train_cli
-
-    cfg = yaml.safe_load(preset.read_text())
-    notebook_only = {"model", "train_dataset", "label", "init_model", "eval_datasets", "eval_limit",
-                     "eval_max_new_tokens", "eval_batch_size"}
-    for section, cls in (("02_sft", sft.SFTSettings), ("03_exgrpo", exgrpo.ExGRPOSettings)):
-        if section not in cfg:
-            continue
-        fields = {f.name for f in dataclasses.fields(cls)}
-        assert set(cfg[section]) - fields <= notebook_only, set(cfg[section]) - fields - notebook_only
-        settings = train_cli.settings_from(cls, cfg[section])
-        for key in set(cfg[section]) & fields:
-            assert getattr(settings, key) == cfg[section][key]
 
 
 def test_a_notebook_that_ran_makes_the_later_ones_run(tmp_path, monkeypatch):
@@ -144,3 +159,14 @@ def test_a_notebook_that_ran_makes_the_later_ones_run(tmp_path, monkeypatch):
     ran.clear()
     assert runner.main(["--preset", str(preset), "--run-name", "r", "--only", "06_paper_figures"]) == 0
     assert ran == []
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu-full"])
+def test_the_committed_run_is_finished_with_the_presets_parameters(preset):
+    """A fresh clone's `make reproduce` (and `make reproduce-full`) finds every notebook finished."""
+    loaded = config.load_preset(preset)
+    executed = ROOT / "results" / "executed" / preset
+    values = config.resolve(loaded, run_name=loaded.values.get("run_name", preset))
+    for stem in loaded.notebooks:
+        done = json.loads((executed / f"{stem}.done.json").read_text())
+        assert done["parameters"] == config.for_notebook(stem, values), f"{preset}/{stem}: would run again"

@@ -2,9 +2,10 @@ import re
 
 import pytest
 
-from exgrpo_utils import data, probes, rules, synthetic, teachers
-from exgrpo_utils.cache import ChatResult
-from exgrpo_utils.data import Example
+from exgrpo_utils.data import datasets as data, synthetic
+from exgrpo_utils.teach import inversion as probes, rules, teachers
+from exgrpo_utils.models.cache import ChatResult
+from exgrpo_utils.data.datasets import Example
 
 RULES = rules.load_rules()
 

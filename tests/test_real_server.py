@@ -10,9 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exgrpo_utils import data, probes, rules, teachers
-from exgrpo_utils.backends import CachedBackend, OpenAICompatibleBackend
-from exgrpo_utils.cache import CompletionCache
+from exgrpo_utils.data import datasets as data
+from exgrpo_utils.teach import inversion as probes, rules, teachers
+from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend
+from exgrpo_utils.models.cache import CompletionCache
+from exgrpo_utils.teach.settings import EISettings
 
 
 def _free_port() -> int:
@@ -53,6 +55,7 @@ def served_student(student_path, tmp_path_factory):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_teacher_pipeline_through_a_real_openai_compatible_server(served_student, tmp_path):
     base_url, model = served_student
     backend = OpenAICompatibleBackend(base_url=base_url, model=model, max_in_flight=2, timeout_s=120)
@@ -60,12 +63,12 @@ def test_teacher_pipeline_through_a_real_openai_compatible_server(served_student
     rule_set = rules.load_rules().subset(["why", "decomposition"])
     teacher = teachers.LLMTeacher(chat, rule_set, max_new_tokens=48)
     items = data.load("gsm8k", "train", limit=2)
-    res = probes.run_pipeline(items, teacher, rule_set, student=None, config=probes.EIConfig(require_teacher_correct=False))
+    res = probes.run_pipeline(items, teacher, rule_set, student=None, config=EISettings(require_teacher_correct=False))
     assert all(r["teacher_cot"] for r in res["records"])
     assert backend.usage.requests >= 2 + 4  # CoT for both items, a probe per rule and item
     assert backend.usage.prompt_tokens > 0 and backend.usage.completion_tokens > 0
     stats = res["stats_items"].iloc[0]
     assert stats.items_in == 2 and stats.probes_attempted == 4
     paid = backend.usage.requests
-    probes.run_pipeline(items, teacher, rule_set, student=None, config=probes.EIConfig(require_teacher_correct=False))
+    probes.run_pipeline(items, teacher, rule_set, student=None, config=EISettings(require_teacher_correct=False))
     assert backend.usage.requests == paid  # a rerun is served from the cache

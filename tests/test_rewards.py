@@ -3,9 +3,9 @@ import random
 
 import pytest
 
-from exgrpo_utils import rewards
-from exgrpo_utils.data import Example
-from exgrpo_utils.dialogue import ChatLayout, plan_group, teacher_forced
+from exgrpo_utils.train import rewards
+from exgrpo_utils.data.datasets import Example
+from exgrpo_utils.train.dialogue import ChatLayout, plan_group, teacher_forced
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_teacher_forced_dialogue_masks_exactly_the_assistant_tokens(layout):
 
 
 def test_rollout_keeps_generated_tokens_and_masks_context(layout, student):
-    from exgrpo_utils.exgrpo import rollout_dialogues
+    from exgrpo_utils.train.exgrpo import rollout_dialogues
 
     model, tok = student
     dialogues = [["What is 2 + 3?", "What is 4 + 4?", "What is 1 + 1?"], ["What is 1 + 1?"]]
@@ -171,7 +171,7 @@ class FakeVLLMGeneration:
 
 def test_vllm_turn_sampler_drives_the_dialogue(layout):
     """The vLLM path of the rollouts: one engine call per turn with that turn's budget, EOS cut, settings restored."""
-    from exgrpo_utils.exgrpo import VLLMTurnSampler, rollout_dialogues
+    from exgrpo_utils.train.exgrpo import VLLMTurnSampler, rollout_dialogues
 
     tok = layout.tok
     answer = layout.encode("The answer is 5.")

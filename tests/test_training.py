@@ -4,16 +4,17 @@ import shutil
 
 import pytest
 
-from exgrpo_utils import data, exgrpo, probes, rules, sft, teachers
-from exgrpo_utils.trainlog import read_train_log
+from exgrpo_utils.data import datasets as data
+from exgrpo_utils.train import exgrpo, sft
+from exgrpo_utils.train.common import run_cost
+from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
+from exgrpo_utils.teach import inversion as probes, rules, teachers
+from exgrpo_utils.common.files import read_train_log
 
 
-@pytest.fixture(scope="module")
-def probe_records(tmp_path_factory):
-    items = data.load("arith", "train", limit=4)
-    out = tmp_path_factory.mktemp("ei")
-    probes.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=out)
-    return probes.load_probe_dataset(out / "probe_dataset.jsonl")
+@pytest.fixture
+def probe_records(arith_probe_records):
+    return arith_probe_records
 
 
 def _adapter_weights(path):
@@ -33,7 +34,7 @@ def _resume_from_step_one(out_dir):
 
 
 def test_sft_two_steps_then_resume_reproduces_step_two(probe_records, tmp_path, student_path):
-    settings = sft.SFTSettings(max_steps=2, batch_size=4, save_steps=1, seed=0)
+    settings = SFTSettings(max_steps=2, batch_size=4, save_steps=1, seed=0)
     first = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
     assert first["steps"] == 2 and first["rows"] == sum(len(r["probes"]) + 1 for r in probe_records)
     weights = _adapter_weights(tmp_path / "final")
@@ -59,7 +60,7 @@ def test_sft_data_fraction_keeps_a_seeded_share_of_questions(probe_records):
 
 
 def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, student_path):
-    settings = exgrpo.ExGRPOSettings(k=2, G=4, max_probe_tokens=12, max_final_tokens=16, max_steps=2, save_steps=1,
+    settings = ExGRPOSettings(k=2, G=4, max_probe_tokens=12, max_final_tokens=16, max_steps=2, save_steps=1,
                                      learning_rate=1e-4, seed=0)
     first = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
                                 settings=settings)
@@ -82,7 +83,7 @@ def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, s
 
 
 def test_plain_grpo_variant_trains_on_independent_probes(probe_records, tmp_path, student_path):
-    settings = exgrpo.ExGRPOSettings(mode="grpo", G=4, max_final_tokens=16, max_steps=1, save_steps=10, aux_lambda=0.0)
+    settings = ExGRPOSettings(mode="grpo", G=4, max_final_tokens=16, max_steps=1, save_steps=10, aux_lambda=0.0)
     rows = exgrpo.training_rows(probe_records, rules.load_rules(), settings)
     assert len(rows) == sum(len(r["probes"]) + 1 for r in probe_records)
     summary = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
@@ -95,15 +96,16 @@ def test_plain_grpo_variant_trains_on_independent_probes(probe_records, tmp_path
 def test_bad_settings_are_refused(probe_records, tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         exgrpo.train_exgrpo(init_model="x", probe_records=probe_records, out_dir=tmp_path,
-                            settings=exgrpo.ExGRPOSettings(mode="ppo"))
+                            settings=ExGRPOSettings(mode="ppo"))
 
 
 def test_on_policy_distillation_runs_with_a_local_teacher(probe_records, tmp_path, student_path):
     """TRL's GKD path with lmbda = 1 (student samples) and reverse KL; the student as its own teacher
     stands in for a larger model with the same tokenizer (the only local one on a CPU machine)."""
-    from exgrpo_utils import distill
+    from exgrpo_utils.train import opd as distill
+    from exgrpo_utils.train.settings import OPDSettings
 
-    settings = distill.OPDSettings(max_steps=1, batch_size=2, max_new_tokens=8, save_steps=10)
+    settings = OPDSettings(max_steps=1, batch_size=2, max_new_tokens=8, save_steps=10)
     summary = distill.train_opd(student="smollm2-135m-instruct", teacher="smollm2-135m-instruct",
                                 probe_records=probe_records[:2], out_dir=tmp_path, settings=settings)
     assert summary["steps"] == 1 and (tmp_path / "final" / "adapter_config.json").exists()
@@ -116,7 +118,7 @@ def test_on_policy_distillation_runs_with_a_local_teacher(probe_records, tmp_pat
 def test_a_finished_run_is_not_trained_again(probe_records, tmp_path, student_path):
     """Rerunning a finished stage returns its summary; a run killed after its last checkpoint but before
     saving ``final`` loads that checkpoint instead of taking another step."""
-    settings = sft.SFTSettings(max_steps=2, batch_size=4, save_steps=1, seed=0)
+    settings = SFTSettings(max_steps=2, batch_size=4, save_steps=1, seed=0)
     first = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
     again = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
     assert again == json.loads(json.dumps(first))  # as stored
@@ -135,6 +137,6 @@ def test_a_finished_run_is_not_trained_again(probe_records, tmp_path, student_pa
 def test_run_cost_spans_resumed_calls(tmp_path):
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "wall_time_s": 40.0}\n{"step": 2, "wall_time_s": 287.03}\n')
     (tmp_path / "sft_summary.json").write_text(json.dumps({"peak_memory_mib": 1e9}))
-    cost = sft.run_cost(tmp_path, "sft_summary.json", 0.3)  # a call that only reloaded the last checkpoint
+    cost = run_cost(tmp_path, "sft_summary.json", 0.3)  # a call that only reloaded the last checkpoint
     assert cost == {"seconds": 287.0, "peak_memory_mib": 1e9}
-    assert sft.run_cost(tmp_path / "none", "sft_summary.json", 12.34)["seconds"] == 12.3  # no log yet: this call
+    assert run_cost(tmp_path / "none", "sft_summary.json", 12.34)["seconds"] == 12.3  # no log yet: this call

@@ -1,0 +1,131 @@
+"""One run's folder layout: every path of a run comes from :class:`RunLayout`.
+
+    results/runs/<run>/
+      00_setup.json                        environment and dataset tour (notebook 00)
+      ei/<dataset>/                        probe dataset, EI records, Eq. 1/Eq. 2 statistics (01)
+      train/<run_id>/                      a training: log, checkpoints, final/, merged/, summary (02, 03, 05)
+      eval_arith/<run_id>/                 quick evaluation on the training task and its pair (02, 03, 05)
+      eval/<label>/                        the 12-dataset suite (04, 05)
+      baselines/<dataset>/baseline_data.jsonl   the baselines' teacher data (05)
+      experiments/<run_id>.json            one record per (method, seed) (05)
+      experiments.csv                      all records in one long table (05)
+      paper/                               Tables 1-4, Figures 3-5 (06)
+    results/executed/<name>/               executed notebooks, their parameters and timings (runner)
+
+``run_id`` is a method key for seed 0 and ``<key>-s<seed>`` otherwise (:func:`run_id`). The
+notebooks, the experiments layer and the training CLI use this class; no folder name is written
+anywhere else.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .paths import results_root
+
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+TRAIN_LOG = "train_log.jsonl"  # inside every training folder: one JSON record per logged step
+
+
+def run_id(key: str, seed: int) -> str:
+    """The folder name of a (method key, seed) pair: the key for seed 0, ``<key>-s<seed>`` otherwise."""
+    return key if seed == 0 else f"{key}-s{seed}"
+
+
+def safe_label(label: str) -> str:
+    """A free-text label as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of run ``name`` under the results root (``$EXGRPO_RESULTS_DIR`` or ``results/``)."""
+    name: str
+    results: Path
+
+    @classmethod
+    def of(cls, name: str, results: str | Path | None = None) -> "RunLayout":
+        if not RUN_NAME_RE.fullmatch(name or ""):
+            raise ValueError(f"run name {name!r}: use letters, digits, '.', '_' and '-' only")
+        return cls(name, results_root(results))
+
+    # -- the run folder -------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.results / "runs" / self.name
+
+    def create(self) -> "RunLayout":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def notebook_summary(self, stem: str) -> Path:
+        """The JSON summary a notebook writes at its end."""
+        where = {"00_setup": self.root, "01_probes": self.ei_root, "02_sft": self.train_dir("sft"),
+                 "03_exgrpo": self.train_dir("exgrpo"), "04_evaluate": self.suite_root}
+        return where[stem] / f"{stem}.json"
+
+    # -- stage 1: Explanatory Inversion ---------------------------------------------------------
+    @property
+    def ei_root(self) -> Path:
+        return self.root / "ei"
+
+    def ei_dir(self, dataset: str) -> Path:
+        return self.ei_root / dataset
+
+    def probe_dataset(self, dataset: str) -> Path:
+        return self.ei_dir(dataset) / "probe_dataset.jsonl"
+
+    def ei_records(self, dataset: str) -> Path:
+        return self.ei_dir(dataset) / "ei_records.jsonl"
+
+    # -- training -------------------------------------------------------------------------------
+    @property
+    def train_root(self) -> Path:
+        return self.root / "train"
+
+    def train_dir(self, rid: str) -> Path:
+        return self.train_root / rid
+
+    def final_model(self, rid: str) -> Path:
+        return self.train_dir(rid) / "final"
+
+    def train_log(self, rid: str) -> Path:
+        return self.train_dir(rid) / TRAIN_LOG
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def task_eval_dir(self, rid: str) -> Path:
+        """The quick evaluation on the training task and its OOD pair."""
+        return self.root / "eval_arith" / rid
+
+    @property
+    def suite_root(self) -> Path:
+        return self.root / "eval"
+
+    def suite_eval_dir(self, label: str) -> Path:
+        """The 12-dataset suite evaluation of a method key or free-text label."""
+        return self.suite_root / safe_label(label)
+
+    # -- experiments and report -----------------------------------------------------------------
+    def baseline_data(self, dataset: str) -> Path:
+        return self.root / "baselines" / dataset / "baseline_data.jsonl"
+
+    @property
+    def records_dir(self) -> Path:
+        return self.root / "experiments"
+
+    def record(self, rid: str) -> Path:
+        return self.records_dir / f"{rid}.json"
+
+    @property
+    def experiments_csv(self) -> Path:
+        return self.root / "experiments.csv"
+
+    @property
+    def paper_dir(self) -> Path:
+        return self.root / "paper"
+
+    # -- the runner -----------------------------------------------------------------------------
+    def executed_dir(self, name: str | None = None) -> Path:
+        """Executed notebooks of one runner call (``name``: the preset or run name that ran them)."""
+        return self.results / "executed" / (name or self.name)

@@ -1,0 +1,282 @@
+"""Answer extraction and scoring: one implementation for evaluation and for RL rewards (Eq. 4).
+
+Two extraction modes are reported side by side, as lm-evaluation-harness does:
+
+* ``strict``: only the format the prompt asks for ("The answer is X", ``#### X``, ``\\boxed{X}``);
+* ``flexible``: strict first, then the forms models really write: a bare option letter, ``(B)``,
+  the option's text, a leading or last yes/no, the last number, the last ``$...$`` expression.
+
+Model text is only ever matched with regular expressions and parsed as numbers or LaTeX (MATH uses
+the ``math-verify`` library); it is never evaluated.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .datasets import DATASETS, last_boxed
+from .example import LETTERS, Example
+
+# math_verify is imported inside the functions that use it (heavy, or needed only on some paths).
+
+MODES = ("strict", "flexible")
+
+_ANSWER_IS = r"(?i:(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*\**\s*)"
+_NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+"
+_NUMBER_RE = re.compile(_NUMBER)
+
+
+def answer_type(example: Example) -> str:
+    """"yesno" | "letter" | "number" | "latex" | "text" (from the dataset, or ``meta['answer_type']``)."""
+    if example.meta and example.meta.get("answer_type"):
+        return example.meta["answer_type"]
+    if example.dataset in DATASETS:
+        return DATASETS[example.dataset].answer_type
+    raise KeyError(f"{example.id}: unknown dataset {example.dataset!r} and no meta['answer_type']")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+
+def parse_number(text: str | None) -> Fraction | None:
+    """"1,080" / "$18.00" / "-3" / "0.375" / "3/8" / "45%" -> Fraction; anything else -> None."""
+    if text is None:
+        return None
+    s = str(text).strip().strip("*").strip()
+    s = re.sub(r"^\\?\$|\\?\$$", "", s).strip()  # currency sign or LaTeX math delimiters
+    s = s.replace(",", "").replace(" ", "").rstrip(".%")
+    frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", s)
+    if frac:
+        s = f"{frac.group(1)}/{frac.group(2)}"
+    m = re.fullmatch(r"(-?\d+)/(\d+)", s)
+    try:
+        if m:
+            return Fraction(int(m.group(1)), int(m.group(2))) if int(m.group(2)) else None
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def numbers_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
+    x, y = parse_number(a), parse_number(b)
+    if x is None or y is None:
+        return False
+    if x == y:
+        return True
+    return abs(float(x) - float(y)) <= rel_tol * max(1.0, abs(float(y)))
+
+
+def _last_number(text: str) -> str | None:
+    found = _NUMBER_RE.findall(text)
+    return found[-1].replace("$", "").replace(" ", "") if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction per answer type. Each returns (strict, flexible).
+
+def _after_answer_is(text: str, value_pattern: str, flags=re.IGNORECASE) -> str | None:
+    matches = re.findall(_ANSWER_IS + r"(" + value_pattern + r")", text, flags)
+    return matches[-1] if matches else None
+
+
+def _extract_yesno(text: str) -> tuple[str | None, str | None]:
+    strict = _after_answer_is(text, r"yes|no")
+    strict = strict.lower() if strict else None
+    flexible = strict
+    if flexible is None:
+        boxed = last_boxed(text)
+        if boxed is not None and _norm_text(boxed) in ("yes", "no"):
+            flexible = _norm_text(boxed)
+    if flexible is None:
+        lead = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+        words = re.findall(r"\b(yes|no)\b", text, re.IGNORECASE)
+        flexible = (lead.group(1) if lead else words[-1] if words else None)
+        flexible = flexible.lower() if flexible else None
+    return strict, flexible
+
+
+def _extract_letter(text: str, n_options: int, options: tuple[str, ...] | None) -> tuple[str | None, str | None]:
+    valid = LETTERS[: max(n_options, 1)]
+    letter = rf"\(?([{valid}])\)?(?![A-Za-z0-9])"
+    m = re.findall(_ANSWER_IS + letter, text)
+    strict = m[-1] if m else None
+    flexible = strict
+    if flexible is None:
+        boxed = last_boxed(text)
+        if boxed:
+            b = re.fullmatch(rf"\s*(?:\\text\{{)?\(?([{valid}])\)?\}}?\s*", boxed)
+            flexible = b.group(1) if b else None
+    if flexible is None:
+        bare = re.fullmatch(rf"\W*\(?([{valid}])\)?[.:)]?(?:\s.*)?", text.strip(), re.DOTALL)
+        paren = re.findall(rf"\(([{valid}])\)", text)
+        if paren:
+            flexible = paren[-1]
+        elif bare:
+            flexible = bare.group(1)
+    if flexible is None and options:
+        flexible = _option_by_text(text, options)
+    return strict, flexible
+
+
+def _option_by_text(text: str, options: tuple[str, ...]) -> str | None:
+    """The letter of the option whose text occurs last in ``text`` (longest text wins a tie)."""
+    low = text.lower()
+    best = None  # (position, length, letter)
+    for i, opt in enumerate(options):
+        o = opt.lower().strip().rstrip(".")
+        if not o:
+            continue
+        pos = [m.start() for m in re.finditer(r"(?<![a-z0-9])" + re.escape(o) + r"(?![a-z0-9])", low)]
+        if pos:
+            cand = (pos[-1] + len(o), len(o), LETTERS[i])
+            if best is None or cand[:2] > best[:2]:
+                best = cand
+    return best[2] if best else None
+
+
+def _extract_number(text: str) -> tuple[str | None, str | None]:
+    strict = _after_answer_is(text, _NUMBER)
+    if strict is None:
+        hashes = re.findall(r"####\s*(" + _NUMBER + ")", text)
+        strict = hashes[-1] if hashes else None
+    if strict is None:
+        boxed = last_boxed(text)
+        strict = boxed if boxed is not None and parse_number(boxed) is not None else None
+    strict = strict.replace("$", "").replace(" ", "") if strict else None
+    flexible = strict if strict is not None else _last_number(text)
+    return strict, flexible
+
+
+def _extract_latex(text: str) -> tuple[str | None, str | None]:
+    strict = last_boxed(text)
+    strict = strict.strip() if strict is not None else None
+    flexible = strict
+    if flexible is None:
+        m = re.findall(_ANSWER_IS + r"(.+?)(?:\.\s|\.?$|\n)", text, re.IGNORECASE | re.MULTILINE)
+        if m:
+            flexible = m[-1].strip().strip("$").strip()
+    if flexible is None:
+        maths = re.findall(r"\$([^$]+)\$", text)
+        flexible = maths[-1].strip() if maths else _last_number(text)
+    return strict, flexible
+
+
+@dataclass(frozen=True)
+class Extraction:
+    strict: str | None
+    flexible: str | None
+
+    def get(self, mode: str) -> str | None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return getattr(self, mode)
+
+
+def extract_both(example: Example, completion: str) -> Extraction:
+    kind = answer_type(example)
+    text = completion or ""
+    if kind == "yesno":
+        s, f = _extract_yesno(text)
+    elif kind == "letter":
+        n = len(example.choices) if example.choices else 5
+        s, f = _extract_letter(text, n, example.choices)
+    elif kind == "number":
+        s, f = _extract_number(text)
+    elif kind == "latex" and example.choices:  # TabMWP multiple choice: answers are option texts
+        boxed = last_boxed(text)
+        s = _letter_to_choice(boxed, example.choices) if boxed is not None else None
+        f = s
+        if f is None:  # "the answer is (B)", "(B)", a bare letter, or the option's text
+            letter = _extract_letter(text, len(example.choices), example.choices)[1]
+            f = example.choices[LETTERS.index(letter)] if letter else None
+    elif kind == "latex":
+        s, f = _extract_latex(text)
+    elif kind == "text":
+        s, f = _extract_text(text)
+    else:
+        raise ValueError(f"unknown answer type {kind!r}")
+    return Extraction(s, f)
+
+
+def _extract_text(text: str) -> tuple[str | None, str | None]:
+    """Free short answers (probe answers): after "The answer is", else the last non-empty line."""
+    m = re.findall(_ANSWER_IS + r"(.+?)\s*(?:\.\s|\.?$|\n)", text, re.MULTILINE)
+    strict = m[-1].strip().strip("*").strip() if m else None
+    if strict is None:
+        lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+        return None, (lines[-1] if lines else None)
+    return strict, strict
+
+
+def infer_answer_type(answer: str) -> str:
+    """The answer type of a free answer (a teacher's answer to a probe): number, yesno or text."""
+    if parse_number(answer) is not None:
+        return "number"
+    if _norm_text(answer) in ("yes", "no"):
+        return "yesno"
+    return "text"
+
+
+def _letter_to_choice(value: str | None, choices: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    v = re.sub(r"\\text\{([^}]*)\}", r"\1", value).strip().strip("()").strip()
+    if len(v) == 1 and v in LETTERS[: len(choices)]:
+        return choices[LETTERS.index(v)]
+    return re.sub(r"\\text\{([^}]*)\}", r"\1", value).strip()
+
+
+def extract(example: Example, completion: str, mode: str = "flexible") -> str | None:
+    """The answer ``completion`` gives to ``example`` (None when none is found)."""
+    return extract_both(example, completion).get(mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching an extracted answer against the gold one
+
+def _norm_text(s: str) -> str:
+    s = re.sub(r"\\text\{([^}]*)\}", r"\1", s)
+    return re.sub(r"\s+", " ", s.strip().strip("$").strip().rstrip(".").lower())
+
+
+def _latex_equal(gold: str, pred: str) -> bool:
+    if _norm_text(gold) == _norm_text(pred):
+        return True
+    if parse_number(gold) is not None and parse_number(pred) is not None:
+        return numbers_equal(pred, gold)
+    from math_verify import parse, verify  # imported lazily: it pulls in sympy
+
+    try:
+        g = parse(f"${gold}$")
+        p = parse(f"${pred}$")
+        return bool(g) and bool(p) and bool(verify(g, p))
+    except Exception:  # math-verify parse/verify failures mean "not shown equal"
+        return False
+
+
+def matches(example: Example, extracted: str | None) -> bool:
+    """Whether an extracted answer equals the gold answer of ``example``."""
+    if extracted is None:
+        return False
+    kind = answer_type(example)
+    if kind in ("yesno", "letter"):
+        return extracted.strip().lower() == example.answer.lower() if kind == "yesno" else extracted == example.answer
+    if kind == "text":
+        return _norm_text(extracted).strip("\"'") == _norm_text(example.answer).strip("\"'")
+    if kind == "number":
+        return numbers_equal(extracted, example.answer)
+    if example.choices:
+        return _norm_text(extracted) == _norm_text(example.answer)
+    return _latex_equal(example.answer, extracted)
+
+
+def is_correct(example: Example, completion: str, mode: str = "flexible") -> bool:
+    """R_base of Eq. 4 (1 if the final answer is correct): True when ``completion`` answers ``example``.
+
+    >>> from exgrpo_utils.data.example import Example
+    >>> ex = Example(id="x", dataset="gsm8k", question="...", answer="1080")
+    >>> is_correct(ex, "So the total is 1,080. The answer is 1,080.")
+    True
+    """
+    return matches(example, extract(example, completion, mode))

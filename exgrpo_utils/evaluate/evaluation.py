@@ -1,0 +1,292 @@
+"""Evaluation: single pass on the original question (paper), accuracy per dataset with a 95% interval.
+
+Per-sample records go to ``<out_dir>/<dataset>.jsonl`` as each batch finishes, so a killed run
+resumes where it stopped: finished ids are skipped, nothing is generated twice. ``config.json`` in
+the same folder records everything that changes the outputs; resuming with other settings is an
+error rather than a silent mix of two evaluations.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ..common.files import append_jsonl, atomic_write_json, atomic_write_text, read_log_jsonl
+from ..common.layout import RunLayout
+from ..common.paths import portable
+from ..common.progress import progress as make_progress
+from ..data import answers, prompts
+from ..data.datasets import DATASETS, HELD_IN, OOD, load
+from ..data.example import Example
+from ..models.generation import Generator, SamplingConfig, make_generator
+from ..models.registry import MODELS
+from .settings import SuiteSettings, TaskEvalSettings
+from .stats import mean_interval, wilson_interval
+
+# torch, transformers and vllm are imported by the generators, only when a model is loaded.
+
+
+@dataclass(frozen=True)
+class EvalIdentity:
+    """What determines an evaluation's outputs (batch size does not; it only changes speed)."""
+    model: str
+    max_new_tokens: int = 1024  # paper lineage; CPU presets use less (kit default)
+    prompt_version: str = prompts.PROMPT_VERSION
+    system_prompt: str | None = None
+    dtype: str = "auto"
+    backend: str = "transformers"
+
+
+class SettingsMismatchError(RuntimeError):
+    pass
+
+
+def check_settings(out_dir: Path, settings: EvalIdentity) -> None:
+    path = Path(out_dir) / "config.json"
+    wanted = asdict(settings)
+    if path.exists():
+        have = json.loads(path.read_text())
+        have["model"] = portable(have.get("model", ""))  # records written before paths were stored relative
+        diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if diff:
+            raise SettingsMismatchError(
+                f"{out_dir} holds an evaluation made with other settings {diff} (stored, requested). "
+                "Use another run name or output folder, or delete that folder to start again.")
+    else:
+        atomic_write_json(path, wanted)
+
+
+def score_record(example: Example, completion: str) -> dict:
+    ext = answers.extract_both(example, completion)
+    return {"extracted_strict": ext.strict, "extracted_flexible": ext.flexible,
+            "correct_strict": answers.matches(example, ext.strict),
+            "correct_flexible": answers.matches(example, ext.flexible)}
+
+
+def evaluate_examples(generator: Generator, examples: Sequence[Example], out_path: str | Path, *,
+                      sampling: SamplingConfig, batch_size: int = 32, progress: bool = True,
+                      system_prompt: str | None = None) -> list[dict]:
+    """Generate and score every example not yet in ``out_path``; return all records in example order."""
+    return evaluate_pooled(generator, {"": (examples, out_path)}, sampling=sampling, batch_size=batch_size,
+                           progress=progress, system_prompt=system_prompt)[""]
+
+
+def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example], str | Path]], *,
+                    sampling: SamplingConfig, batch_size: int = 32, progress: bool = True,
+                    system_prompt: str | None = None) -> dict[str, list[dict]]:
+    """Several datasets at once: {name: (examples, out_path)} -> {name: records in example order}.
+
+    Items of every dataset share batches, longest prompts first (less padding, full batches even for
+    small per-dataset subsamples); each record goes to its own dataset's file as its batch finishes."""
+    done: dict[str, dict[str, dict]] = {}
+    todo: list[tuple[str, Example]] = []
+    for name, (examples, out_path) in jobs.items():
+        done[name] = _rescored(Path(out_path), {ex.id: ex for ex in examples})
+        todo += [(name, ex) for ex in examples if ex.id not in done[name]]
+    if todo:
+        msgs = {(name, ex.id): prompts.messages_for(ex, system_prompt) for name, ex in todo}
+        lengths = {key: len(generator.render(m)) for key, m in msgs.items()}
+        todo.sort(key=lambda t: lengths[(t[0], t[1].id)], reverse=True)
+        names = sorted({ex.dataset for _, ex in todo})
+        bar = make_progress(total=len(todo), desc=f"eval {names[0] if len(names) == 1 else f'{len(names)} datasets'}",
+                            enabled=progress)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outs = generator.generate([msgs[(name, ex.id)] for name, ex in chunk], sampling)
+            per_file: dict[str, list[dict]] = {}
+            for (name, ex), out in zip(chunk, outs):
+                rec = {"id": ex.id, "dataset": ex.dataset, "answer": ex.answer,
+                       "prompt": generator.render(msgs[(name, ex.id)]), "completion": out.text,
+                       "n_tokens": out.n_tokens, "finished": out.finished, **score_record(ex, out.text)}
+                per_file.setdefault(name, []).append(rec)
+                done[name][ex.id] = rec
+            for name, recs in per_file.items():
+                append_jsonl(Path(jobs[name][1]), recs)
+            bar.update(len(chunk))
+        bar.close()
+    return {name: [done[name][ex.id] for ex in examples if ex.id in done[name]] for name, (examples, _) in jobs.items()}
+
+
+def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
+    """Finished records, re-scored with the current scorer; the file is rewritten if a score changed.
+
+    Completions are what costs; scores are cheap and must always come from the one scorer in
+    ``answers`` (so an improved extractor updates old runs instead of mixing two scorers).
+    """
+    records = read_log_jsonl(out_path)
+    changed = False
+    for rec in records:
+        ex = by_id.get(rec["id"])
+        if ex is None:
+            continue
+        if rec.get("answer") != ex.answer:
+            raise SettingsMismatchError(f"{out_path}: record {rec['id']} has gold {rec.get('answer')!r} but the "
+                                        f"dataset now says {ex.answer!r}; the data changed, start a new run")
+        new = score_record(ex, rec["completion"])
+        if any(rec.get(k) != v for k, v in new.items()):
+            rec.update(new)
+            changed = True
+    if changed:
+        atomic_write_text(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return {r["id"]: r for r in records}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+
+
+
+@dataclass
+class DatasetScore:
+    dataset: str
+    n: int
+    correct: int
+    correct_strict: int
+    mean_tokens: float
+    truncated: int
+    accuracy: float = field(init=False)
+    accuracy_strict: float = field(init=False)
+    ci_low: float = field(init=False)
+    ci_high: float = field(init=False)
+
+    def __post_init__(self):
+        self.accuracy = self.correct / self.n if self.n else float("nan")
+        self.accuracy_strict = self.correct_strict / self.n if self.n else float("nan")
+        self.ci_low, self.ci_high = wilson_interval(self.correct, self.n)
+
+
+def score_records(dataset: str, records: Iterable[dict]) -> DatasetScore:
+    records = list(records)
+    return DatasetScore(dataset=dataset, n=len(records),
+                        correct=sum(bool(r["correct_flexible"]) for r in records),
+                        correct_strict=sum(bool(r["correct_strict"]) for r in records),
+                        mean_tokens=sum(r["n_tokens"] for r in records) / max(1, len(records)),
+                        truncated=sum(not r["finished"] for r in records))
+
+
+def summary_table(scores: Sequence[DatasetScore], label: str = ""):
+    """Per-dataset rows plus the held-in and OOD averages (unweighted mean over datasets, as the paper)."""
+
+    rows = []
+    for s in scores:
+        spec = DATASETS.get(s.dataset)
+        rows.append({"method": label, "dataset": s.dataset, "role": spec.role if spec else "",
+                     "n": s.n, "accuracy": 100 * s.accuracy, "ci_low": 100 * s.ci_low, "ci_high": 100 * s.ci_high,
+                     "accuracy_strict": 100 * s.accuracy_strict, "mean_new_tokens": round(s.mean_tokens, 1),
+                     "truncated": s.truncated})
+    by_name = {s.dataset: s for s in scores}
+    for group, names in (("held-in-avg8", HELD_IN), ("ood-avg4", OOD)):
+        present = [by_name[n] for n in names if n in by_name]
+        if not present:
+            continue
+        accs, ns = [s.accuracy for s in present], [s.n for s in present]
+        lo, hi = mean_interval([s.correct for s in present], ns)
+        rows.append({"method": label, "dataset": group, "role": f"average of {len(present)}/{len(names)}",
+                     "n": sum(ns), "accuracy": 100 * sum(accs) / len(accs), "ci_low": 100 * lo, "ci_high": 100 * hi,
+                     "accuracy_strict": 100 * sum(s.accuracy_strict for s in present) / len(present),
+                     "mean_new_tokens": round(sum(s.mean_tokens for s in present) / len(present), 1),
+                     "truncated": sum(s.truncated for s in present)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole suite
+
+def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_dir: str | Path, *,
+                   settings: EvalIdentity, batch_size: int = 32, label: str = "", progress: bool = True):
+    """Evaluate several datasets into ``out_dir``; write ``summary.csv``; return the summary table."""
+    out_dir = Path(out_dir)
+    check_settings(out_dir, settings)
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+    for name, examples in suites.items():
+        if not examples:
+            raise ValueError(f"dataset {name!r} has no examples to evaluate")
+    records = evaluate_pooled(generator, {name: (examples, out_dir / f"{name}.jsonl") for name, examples in suites.items()},
+                              sampling=sampling, batch_size=batch_size, progress=progress,
+                              system_prompt=settings.system_prompt)
+    scores = [score_records(name, records[name]) for name in suites]
+    table = summary_table(scores, label=label)
+
+    atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.2f"))
+    return table
+
+
+def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, split: str = "test",
+                   limit_per_dataset: int | None = None, sample_seed: int | None = 0, max_new_tokens: int = 1024,
+                   batch_size: int = 32, backend: str = "transformers", dtype: str = "auto", label: str = "",
+                   data_dir: str | None = None, generator: Generator | None = None, progress: bool = True):
+    """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04)."""
+    suites = {}
+    for name in datasets:
+        ds_split = split if split in DATASETS[name].splits else "test"
+        suites[name] = load(name, ds_split, data_dir=data_dir or None, limit=limit_per_dataset, sample_seed=sample_seed)
+
+    settings = EvalIdentity(model=portable(model), max_new_tokens=max_new_tokens, dtype=dtype, backend=backend)
+    check_settings(Path(out_dir), settings)  # fail before loading a model, not after
+    generator = generator or make_generator(model, backend=backend, dtype=dtype)
+    return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
+                          progress=progress)
+
+
+def evaluate_on(settings: TaskEvalSettings | SuiteSettings, params: Mapping, *, model: str, out_dir: str | Path,
+                label: str = "", generator: Generator | None = None):
+    """``run_evaluation`` with a notebook's evaluation settings (the quick ``eval_*`` ones or the
+    ``suite_*`` ones) and the run-wide generation parameters of ``params`` (``sample_seed``,
+    ``dtype``, ``backend``, ``data_dir``)."""
+    return run_evaluation(model=model, datasets=list(settings.datasets), out_dir=out_dir,
+                          split=getattr(settings, "split", "test"), limit_per_dataset=settings.limit,
+                          sample_seed=params.get("sample_seed", 0), max_new_tokens=settings.max_new_tokens,
+                          batch_size=settings.batch_size, backend=params.get("backend", "transformers"),
+                          dtype=params.get("dtype", "auto"), label=label, data_dir=params.get("data_dir") or None,
+                          generator=generator)
+
+
+def resolve_models(models: Sequence[str], layout: RunLayout, student: str) -> dict[str, str]:
+    """Notebook 04's ``suite_models`` -> {label: what ``load_model`` accepts}.
+
+    ``zero-shot`` is the student; another method key is that method's trained model in this run
+    (``train/<key>/final``); ``label=spec`` gives a registry name, a path or a path inside the run
+    folder. Anything else is an error that names the entry (a typo should not become a silent
+    download attempt)."""
+    out = {}
+    for entry in models:
+        label, _, spec = entry.partition("=")
+        label = label.strip()
+        if not spec:
+            if label == "zero-shot":
+                out[label] = student
+                continue
+            final = layout.final_model(label)
+            if not final.exists():
+                raise FileNotFoundError(f"model {label!r}: {final} does not exist (did its training finish?); "
+                                        "give label=path for a model outside this run")
+            out[label] = str(final)
+            continue
+        spec = spec.strip()
+        inside = layout.root / spec
+        if inside.exists():
+            out[label] = str(inside)
+        elif spec in MODELS or Path(spec).exists():
+            out[label] = spec
+        else:
+            raise FileNotFoundError(f"model {label!r}: {spec!r} is neither a registry name, a path, nor a path inside "
+                                    f"{layout.root}")
+    return out
+
+
+def before_after(summaries: dict[str, "object"]):
+    """{stage label: summary table} -> one row per stage, accuracy (95% CI) per dataset."""
+
+    rows = []
+    for label, table in summaries.items():
+        row = {"stage": label}
+        for _, r in table.iterrows():
+            if "avg" not in r["dataset"]:
+                row[r["dataset"]] = f"{r['accuracy']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,117 @@
+"""Every method of the paper's Tables 1-4 and Figures 4-5 as a configuration of the existing stages.
+
+A :class:`Method` is zero-shot, an SFT run on some data (the EI probes, one EI rule, a baseline's
+data, a fraction of the questions) or an RL run (ExGRPO or plain GRPO, with or without the aux SFT
+loss) that starts from another method or from the base student. :data:`GROUPS` says which methods
+each table or figure needs; :func:`plan` orders (method, seed) pairs for notebook 05.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .baselines import BASELINES, LABELS
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    kind: str  # "zero-shot" | "sft" | "rl" | "opd"
+    data: str = "ei"  # sft: "ei" (probe dataset) or a baseline name (baselines.BASELINES)
+    rules: tuple[str, ...] = ()  # sft on "ei": only these rules' probes (Table 4)
+    fraction: float = 1.0  # share of the training questions (Figure 4)
+    init: str = ""  # rl: the method it starts from (its seed's run), or "base" (cold start)
+    mode: str = "exgrpo"  # rl: "exgrpo" or "grpo"
+    aux: bool = True  # rl: Eq. 8's aux SFT loss on (lambda from the settings) or off (lambda = 0)
+
+
+def _methods() -> dict[str, Method]:
+    ms = [
+        Method("zero-shot", "Zero-shot", "zero-shot"),
+        Method("sft", "SFT (EI, all rules)", "sft"),
+        Method("exgrpo", "ExGRPO (SFT + ExGRPO + aux SFT)", "rl", init="sft", mode="exgrpo", aux=True),
+        Method("sft-grpo", "SFT + GRPO (R_base)", "rl", init="sft", mode="grpo", aux=False),
+        Method("sft-grpo-aux", "SFT + GRPO (R_base) + aux SFT", "rl", init="sft", mode="grpo", aux=True),
+        Method("cold-grpo", "RL cold start (R_base)", "rl", init="base", mode="grpo", aux=False),
+        Method("cold-grpo-aux", "RL cold start + aux SFT", "rl", init="base", mode="grpo", aux=True),
+        Method("opd", "On-Policy Distillation", "opd"),
+    ]
+    ms += [Method(b.replace("_", "-"), LABELS[b], "sft", data=b) for b in BASELINES]
+    for rule, name in (("counterfactual", "counterfactual"), ("causal_verification", "causal"),
+                       ("explanatory_challenge", "explanatory challenge")):
+        ms.append(Method(f"sft-rule-{rule}", f"SFT single rule ({name})", "sft", rules=(rule,)))
+    for p in (0.1, 0.25, 0.5):
+        ms.append(Method(f"sft-p{p}", f"SFT (p = {p})", "sft", fraction=p))
+        ms.append(Method(f"exgrpo-p{p}", f"ExGRPO (p = {p})", "rl", init=f"sft-p{p}", mode="exgrpo", aux=True))
+    return {m.key: m for m in ms}
+
+
+METHODS = _methods()
+
+
+GROUPS = {
+    "core": ("zero-shot", "sft", "sft-grpo", "exgrpo"),
+    "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "opd", "exgrpo"),
+    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo"),
+    "table4": ("rephrase", "sft-rule-counterfactual", "sft-rule-causal_verification", "sft-rule-explanatory_challenge", "sft"),
+    "fraction": ("sft-p0.1", "exgrpo-p0.1", "sft-p0.25", "exgrpo-p0.25", "sft-p0.5", "exgrpo-p0.5", "sft", "exgrpo"),
+}
+
+
+FRACTION_OF = {"sft": 1.0, "exgrpo": 1.0, **{m.key: m.fraction for m in METHODS.values() if m.key.endswith(("p0.1", "p0.25", "p0.5"))}}
+
+
+def expand(groups: Sequence[str] = (), keys: Sequence[str] = ()) -> list[str]:
+    """Method keys of the given groups plus ``keys``, each once, dependencies first."""
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}")
+    wanted = [k for g in groups for k in GROUPS[g]] + list(keys)
+    bad = [k for k in wanted if k not in METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
+    order: list[str] = []
+
+    def visit(k: str):
+        m = METHODS[k]
+        if m.kind == "rl" and m.init != "base":
+            visit(m.init)
+        if k not in order:
+            order.append(k)
+
+    for k in wanted:
+        visit(k)
+    return order
+
+
+
+
+def opd_status(teacher: str, teacher_model: str = "") -> tuple[bool, str]:
+    """On-Policy Distillation needs the teacher's token distribution on the student's own samples, so
+    a local teacher model that shares the student's tokenizer. Returns (runnable, reason if not)."""
+    if teacher == "program":
+        return False, ("skipped: the program teacher has no token distribution to distil from, and no "
+                       "teacher LLM sharing the student's tokenizer runs offline on 2 CPU cores")
+    if teacher == "openai":
+        return False, ("skipped: an API teacher (e.g. Gemini-1.5-Pro) returns text, not the full next-token "
+                       "distributions on student samples that on-policy distillation needs; give a local teacher "
+                       "with the student's tokenizer (teacher transformers/vllm, teacher_model=...)")
+    if not teacher_model:
+        return False, f"skipped: teacher {teacher!r} needs teacher_model (a local model with the student's tokenizer)"
+    return True, ""
+
+
+def plan(groups: Sequence[str], seeds: Sequence[int], seed0_only_groups: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """(method key, seed) pairs to run: seed 0 of every method first (so an interrupted run still has
+    whole single-seed tables), then the other seeds method by method in the order of ``groups``.
+    ``seed0_only_groups`` get seed 0 only; zero-shot (greedy, untrained) and skipped kinds run once."""
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    all_keys = expand(list(groups) + list(seed0_only_groups))
+    out = [(key, seeds[0]) for key in all_keys]
+    for key in expand(groups):
+        if METHODS[key].kind in ("zero-shot", "opd"):
+            continue
+        out += [(key, seed) for seed in seeds[1:]]
+    return out

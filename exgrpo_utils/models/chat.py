@@ -1,0 +1,255 @@
+"""Chat backends behind one small interface: ``complete(batch of message lists, sampling) -> results``.
+
+* ``OpenAICompatibleBackend``: any server speaking ``POST /v1/chat/completions``: Gemini's
+  OpenAI-compatible endpoint (the paper's teacher, Gemini-1.5-Pro), OpenAI, ``vllm serve`` (e.g.
+  Llama-3-70B-Instruct, the paper's alternative teacher) and ``transformers serve``;
+* ``GeneratorBackend`` (``transformers_backend``, ``vllm_backend``): local batched generation through
+  a ``models.generation`` generator (transformers on CPU or GPU; vLLM's offline engine, GPU only);
+* ``CachedBackend``: wraps any of them with the persistent :class:`~exgrpo_utils.models.cache.CompletionCache`.
+
+API keys are read from the environment variable named in the configuration, at request time, and
+appear nowhere else: not in the cache key, the cache, logs, errors or results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
+
+from .cache import ChatResult, CompletionCache, request_key
+from .generation import SamplingConfig, TransformersGenerator, VLLMGenerator
+
+# httpx is imported inside the functions that use it (heavy, or needed only on some paths).
+
+Messages = list[dict]
+
+
+class ChatBackend(Protocol):
+    kind: str
+    model: str
+
+    def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]: ...
+
+
+class TeacherError(RuntimeError):
+    """A teacher request failed for a reason retrying cannot fix (or retries ran out)."""
+
+
+class TeacherAuthError(TeacherError):
+    pass
+
+
+class TeacherConfigError(TeacherError):
+    pass
+
+
+@dataclass
+class UsageCounter:
+    """Running totals, safe to update from the request threads."""
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, requests=0, retries=0, prompt_tokens=0, completion_tokens=0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.prompt_tokens += prompt_tokens or 0
+            self.completion_tokens += completion_tokens or 0
+
+    def as_dict(self) -> dict:
+        return {"requests": self.requests, "retries": self.retries, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens}
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP client
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAICompatibleBackend:
+    """``POST {base_url}/chat/completions`` with bounded concurrency, timeouts and retries.
+
+    Retries (exponential backoff with jitter, honouring ``Retry-After``) on 408/409/429/5xx,
+    connection errors, timeouts and malformed response bodies; fails at once with a clear error on
+    401/403 (credentials) and 404 or an unknown-model message (wrong model name or base URL).
+    """
+
+    kind = "openai"
+
+    def __init__(self, *, base_url: str, model: str, api_key_env: str | None = None, max_in_flight: int = 8,
+                 timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+                 extra_body: dict | None = None):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_in_flight = max(1, int(max_in_flight))
+        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self.extra_body = dict(extra_body or {})
+        self.usage = UsageCounter()
+        if api_key_env and not os.environ.get(api_key_env):
+            raise TeacherConfigError(f"the teacher's API key is read from ${api_key_env}, which is not set")
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+                                    limits=httpx.Limits(max_connections=self.max_in_flight))
+
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env, '')}"
+        return headers
+
+    def _body(self, messages: Messages, sampling: SamplingConfig) -> dict:
+        body = {"model": self.model, "messages": messages, "max_tokens": sampling.max_new_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p}
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        body.update(self.extra_body)
+        return body
+
+    def _sleep_for(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(self.max_backoff_s, float(retry_after))
+            except ValueError:
+                pass
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
+        return base * (0.5 + random.random() / 2)
+
+    def complete_one(self, messages: Messages, sampling: SamplingConfig) -> ChatResult:
+        import httpx
+
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.usage.add(retries=1)
+            retry_after = None
+            try:
+                resp = self._client.post(url, headers=self._headers(), content=json.dumps(self._body(messages, sampling)))
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                status = resp.status_code
+                if status in (401, 403):
+                    raise TeacherAuthError(
+                        f"{url} refused the credentials (HTTP {status}). Check the key in "
+                        f"${self.api_key_env or '<no api_key_env configured>'} and its permissions.")
+                if status == 404 or (status == 400 and "model" in resp.text.lower() and "not" in resp.text.lower()):
+                    raise TeacherConfigError(
+                        f"{url} answered HTTP {status} for model {self.model!r}: wrong model name or base URL? "
+                        f"Server said: {resp.text[:300]}")
+                if status in RETRY_STATUS:
+                    last = f"HTTP {status}: {resp.text[:200]}"
+                    retry_after = resp.headers.get("retry-after")
+                elif status >= 400:
+                    raise TeacherError(f"{url} answered HTTP {status}: {resp.text[:300]}")
+                else:
+                    try:
+                        payload = resp.json()
+                        text = payload["choices"][0]["message"]["content"]
+                        if not isinstance(text, str):
+                            raise TypeError("content is not a string")
+                    except (ValueError, KeyError, IndexError, TypeError) as exc:
+                        last = f"malformed response body ({type(exc).__name__}: {str(exc)[:100]}): {resp.text[:200]!r}"
+                    else:
+                        usage = payload.get("usage") or {}
+                        result = ChatResult(text, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                        self.usage.add(requests=1, prompt_tokens=result.prompt_tokens,
+                                       completion_tokens=result.completion_tokens)
+                        return result
+            if attempt < self.max_retries:
+                time.sleep(self._sleep_for(attempt, retry_after))
+        raise TeacherError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]:
+        """At most ``max_in_flight`` requests at once; ``on_result(i, result)`` fires as each arrives."""
+        results: list[ChatResult | None] = [None] * len(batch)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_in_flight, len(batch)))) as pool:
+            futures = {pool.submit(self.complete_one, m, sampling): i for i, m in enumerate(batch)}
+            try:
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Local backends
+
+class GeneratorBackend:
+    """Adapts a :mod:`generation` generator (transformers or vLLM) to the chat interface."""
+
+    def __init__(self, generator, kind: str, model: str, batch_size: int = 32):
+        self.generator, self.kind, self.model, self.batch_size = generator, kind, model, batch_size
+        self.usage = UsageCounter()
+
+    def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]:
+        out: list[ChatResult] = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start:start + self.batch_size]
+            for c in self.generator.generate(chunk, sampling):
+                res = ChatResult(c.text, None, c.n_tokens)
+                self.usage.add(requests=1, completion_tokens=c.n_tokens)
+                if on_result is not None:
+                    on_result(len(out), res)
+                out.append(res)
+        return out
+
+
+def transformers_backend(model: str, *, dtype: str = "auto", batch_size: int = 32, generator=None) -> GeneratorBackend:
+    gen = generator or TransformersGenerator.from_pretrained(model, dtype=dtype)
+    return GeneratorBackend(gen, "transformers", model, batch_size)
+
+
+def vllm_backend(model: str, **options) -> GeneratorBackend:  # pragma: no cover - GPU only
+
+    return GeneratorBackend(VLLMGenerator(model, **options), "vllm", model, batch_size=10_000)
+
+
+class CachedBackend:
+    """Serves what the cache has; sends the rest and stores each result the moment it arrives."""
+
+    def __init__(self, backend: ChatBackend, cache: CompletionCache):
+        self.backend, self.cache = backend, cache
+        self.kind, self.model = backend.kind, backend.model
+
+    @property
+    def usage(self):
+        return getattr(self.backend, "usage", None)
+
+    def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, progress=None) -> list[ChatResult]:
+        keys = [request_key(self.kind, self.model, m, sampling) for m in batch]
+        results: list[ChatResult | None] = [self.cache.get(k) for k in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if progress is not None:
+            progress.update(len(batch) - len(todo))
+
+        def store(j: int, res: ChatResult) -> None:
+            i = todo[j]
+            self.cache.put(keys[i], self.kind, self.model, {"messages": batch[i], "sampling": asdict(sampling)}, res)
+            results[i] = res
+            if progress is not None:
+                progress.update(1)
+
+        if todo:
+            self.backend.complete([batch[i] for i in todo], sampling, on_result=store)
+        return results  # type: ignore[return-value]

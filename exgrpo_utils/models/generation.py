@@ -1,0 +1,132 @@
+"""Batched generation behind one interface, with a transformers backend and an optional vLLM backend.
+
+A generator takes chat message lists and returns one completion per list. Greedy decoding when
+``temperature == 0`` (evaluation; paper lineage), sampling otherwise (RL rollouts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from .registry import ensure_local, load_model
+
+# torch, vllm are imported inside the functions that use them (heavy, or needed only on some paths).
+
+Messages = list[dict]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 1024  # paper lineage: greedy, at most 1024 new tokens
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int  # generated tokens, EOS included when one was produced
+    finished: bool  # False when the token budget cut it off
+
+
+class Generator(Protocol):
+    name: str
+
+    def render(self, messages: Messages) -> str: ...
+
+    def generate(self, batch: Sequence[Messages], sampling: SamplingConfig) -> list[Completion]: ...
+
+
+class TransformersGenerator:
+    """Plain ``model.generate`` on left-padded batches, on CPU or GPU."""
+
+    def __init__(self, model, tokenizer, name: str = "transformers"):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        if tokenizer.padding_side != "left":
+            raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", device: str | None = None):
+        model, tok = load_model(name_or_path, dtype=dtype, device=device)
+        return cls(model, tok, name=name_or_path)
+
+    def render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_tokens(self, messages: Messages) -> int:
+        return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+
+    def generate(self, batch: Sequence[Messages], sampling: SamplingConfig) -> list[Completion]:
+        import torch
+
+        if not batch:
+            return []
+        tok = self.tokenizer
+        prompts = [self.render(m) for m in batch]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id)
+        if sampling.temperature > 0:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        results = []
+        for row in new.tolist():
+            n = len(row)
+            finished = False
+            if tok.eos_token_id in row:
+                n = row.index(tok.eos_token_id) + 1
+                finished = True
+            else:  # trailing padding never appears without EOS, but be exact
+                while n and row[n - 1] == tok.pad_token_id:
+                    n -= 1
+            results.append(Completion(tok.decode(row[:n], skip_special_tokens=True).strip(), n, finished))
+        return results
+
+
+class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm extra
+    """vLLM offline engine (GPU only). Install the ``gpu`` extra; TRL 1.16 accepts vLLM 0.22-0.31."""
+
+    def __init__(self, name_or_path: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1, max_model_len: int | None = None):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError("backend 'vllm' needs the optional GPU extra: pip install -e '.[gpu]' "
+                              "(vllm>=0.22,<=0.31, CUDA only)") from exc
+
+        self.name = name_or_path
+        self.llm = LLM(model=ensure_local(name_or_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def render(self, messages: Messages) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_tokens(self, messages: Messages) -> int:
+        return len(self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"])
+
+    def generate(self, batch: Sequence[Messages], sampling: SamplingConfig) -> list[Completion]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                top_p=sampling.top_p, seed=sampling.seed)
+        outs = self.llm.generate([self.render(m) for m in batch], params, use_tqdm=False)
+        return [Completion(o.outputs[0].text.strip(), len(o.outputs[0].token_ids),
+                           o.outputs[0].finish_reason == "stop") for o in outs]
+
+
+def make_generator(model: str, *, backend: str = "transformers", dtype: str = "auto", device: str | None = None,
+                   **backend_options) -> Generator:
+    """``backend``: "transformers" (CPU or GPU) or "vllm" (GPU only, optional)."""
+    if backend == "transformers":
+        return TransformersGenerator.from_pretrained(model, dtype=dtype, device=device)
+    if backend == "vllm":
+        return VLLMGenerator(model, dtype=dtype, **backend_options)
+    raise ValueError(f"unknown generation backend {backend!r}; use 'transformers' or 'vllm'")

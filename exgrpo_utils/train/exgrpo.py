@@ -1,0 +1,405 @@
+"""Stage 3 (method.md section 4): ExGRPO on TRL's GRPOTrainer.
+
+How Eq. 4-8 map onto the code:
+
+* dialogues: ``dialogue.plan_group`` (k probes without replacement; Scenario A full, Scenario B a
+  random prefix of k' < k probes) and ``rollout_dialogues`` below, plugged into TRL through its
+  ``rollout_func`` extension point. The multi-turn completion carries an ``env_mask`` so that only
+  the student's own tokens (its probe answers and its final answer) are policy tokens;
+* Eq. 4 and Eq. 5-6: ``rewards.r_base`` and ``rewards.exgrpo_group_rewards`` in ``ExGRPOReward``;
+* Eq. 7: TRL's clipped surrogate with group-normalised advantages (``loss_type="grpo"``,
+  ``scale_rewards="group"``) and ``beta`` * KL to the reference. The reference is the SFT model:
+  the SFT weights are the frozen base and ExGRPO trains a fresh LoRA adapter on top, so TRL's
+  reference (adapter disabled) is exactly the SFT warm-up model;
+* Eq. 8: ``ExGRPOTrainer.compute_loss`` adds lambda * the mean token NLL of the teacher's answers at
+  every probe turn of the teacher-forced dialogue (same probes, same order).
+
+Every loss-relevant TRL setting is written out in ``grpo_config`` (TRL's defaults have changed
+between releases). Variants for the ablations: ``mode="grpo"`` (R_base only, each probe and each
+original question an independent single-turn sample), ``aux_lambda=0`` (no aux SFT), and a cold
+start (``init_model`` = the base student instead of the SFT output).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from ..data import prompts
+from ..data.example import Example
+from ..models.registry import default_device, ensure_local, load_model
+from ..teach.rules import RuleSet, load_rules
+from . import rewards
+from .common import Built, lora_config, train_and_save, training_precision
+from .dialogue import ChatLayout, DialogueTokens, plan_group, teacher_forced
+from .settings import ExGRPOSettings
+
+# torch, trl and datasets are imported inside the functions that need them (heavy; the reward and
+# dialogue code above them is tested without a model).
+
+
+def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: bool):
+    """TRL GRPOConfig with every loss-relevant field explicit."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        # Eq. 7: clipped surrogate, group-normalised advantages, KL to the reference
+        loss_type="grpo", scale_rewards="group", multi_objective_aggregation="sum_then_normalize",
+        epsilon=settings.epsilon, epsilon_high=settings.epsilon, delta=None, beta=settings.beta,
+        importance_sampling_level="token", num_iterations=1, steps_per_generation=1,
+        mask_truncated_completions=False, top_entropy_quantile=1.0, use_bias_correction_kl=False,
+        sync_ref_model=False, disable_dropout=True,
+        # sampling
+        num_generations=settings.G, temperature=settings.temperature, top_p=1.0, top_k=0,
+        max_completion_length=settings.max_final_tokens,
+        # batch: whole groups on each process (the DSU bonus needs all G rollouts of a question)
+        per_device_train_batch_size=settings.G * settings.questions_per_step, gradient_accumulation_steps=1,
+        learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, max_steps=settings.max_steps, save_steps=settings.save_steps, save_total_limit=3,
+        logging_steps=1, seed=settings.seed, data_seed=settings.seed, bf16=bf16, use_cpu=device == "cpu",
+        gradient_checkpointing=False, report_to="none", remove_unused_columns=False,
+        use_vllm=settings.use_vllm, vllm_mode=settings.vllm_mode,
+        vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        vllm_server_base_url=settings.vllm_server_base_url or None,
+        log_completions=False, dataloader_num_workers=0, shuffle_dataset=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def training_rows(records: Sequence[dict], rules: RuleSet, settings: ExGRPOSettings) -> list[dict]:
+    """Prompt rows for TRL. exgrpo: one row per question; grpo: one per probe (and per question)."""
+    rows = []
+    for rec in records:
+        item = Example.from_dict(rec["item"])
+        if settings.mode == "exgrpo":
+            rows.append({"prompt": prompts.messages_for(item), "question_id": rec["id"], "gold": item.answer,
+                         "answer_type": "", "target": ""})
+            continue
+        for p in rec["probes"]:
+            rows.append({"prompt": [{"role": "user", "content": rules.answer_prompt(p["probe"])}], "question_id": rec["id"],
+                         "gold": p["teacher_answer"], "answer_type": p["answer_type"], "target": p["teacher_response"]})
+        if settings.include_original_questions:
+            rows.append({"prompt": prompts.messages_for(item), "question_id": rec["id"], "gold": item.answer,
+                         "answer_type": "", "target": rec["teacher_cot"]})
+    if not rows:
+        raise ValueError("no training rows: the probe dataset has no kept questions")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-turn rollouts
+
+def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[list[str]],
+                      teacher_answers: Sequence[list[str]] | None, *, temperature: float, max_probe_tokens: int,
+                      max_final_tokens: int, sampler=None) -> list[tuple[DialogueTokens, str]]:
+    """Run dialogues turn by turn, all rollouts in lockstep. ``dialogues[i]``: the user turns (probes,
+    then the original question). Returns each rollout's tokens with the policy mask, and its final answer.
+
+    ``sampler(contexts, temperature=, max_new_tokens=)`` -> one token list per context; default:
+    ``model.generate`` (``_sample``); on GPUs ``VLLMTurnSampler`` (TRL's vLLM engine, weights synced)."""
+    if sampler is None:
+        sampler = lambda contexts, **kw: _sample(model, tokenizer, contexts, **kw)
+    states = [DialogueTokens(layout.first_prompt(turns[0])) for turns in dialogues]
+    finals = [""] * len(dialogues)
+    n_turns = max(len(t) for t in dialogues)
+    for t in range(n_turns):
+        active = [i for i, turns in enumerate(dialogues) if t < len(turns)]
+        to_generate = []
+        for i in active:
+            is_final = t == len(dialogues[i]) - 1
+            if not is_final and teacher_answers is not None:  # teacher answers inserted as context
+                ids = layout.encode(teacher_answers[i][t]) + [layout.eos_id]
+                states[i].add(ids, trained=False)
+                states[i].add(layout.next_turn(dialogues[i][t + 1], assistant_ended_with_eos=True), trained=False)
+            else:
+                to_generate.append((i, is_final))
+        for is_final in (False, True):
+            idx = [i for i, f in to_generate if f == is_final]
+            if not idx:
+                continue
+            outs = sampler([states[i].full_ids for i in idx], temperature=temperature,
+                           max_new_tokens=max_final_tokens if is_final else max_probe_tokens)
+            for i, gen in zip(idx, outs):
+                ended = bool(gen) and gen[-1] == layout.eos_id
+                states[i].add(gen, trained=True)
+                if is_final:
+                    finals[i] = tokenizer.decode(gen, skip_special_tokens=True).strip()
+                else:
+                    states[i].add(layout.next_turn(dialogues[i][t + 1], assistant_ended_with_eos=ended), trained=False)
+    return list(zip(states, finals))
+
+
+def _sample(model, tokenizer, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int) -> list[list[int]]:
+    """Sample one continuation per context (left-padded batch); each ends at EOS or the budget."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+    width = max(len(c) for c in contexts)
+    ids = torch.tensor([[pad] * (width - len(c)) + list(c) for c in contexts], device=model.device)
+    attn = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=model.device)
+    kwargs = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             eos_token_id=tokenizer.eos_token_id, **kwargs)
+    result = []
+    for row in out[:, width:].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id) + 1]
+        else:
+            while row and row[-1] == pad and pad != tokenizer.eos_token_id:
+                row = row[:-1]
+        result.append(row)
+    return result
+
+
+class VLLMTurnSampler:
+    """One dialogue turn through the trainer's vLLM engine (``use_vllm=True``: TRL syncs the policy
+    weights into vLLM before each ``rollout_func`` call; colocate and server modes both work through
+    ``VLLMGeneration.generate``). The turn's token budget is set for the call and restored after."""
+
+    def __init__(self, vllm_generation, eos_id: int):
+        self.engine, self.eos_id = vllm_generation, eos_id
+
+    def __call__(self, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int) -> list[list[int]]:
+        if not contexts:
+            return []
+        saved = (self.engine.max_completion_length, self.engine.temperature)
+        self.engine.max_completion_length, self.engine.temperature = max_new_tokens, temperature
+        try:
+            _, completion_ids, _, _ = self.engine.generate(prompts=[list(c) for c in contexts], images=None, num_generations=1)
+        finally:
+            self.engine.max_completion_length, self.engine.temperature = saved
+        out = []
+        for row in completion_ids:
+            row = list(row)
+            if self.eos_id in row:
+                row = row[: row.index(self.eos_id) + 1]
+            out.append(row)
+        return out
+
+
+class DialogueRollout:
+    """TRL ``rollout_func``: G consecutive copies of each question's prompt -> G dialogue rollouts."""
+
+    def __init__(self, records: Sequence[dict], rules: RuleSet, settings: ExGRPOSettings, tokenizer):
+        self.by_prompt = {prompts.messages_for(Example.from_dict(r["item"]))[-1]["content"]: r for r in records}
+        self.rules, self.settings, self.tokenizer = rules, settings, tokenizer
+        self.layout = ChatLayout(tokenizer)
+        self.last_aux: list[DialogueTokens] = []
+
+    def plans_for(self, prompt_list: Sequence[list[dict]], step: int):
+        G = self.settings.G
+        if len(prompt_list) % G:
+            raise ValueError(f"rollout got {len(prompt_list)} prompts, not a multiple of G = {G}")
+        groups = []
+        for g in range(0, len(prompt_list), G):
+            contents = {p[-1]["content"] for p in prompt_list[g:g + G]}
+            if len(contents) != 1:
+                raise ValueError("a rollout group mixes questions; TRL must give each question's G copies together")
+            rec = self.by_prompt.get(contents.pop())
+            if rec is None:
+                raise KeyError("a prompt of the batch is not in the probe dataset")
+            rng = random.Random(f"exgrpo:{self.settings.seed}:{step}:{rec['id']}:{g}")
+            groups.append((rec, plan_group(rec["id"], len(rec["probes"]), G=G, k=self.settings.k, rng=rng)))
+        return groups
+
+    def __call__(self, prompt_list, trainer) -> dict:
+        groups = self.plans_for(prompt_list, trainer.state.global_step)
+        dialogues, teacher, meta = [], [], []
+        for rec, plans in groups:
+            item = Example.from_dict(rec["item"])
+            question = prompts.messages_for(item)[-1]["content"]
+            for plan in plans:
+                probes = [rec["probes"][j] for j in plan.probe_order]
+                dialogues.append([self.rules.answer_prompt(p["probe"]) for p in probes] + [question])
+                teacher.append([p["teacher_response"] for p in probes])
+                meta.append((rec["id"], plan.scenario))
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.eos_id) if getattr(trainer, "use_vllm", False) else None
+        try:
+            out = rollout_dialogues(model, self.tokenizer, self.layout, dialogues,
+                                    teacher if self.settings.probe_answers == "teacher" else None,
+                                    temperature=self.settings.temperature, max_probe_tokens=self.settings.max_probe_tokens,
+                                    max_final_tokens=self.settings.max_final_tokens, sampler=sampler)
+        finally:
+            model.train(was_training)
+        # Eq. 8's teacher-forced dialogues: the Scenario A probe order of each question
+        self.last_aux = [teacher_forced(self.layout, [(self.rules.answer_prompt(rec["probes"][j]["probe"]),
+                                                       rec["probes"][j]["teacher_response"]) for j in plans[0].probe_order])
+                         for rec, plans in groups if plans[0].probe_order]
+        return {"prompt_ids": [d.prompt_ids for d, _ in out], "completion_ids": [d.completion_ids for d, _ in out],
+                "logprobs": None, "env_mask": [d.mask for d, _ in out], "final_text": [f for _, f in out],
+                "question_id": [q for q, _ in meta], "scenario": [s for _, s in meta]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewards (Eq. 4-6)
+
+class ExGRPOReward:
+    """One reward function: R_total per rollout (Eq. 6), with R_base and DSU statistics logged."""
+
+    __name__ = "exgrpo_reward"
+
+    def __init__(self, records: Sequence[dict], settings: ExGRPOSettings):
+        self.items = {r["id"]: Example.from_dict(r["item"]) for r in records}
+        self.settings = settings
+
+    def __call__(self, prompts, completions, question_id, log_metric=None, scenario=None, final_text=None,
+                 gold=None, answer_type=None, **kwargs) -> list[float]:
+        if self.settings.mode == "grpo":  # each sample scored against its own gold (probe or question)
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            base = []
+            for qid, text, g, t in zip(question_id, texts, gold, answer_type):
+                ex = (Example(qid, "probe", "", g, meta={"answer_type": t}) if t else self.items[qid])
+                base.append(rewards.r_base(ex, text))
+            if log_metric:
+                log_metric("exgrpo/r_base", sum(base) / len(base))
+            return base
+        base = [rewards.r_base(self.items[q], f) for q, f in zip(question_id, final_text)]
+        totals = [0.0] * len(base)
+        fired, p_full, p_partial = [], [], []
+        for qid in dict.fromkeys(question_id):  # groups in order of appearance
+            idx = [i for i, q in enumerate(question_id) if q == qid]
+            group_totals, stats = rewards.exgrpo_group_rewards([base[i] for i in idx], [scenario[i] for i in idx],
+                                                               self.settings.delta, self.settings.nu)
+            for i, v in zip(idx, group_totals):
+                totals[i] = v
+            fired.append(stats["fired"])
+            p_full.append(stats["p_full"])
+            p_partial.append(stats["p_partial"])
+        if log_metric:
+            log_metric("exgrpo/r_base", sum(base) / len(base))
+            log_metric("exgrpo/bonus_fired", sum(fired) / len(fired))
+            log_metric("exgrpo/p_full", sum(p_full) / len(p_full))
+            log_metric("exgrpo/p_partial", sum(p_partial) / len(p_partial))
+            log_metric("exgrpo/r_dsu", sum(t - b for t, b in zip(totals, base)) / len(base))
+        return totals
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+
+def make_trainer_class():
+    from trl import GRPOTrainer
+
+    class ExGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer plus Eq. 8's auxiliary SFT loss on the teacher's probe answers."""
+
+        def __init__(self, *args, aux_lambda: float = 0.0, aux_source=None, layout=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.aux_lambda, self.aux_source, self.layout = aux_lambda, aux_source, layout
+            self._aux_batch: list[DialogueTokens] = []
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            if self.aux_lambda > 0:
+                if self.aux_source is not None:  # exgrpo: the rollout built the teacher-forced dialogues
+                    self._aux_batch = list(self.aux_source.last_aux)
+                else:  # grpo: each row's own (prompt, teacher answer)
+                    seen, batch = set(), []
+                    for x in inputs:
+                        key = (x["question_id"], x["prompt"][-1]["content"])
+                        if key not in seen and x.get("target"):
+                            seen.add(key)
+                            batch.append(teacher_forced(self.layout, [(x["prompt"][-1]["content"], x["target"])]))
+                    self._aux_batch = batch
+            return output
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if self.aux_lambda > 0 and self._aux_batch and model.training:
+                aux = aux_sft_loss(model, self._aux_batch, pad_id=self.processing_class.pad_token_id)
+                loss = loss + self.aux_lambda * aux / self.current_gradient_accumulation_steps
+                self._metrics["train"]["aux_sft_loss"].append(aux.item())
+            return loss
+
+    return ExGRPOTrainer
+
+
+def aux_sft_loss(model, batch: Sequence[DialogueTokens], *, pad_id: int):
+    """Eq. 8: mean token NLL of the target (teacher answer) tokens of teacher-forced dialogues.
+
+    Kit default: a mean over target tokens rather than the paper's sum, so λ does not scale with length."""
+    import torch
+
+    width = max(len(d.full_ids) for d in batch)
+    device = next(model.parameters()).device
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, d in enumerate(batch):
+        full = d.full_ids
+        ids[b, : len(full)] = torch.tensor(full)
+        attn[b, : len(full)] = 1
+        offset = len(d.prompt_ids)
+        for j, (tok_id, m) in enumerate(zip(d.completion_ids, d.mask)):
+            if m:
+                labels[b, offset + j] = tok_id
+    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device))
+    return out.loss
+
+
+def prepare_init(init_model: str, out_dir: Path) -> str:
+    """The starting weights as a plain checkpoint: an SFT adapter is merged once, and the merged model
+    becomes the frozen base (and so TRL's reference policy). An adapter saved as ``<run>/final`` is
+    merged into ``<run>/merged``, shared by every RL run that starts from it; others into ``out_dir/init``."""
+    source = ensure_local(init_model)
+    if not (Path(source) / "adapter_config.json").exists():
+        return source
+    target = Path(source).parent / "merged" if Path(source).name == "final" else out_dir / "init"
+    marker = target / "exgrpo_init.json"
+    if marker.exists() and json.loads(marker.read_text()).get("source") == str(Path(source).resolve()):
+        return str(target)
+    model, tok = load_model(source, dtype="float32", device="cpu")  # merges the adapter
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".init."))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "exgrpo_init.json").write_text(json.dumps({"source": str(Path(source).resolve())}))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str | Path,
+                 settings: ExGRPOSettings = ExGRPOSettings(), rules: RuleSet | None = None, resume: bool = True,
+                 report_to: Sequence[str] = ()) -> dict:
+    """Train from ``init_model`` (the SFT output, or the base student for a cold start); save ``out_dir/final``."""
+    if settings.mode not in ("exgrpo", "grpo"):
+        raise ValueError(f"mode must be 'exgrpo' or 'grpo', got {settings.mode!r}")
+    if settings.probe_answers not in ("student", "teacher"):
+        raise ValueError(f"probe_answers must be 'student' or 'teacher', got {settings.probe_answers!r}")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    out_dir = Path(out_dir)
+
+    def build() -> Built:
+        import datasets
+
+        rule_set = rules or load_rules()
+        device = default_device()
+        dtype, bf16 = training_precision(settings.bf16, device)
+        base_path = prepare_init(init_model, out_dir)
+        model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
+        tok.padding_side = "left"
+        rows = training_rows(probe_records, rule_set, settings)
+        rollout = DialogueRollout(probe_records, rule_set, settings, tok) if settings.mode == "exgrpo" else None
+        trainer = make_trainer_class()(
+            model=model, reward_funcs=[ExGRPOReward(probe_records, settings)],
+            args=grpo_config(settings, out_dir, device=device, bf16=bf16), train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=tok, peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
+            rollout_func=rollout, aux_lambda=settings.aux_lambda, aux_source=rollout, layout=ChatLayout(tok))
+        return Built(trainer, tok, {"base": base_path, "rows": len(rows)})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return train_and_save(out_dir=out_dir, summary_name="rl_summary.json", settings=settings,
+                          identity={"init_model": init_model}, max_steps=settings.max_steps, build=build, resume=resume,
+                          report_to=report_to)

@@ -1,0 +1,80 @@
+"""Rewards and advantages of ExGRPO (method.md section 4, Eq. 4-7), as small pure functions.
+
+* Eq. 4  ``r_base``: 1 if the final answer to the original question is correct, else 0 (no format reward).
+* Eq. 5  Dialogue Structure Utility: with P_full and P_partial the mean R_base of the Scenario A (full
+  dialogue) and Scenario B (partial dialogue) rollouts of one question, r_dsu = δ if
+  P_full > ν · P_partial, else 0 (δ > 0, ν >= 1).
+* Eq. 6  R_total = R_base + r_dsu for a correct Scenario A rollout when Eq. 5 fires; otherwise R_base.
+* Eq. 7  group-normalised advantages over the G rollouts of a question: (R - mean) / (std + eps).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ..data import answers
+from ..data.example import Example
+
+
+def r_base(example: Example, final_answer: str) -> float:
+    """Eq. 4: 1.0 when ``final_answer`` answers ``example`` correctly, else 0.0 (the evaluation's scorer)."""
+    return 1.0 if answers.is_correct(example, final_answer) else 0.0
+
+
+def dsu_fires(full: Sequence[float], partial: Sequence[float], nu: float = 1.0) -> bool:
+    """Eq. 5's condition: P_full > ν · P_partial. An empty partial group counts as P_partial = 0 (kit default)."""
+    if nu < 1:
+        raise ValueError(f"ν must be >= 1 (method.md Eq. 5), got {nu}")
+    if not full:
+        return False
+    p_full = sum(full) / len(full)
+    p_partial = sum(partial) / len(partial) if partial else 0.0
+    return p_full > nu * p_partial
+
+
+def dsu_bonus(full: Sequence[float], partial: Sequence[float], delta: float = 0.5, nu: float = 1.0) -> list[float]:
+    """Total rewards of the Scenario A rollouts of one question (Eq. 5-6).
+
+    ``full``: R_base of the Scenario A rollouts; ``partial``: R_base of the Scenario B rollouts.
+    δ is added to each correct full rollout when mean(full) > ν · mean(partial).
+
+    >>> dsu_bonus([1, 1, 0, 1], [1, 0, 0, 0], delta=0.5, nu=1.0)
+    [1.5, 1.5, 0.0, 1.5]
+    >>> dsu_bonus([1, 0], [1, 1])
+    [1.0, 0.0]
+    """
+    if delta <= 0:
+        raise ValueError(f"δ must be > 0 (method.md Eq. 5), got {delta}")
+    fires = dsu_fires(full, partial, nu)
+    return [float(r) + (delta if fires and r > 0 else 0.0) for r in full]
+
+
+def group_advantages(rewards: Sequence[float], eps: float = 1e-4, scale: bool = True) -> list[float]:
+    """Eq. 7's group normalisation over the G rollouts of one question: (R - mean) / (std + eps).
+
+    std is the sample standard deviation (n - 1), as TRL computes it; ``scale=False`` gives R - mean.
+    """
+    n = len(rewards)
+    if n == 0:
+        return []
+    mean = sum(rewards) / n
+    if not scale:
+        return [r - mean for r in rewards]
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1)) if n > 1 else 0.0
+    return [(r - mean) / (std + eps) for r in rewards]
+
+
+def exgrpo_group_rewards(base: Sequence[float], scenarios: Sequence[str], delta: float, nu: float) -> tuple[list[float], dict]:
+    """R_total for one question's G rollouts in any order; ``scenarios[i]`` is "A" (full) or "B" (partial).
+
+    Returns the totals and the statistics logged per step (P_full, P_partial, whether the bonus fired).
+    Scenario B rollouts keep R_base (Eq. 6).
+    """
+    full = [b for b, s in zip(base, scenarios) if s == "A"]
+    partial = [b for b, s in zip(base, scenarios) if s == "B"]
+    bonus = iter(dsu_bonus(full, partial, delta, nu)) if full else iter(())
+    totals = [next(bonus) if s == "A" else float(b) for b, s in zip(base, scenarios)]
+    stats = {"p_full": sum(full) / len(full) if full else float("nan"),
+             "p_partial": sum(partial) / len(partial) if partial else float("nan"),
+             "fired": dsu_fires(full, partial, nu) if full else False}
+    return totals, stats

@@ -1,0 +1,49 @@
+"""Per-step training logs as JSONL, continuing the same curve across a resume (read them with
+``common.files.read_train_log``)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ..common.files import append_jsonl, atomic_write_text, read_log_jsonl
+
+# Every trainer of the kit logs through this module. TRL reads a deprecated transformers property
+# before every generation (GRPO, GKD); one warning per step would bury the log.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every ``on_log`` record (step, epoch, wall time, the trainer's metrics) to ``path``.
+
+    On a resume, records past the checkpoint's step are dropped first (they will be logged again),
+    so the file holds one curve with no duplicated steps.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.t0 = time.time()
+        self.offset = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        records = read_log_jsonl(self.path)
+        kept = [r for r in records if r.get("step", 0) <= state.global_step]
+        if len(kept) != len(records):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.offset = kept[-1].get("wall_time_s", 0.0) if kept else 0.0
+        self.t0 = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        rec = {"step": state.global_step, "epoch": state.epoch,
+               "wall_time_s": round(self.offset + time.time() - self.t0, 2),
+               "tokens_seen": state.num_input_tokens_seen}
+        for k, v in logs.items():
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                rec[k] = v
+        append_jsonl(self.path, [rec])

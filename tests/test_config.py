@@ -1,0 +1,151 @@
+"""One source for every setting: documented dataclass fields, typed --set values, presets as overrides."""
+import json
+from pathlib import Path
+
+import pytest
+
+from exgrpo_utils import config
+from exgrpo_utils.common.settings import SOURCES, SettingsError, build, coerce, params_of, parse_text, setting
+from exgrpo_utils.train.settings import ExGRPOSettings, OPDSettings, SFTSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_setting_documents_its_meaning_and_source():
+    for cls in config.SETTINGS + (OPDSettings,):
+        for p in params_of(cls):
+            assert p.help.strip() and p.source in SOURCES, f"{cls.__name__}.{p.field}"
+    assert len(config.PARAMS) == sum(len(params_of(c)) for c in config.SETTINGS)  # one name, one parameter
+
+
+def test_a_field_without_help_is_refused():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Bad:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="Bad.x is not declared with setting"):
+        params_of(Bad)
+    with pytest.raises(ValueError, match="source must be one of"):
+        setting(1, "h", "folklore")
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("sft_learning_rate", "1e-5", 1e-5),  # YAML 1.1 reads this as a string: it must stay a float
+    ("sft_learning_rate", "2", 2.0),
+    ("sft_epochs", "3", 3.0),
+    ("rl_k", "3", 3),
+    ("rl_use_vllm", "true", True),
+    ("rl_use_vllm", "no", False),
+    ("ei_n_items", "null", None),
+    ("ei_n_items", "20", 20),
+    ("ei_max_correct", "-1", -1),
+    ("sft_bf16", "null", None),
+    ("ei_datasets", "[gsm8k, strategyqa]", ["gsm8k", "strategyqa"]),
+    ("ei_datasets", "gsm8k,strategyqa", ["gsm8k", "strategyqa"]),
+    ("exp_seeds", "[0, 1, 2]", [0, 1, 2]),
+    ("student", "123", "123"),  # text stays text
+    ("teacher_model", "", ""),
+])
+def test_set_values_are_typed_by_their_field(name, text, expected):
+    got = config.parse_overrides([f"{name}={text}"])[name]
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("rl_k=two", "rl_k: expected an integer, got 'two'"),
+    ("rl_k=2.5", "rl_k: expected an integer"),
+    ("rl_use_vllm=maybe", "rl_use_vllm: expected true or false"),
+    ("sft_learning_rate=fast", "sft_learning_rate: expected a number"),
+    ("exp_seeds=[0, 1", "exp_seeds='[0, 1': malformed value"),
+    ("learning_rate=1e-5", "unknown parameter(s) learning_rate; known parameters: "),
+    ("oops", "expected key=value"),
+])
+def test_bad_set_values_get_one_line_errors(pair, message):
+    with pytest.raises(SettingsError) as err:
+        config.parse_overrides([pair])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_build_strips_the_prefix_and_makes_tuples():
+    s = build(SFTSettings, {"sft_epochs": 2, "sft_rules": ["why"], "rl_k": 9, "sft_bf16": None})
+    assert s.epochs == 2.0 and s.rules == ("why",) and s.bf16 is None and s == SFTSettings(epochs=2.0, rules=("why",))
+    assert build(ExGRPOSettings, {}, seed=3) == ExGRPOSettings(seed=3)
+    with pytest.raises(SettingsError, match="rl_G: expected an integer"):
+        build(ExGRPOSettings, {"rl_G": "eight"})
+
+
+def test_coerce_keeps_none_only_where_allowed():
+    assert coerce("x", int | None, None) is None
+    with pytest.raises(SettingsError):
+        coerce("x", int, None)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")))
+def test_presets_list_only_what_differs(preset):
+    """cpu and paper against the defaults, a preset that extends another against that one."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())
+    base = config.load_preset(raw["extends"]).values if raw.get("extends") else {}
+    base = config.resolve(None, base)
+    loaded = config.load_preset(preset)
+    for key in raw:
+        if key in config.RESERVED:
+            continue
+        assert loaded.values[key] != base[key], f"{preset}.yaml repeats {key} = {base[key]!r} (drop it)"
+
+
+def test_smoke_extends_cpu_and_cpu_full_adds_to_the_cpu_run():
+    cpu, smoke, full = (config.resolve(config.load_preset(p)) for p in ("cpu", "smoke", "cpu-full"))
+    assert smoke["student"] == cpu["student"] == "smollm2-135m-instruct" and smoke["rl_max_steps"] == 2
+    assert full["run_name"] == "cpu" and full["exp_seeds"] == [0, 1, 2]
+    for key in config.NOTEBOOKS["02_sft"] + config.NOTEBOOKS["03_exgrpo"]:  # 05 of cpu-full trains as 02/03 of cpu
+        assert full[key] == cpu[key] or key == "run_name"
+    assert config.load_preset("cpu-full").notebooks == ("05_experiments", "06_paper_figures")
+
+
+def test_preset_errors_name_the_file_and_the_problem(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: " + str(tmp_path / "b.yaml") + "\nnotebooks: [00_setup]\n")
+    (tmp_path / "b.yaml").write_text("extends: " + str(tmp_path / "a.yaml") + "\n")
+    with pytest.raises(SettingsError, match="loops back"):
+        config.load_preset(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("notebooks: [00_setup]\nsft_epoch: 2\n")
+    with pytest.raises(SettingsError, match=r"c.yaml: unknown parameter\(s\) sft_epoch; known parameters: .*sft_epochs"):
+        config.load_preset(str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_text("notebooks: [00_setup]\nrl_k: [1\n")
+    with pytest.raises(SettingsError, match="d.yaml: not valid YAML"):
+        config.load_preset(str(tmp_path / "d.yaml"))
+    (tmp_path / "e.yaml").write_text("notebooks: [00_setup]\nrl_k: two\n")
+    with pytest.raises(SettingsError, match="e.yaml: rl_k: expected an integer"):
+        config.load_preset(str(tmp_path / "e.yaml"))
+
+
+def test_one_name_reaches_every_notebook_that_uses_the_concept():
+    takers = lambda name: sorted(s for s, names in config.NOTEBOOKS.items() if name in names)
+    assert takers("student") == ["00_setup", "01_probes", "02_sft", "03_exgrpo", "04_evaluate", "05_experiments"]
+    assert takers("suite_max_new_tokens") == ["04_evaluate", "05_experiments"]
+    assert takers("eval_max_new_tokens") == ["02_sft", "03_exgrpo", "05_experiments"]
+    assert takers("sft_learning_rate") == ["02_sft", "05_experiments"]
+
+
+def test_notebook_values_check_the_namespace():
+    ns = config.for_notebook("06_paper_figures", config.resolve(config.load_preset("cpu"), run_name="cpu"))
+    assert config.notebook_values("06_paper_figures", ns) == {"run_name": "cpu", "figures_runs": []}
+    with pytest.raises(SettingsError, match="parameters \\['figures_runs'\\] are not defined"):
+        config.notebook_values("06_paper_figures", {"run_name": "cpu"})
+
+
+def test_configuration_reference_is_current():
+    committed = (ROOT / "docs" / "configuration.md").read_text()
+    assert committed == config.configuration_reference(), "regenerate: python -m exgrpo_utils.config --write-docs"
+    for name in config.PARAMS:
+        assert f"`{name}`" in committed
+
+
+def test_values_round_trip_through_json():
+    """papermill passes parameters as JSON: every resolved value survives it unchanged."""
+    for preset in ("cpu", "smoke", "paper", "cpu-full"):
+        values = config.resolve(config.load_preset(preset))
+        assert json.loads(json.dumps(values)) == values
