@@ -54,6 +54,8 @@ class RunSettings:
     backend: str = setting("transformers", "generation backend of the evaluations: transformers (CPU/GPU) or "
                            "vllm (GPU)", "speed only")
     sample_seed: int = setting(0, "seed of the fixed test subsamples (when a limit is set)")
+    fresh: bool = setting(False, "a training or evaluation folder made from other inputs (settings, data, model) is "
+                          "moved aside (<folder>.replaced-<n>) and redone, instead of stopping the run", "run")
     report_to: tuple[str, ...] = setting(("tensorboard",), "experiment trackers of every trainer: tensorboard "
                                          "(written to <training folder>/tensorboard), wandb, trackio; empty: none",
                                          "run")
@@ -88,7 +90,7 @@ def _names(*classes, extra: Sequence[str] = ()) -> tuple[str, ...]:
 
 
 _RUN = ("run_name", "data_dir", "student")
-_GEN = ("dtype", "backend", "sample_seed")
+_GEN = ("dtype", "backend", "sample_seed", "fresh")
 NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "00_setup": _names(TourSettings, extra=_RUN + ("dtype", "sample_seed")),
     "01_probes": _names(TeacherSettings, EISettings, extra=_RUN + ("dtype",)),
@@ -263,7 +265,7 @@ def configuration_reference() -> str:
             cell = lambda v: "`" + json.dumps(v) + "`"
             cpu_v = cell(cpu[p.name]) if cpu[p.name] != p.default else "="
             paper_v = cell(paper[p.name]) if paper[p.name] != p.default else "="
-            out.append(f"| `{p.name}` | {p.type_name} | {cell(p.default)} | {cpu_v} | {paper_v} | {p.source} | "
+            out.append(f"| `{p.name}` | {p.type_name.replace('|', 'or')} | {cell(p.default)} | {cpu_v} | {paper_v} | {p.source} | "
                        f"{', '.join(used_by[p.name]) or '-'} | {p.help.replace('|', '/')} |\n")
         out.append("\n")
     return "".join(out)

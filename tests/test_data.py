@@ -1,5 +1,6 @@
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -127,10 +128,13 @@ def test_invalid_json_names_file_and_line(tmp_path):
 
 def test_offline_without_local_copy_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("EXGRPO_DATA_DIR", raising=False)
     with pytest.raises(DataNotFoundError, match="hub is disabled"):
-        data.load("gsm8k", "test", data_dir=tmp_path)
+        data.load("gsm8k", "test")
     with pytest.raises(DataNotFoundError, match="no Hugging Face hub source"):
-        data.load("tabmwp", "test", data_dir=tmp_path)
+        data.load("tabmwp", "test")
+    with pytest.raises(DataNotFoundError, match="gsm8k/test.jsonl does not exist. A data directory was given, so the hub is not tried"):
+        data.load("gsm8k", "test", data_dir=tmp_path)
     with pytest.raises(DataNotFoundError, match="not a directory"):
         data.load("gsm8k", "test", data_dir=tmp_path / "missing")
 
@@ -161,6 +165,8 @@ def test_hub_path_converts_hub_rows(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "datasets", FakeDatasets)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("EXGRPO_DATA_DIR", raising=False)
+    tmp_path = None  # no data directory: the hub path
     assert data.load("gsm8k", "test", data_dir=tmp_path)[0].answer == "2"
     assert data.load("csqa", "test", data_dir=tmp_path)[0].answer == "B"
     assert data.load("anli", "test", data_dir=tmp_path)[0].answer == "C"
@@ -229,3 +235,43 @@ def test_unknown_names_and_splits():
         data.load("nope", "test")
     with pytest.raises(KeyError, match="has no split 'train'"):
         data.load("boolq", "train")
+
+
+def _copy_cut(src: Path, dst_root: Path, name: str, split: str, keep: int, extra: str = "") -> Path:
+    dst = dst_root / name / f"{split}.jsonl"
+    dst.parent.mkdir(parents=True)
+    lines = (src / name / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
+    dst.write_text("".join(lines) + extra, encoding="utf-8")
+    return dst
+
+
+def test_a_cut_or_empty_copy_is_refused_unless_allowed(data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("EXGRPO_ALLOW_PARTIAL_DATA", raising=False)
+    _copy_cut(data_dir, tmp_path, "gsm8k", "test", 10)
+    with pytest.raises(DataError, match=r"gsm8k/test: .*gsm8k/test.jsonl has 10 rows, the dataset has 1319"):
+        data.load("gsm8k", "test", data_dir=tmp_path, limit=5, sample_seed=0)
+    assert len(data.load("gsm8k", "test", data_dir=tmp_path, allow_partial=True)) == 10
+    monkeypatch.setenv("EXGRPO_ALLOW_PARTIAL_DATA", "1")
+    assert len(data.load("gsm8k", "test", data_dir=tmp_path)) == 10
+    monkeypatch.delenv("EXGRPO_ALLOW_PARTIAL_DATA")
+    _copy_cut(data_dir, tmp_path, "boolq", "test", 0)
+    with pytest.raises(DataError, match="has 0 rows, the dataset has 3270"):
+        data.load("boolq", "test", data_dir=tmp_path)
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    folder = tmp_path / "gsm8k_rev"
+    folder.mkdir()
+    row = {"question": "q", "answer": "3", "id": "same"}
+    folder.joinpath("test.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match="id 'same' appears twice"):
+        data.load("gsm8k_rev", "test", data_dir=tmp_path, allow_partial=True)
+
+
+def test_non_utf8_bytes_name_file_and_line(tmp_path):
+    folder = tmp_path / "boolq"
+    folder.mkdir()
+    good = json.dumps({"query": "Q?", "choices": ["no", "yes"], "gold": 1}).encode()
+    folder.joinpath("test.jsonl").write_bytes(good + b"\n" + good[:-2] + b"\xff\xfe}\n")
+    with pytest.raises(ValueError, match=r"boolq/test.jsonl:2: not UTF-8"):
+        data.load("boolq", "test", data_dir=tmp_path, allow_partial=True)

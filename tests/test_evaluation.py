@@ -171,3 +171,47 @@ def test_settings_compare_portable_model_paths(tmp_path):
     evaluation.check_settings(tmp_path, EvalIdentity(model="results/runs/x/final"))  # old absolute record: same model
     with pytest.raises(SettingsMismatchError):
         evaluation.check_settings(tmp_path, EvalIdentity(model="results/runs/y/final"))
+
+
+def test_evaluations_are_keyed_by_the_weights_not_the_path(tmp_path):
+    """Retrain into the same folder: the evaluation of the first model is not returned for the second."""
+    model = tmp_path / "train" / "sft" / "final"
+    model.mkdir(parents=True)
+    (model / "adapter_model.safetensors").write_bytes(b"first weights")
+    out = tmp_path / "eval"
+    kw = dict(model=str(model), datasets=["arith"], out_dir=out, limit_per_dataset=4, max_new_tokens=8, batch_size=4)
+    gen = ArithGenerator()
+    evaluation.run_evaluation(generator=gen, **kw)
+    assert gen.calls == 1
+    evaluation.run_evaluation(generator=gen, **kw)  # same weights: reused
+    assert gen.calls == 1
+    (model / "adapter_model.safetensors").write_bytes(b"retrained weights")
+    with pytest.raises(SettingsMismatchError, match="model_fingerprint.*another run name.*fresh=true"):
+        evaluation.run_evaluation(generator=gen, **kw)
+    evaluation.run_evaluation(generator=gen, fresh=True, **kw)
+    assert gen.calls == 2 and (tmp_path / "eval.replaced-1" / "arith.jsonl").exists()
+
+
+def test_an_evaluation_without_a_model_fingerprint_is_not_reused(tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    legacy = {"model": "smollm2-135m-instruct", "max_new_tokens": 8, "prompt_version": "eval-v1", "system_prompt": None,
+              "dtype": "auto", "backend": "transformers"}
+    (out / "config.json").write_text(json.dumps(legacy))
+    with pytest.raises(SettingsMismatchError, match="model_fingerprint"):
+        evaluation.run_evaluation(model="smollm2-135m-instruct", datasets=["arith"], out_dir=out, limit_per_dataset=2,
+                                  max_new_tokens=8, generator=ArithGenerator())
+
+
+class ArithGenerator:
+    name = "arith"
+
+    def __init__(self):
+        self.calls = 0
+
+    def render(self, messages):
+        return messages[-1]["content"]
+
+    def generate(self, batch, sampling):
+        self.calls += 1
+        return [Completion("The answer is 3.", 5, True) for _ in batch]

@@ -135,15 +135,6 @@ def test_opd_is_skipped_with_a_reason_unless_a_local_teacher_is_given():
     assert methods.opd_status("vllm", "Qwen/Qwen2.5-72B-Instruct") == (True, "")
 
 
-def test_reuse_refuses_a_run_with_other_settings(tmp_path):
-    (tmp_path / "final").mkdir()
-    (tmp_path / "sft_summary.json").write_text(json.dumps({"settings": {"epochs": 1.0, "rules": []}, "final": "f"}))
-    assert runs._check_reuse(tmp_path / "sft_summary.json", {"epochs": 1.0, "rules": ()}, "SFT")["final"] == "f"
-    with pytest.raises(RuntimeError, match="other settings"):
-        runs._check_reuse(tmp_path / "sft_summary.json", {"epochs": 3.0, "rules": ()}, "SFT")
-    assert runs._check_reuse(tmp_path / "missing.json", {}, "SFT") is None
-
-
 def test_training_cost_adds_the_warm_up():
     done = {"sft": {"train_tokens": 100, "seconds": 10}, "exgrpo": {"train_tokens": 50, "seconds": 20},
             "cold-grpo": {"train_tokens": 7, "seconds": 1}}
@@ -226,7 +217,6 @@ def test_records_need_a_run():
 
 
 def test_single_seed_average_gets_the_interval_of_a_mean(tmp_path):
-    from exgrpo_utils.evaluate import evaluation
     from exgrpo_utils.data.datasets import HELD_IN
 
     layout = RunLayout.of("run", tmp_path)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from exgrpo_utils.common.fingerprint import StaleOutputError
 from exgrpo_utils.train.common import Built, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import SFTSettings
 
@@ -45,19 +46,74 @@ def test_train_and_save_trains_saves_and_reuses(tmp_path):
         return Built(FakeTrainer(3), FakeTok(), {"rows": 7})
 
     settings = SFTSettings(max_steps=3)
-    kw = dict(out_dir=tmp_path, summary_name="s.json", settings=settings, identity={"model": "m"}, max_steps=3)
+    kw = dict(out_dir=tmp_path, summary_name="s.json", settings=settings, identity={"model": "m"}, data="d1", max_steps=3)
     summary = train_and_save(build=build, report_to=("tensorboard",), **kw)
     assert calls == [1] and summary["steps"] == 3 and summary["train_tokens"] == 123 and summary["rows"] == 7
     assert summary["model"] == "m" and summary["settings"]["max_steps"] == 3 and (tmp_path / "final" / "tok").exists()
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(summary))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))
     assert train_and_save(build=build, **kw) == json.loads(json.dumps(summary)) and calls == [1]  # reused, not built
-    other = dict(kw, identity={"model": "other"})
-    train_and_save(build=build, **other)
-    assert calls == [1, 1]  # another model: trained again
+    with pytest.raises(StaleOutputError, match="models.model.name: 'm' -> 'other'"):
+        train_and_save(build=build, **dict(kw, identity={"model": "other"}))  # another model: refused, not reused
+    assert calls == [1]
 
 
 def test_trackers_are_checked(tmp_path):
     assert tracking_callbacks((), tmp_path) == []
     with pytest.raises(ValueError, match="unknown tracker.*known: tensorboard, wandb, trackio"):
         tracking_callbacks(("mlflowx",), tmp_path)
+
+
+def _kw(tmp_path, **over):
+    kw = dict(out_dir=tmp_path / "train" / "sft", summary_name="sft_summary.json", settings=SFTSettings(max_steps=3),
+              identity={"model": "m"}, data="data-of-12-questions", max_steps=3)
+    kw.update(over)
+    return kw
+
+
+def _builder(calls):
+    def build():
+        calls.append(1)
+        return Built(FakeTrainer(3), FakeTok())
+    return build
+
+
+def test_training_is_not_reused_after_its_data_changed(tmp_path):
+    """runner --set ei_n_items=20 rewrites the probe data: the finished SFT on the old data is not returned."""
+    calls = []
+    train_and_save(build=_builder(calls), **_kw(tmp_path))
+    with pytest.raises(StaleOutputError, match=r"train/sft holds a sft training made from other inputs \(data: "
+                                               r"'data-of-12-questions' -> 'data-of-20-questions'\)"):
+        train_and_save(build=_builder(calls), **_kw(tmp_path, data="data-of-20-questions"))
+    assert calls == [1]
+
+
+def test_a_checkpoint_of_other_settings_is_neither_reused_nor_resumed(tmp_path):
+    """A run killed part-way with other settings: its checkpoint must not be loaded under the new ones."""
+    kw = _kw(tmp_path)
+    calls = []
+    train_and_save(build=_builder(calls), **kw)
+    (kw["out_dir"] / "final").rename(kw["out_dir"] / "checkpoints")  # as if killed before saving final
+    new = _kw(tmp_path, settings=SFTSettings(max_steps=3, epochs=2.0))
+    with pytest.raises(StaleOutputError, match=r"settings.epochs: 3.0 -> 2.0.*another run name.*fresh=true"):
+        train_and_save(build=_builder(calls), **new)
+    summary = train_and_save(build=_builder(calls), fresh=True, **new)  # moved aside, trained from scratch
+    assert calls == [1, 1] and summary["resumed_from"] is None and summary["settings"]["epochs"] == 2.0
+    aside = tmp_path / "train" / "sft.replaced-1"
+    assert (aside / "checkpoints").exists() and (aside / "fingerprint.json").exists()  # kept, never deleted
+
+
+def test_a_folder_without_a_fingerprint_is_refused(tmp_path):
+    kw = _kw(tmp_path)
+    kw["out_dir"].mkdir(parents=True)
+    (kw["out_dir"] / "sft_summary.json").write_text("{}")
+    with pytest.raises(StaleOutputError, match="without a fingerprint"):
+        train_and_save(build=_builder([]), **kw)
+
+
+def test_a_second_writer_of_the_same_folder_is_refused(tmp_path):
+    from exgrpo_utils.common.files import FolderBusyError, folder_lock
+
+    with folder_lock(tmp_path / "x"):
+        with pytest.raises(FolderBusyError, match=r"x: process \d+ is writing this training now"):
+            train_and_save(build=_builder([]), **_kw(tmp_path, out_dir=tmp_path / "x"))

@@ -2,9 +2,12 @@
 that name the bad line."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -34,6 +37,36 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+class FolderBusyError(RuntimeError):
+    """Another process is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "output"):
+    """One writer per output folder: hold ``<folder>/.lock`` while writing; a second writer gets a
+    clear error at once instead of both generating or training the same items."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise FolderBusyError(f"{folder}: {holder} is writing this {what} now; wait for it to finish or stop it, "
+                              "or write to another run name") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        yield folder
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -54,10 +87,15 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` from a data file; a bad line raises naming file and line."""
+    """Yield ``(line_number, record)`` from a data file; a bad line (not UTF-8, not JSON, not an
+    object) raises naming file and line."""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -82,8 +120,12 @@ def read_log_jsonl(path: str | os.PathLike) -> list[dict]:
     raw = path.read_bytes()
     complete, _, tail = raw.rpartition(b"\n")
     if tail:
-        with open(path, "r+b") as fh:
-            fh.truncate(len(complete) + (1 if complete or raw.startswith(b"\n") else 0))
+        try:
+            with open(path, "r+b") as fh:
+                fh.truncate(len(complete) + (1 if complete or raw.startswith(b"\n") else 0))
+        except OSError as exc:  # a read-only copy: report the torn line, change nothing
+            warnings.warn(f"{path}: its last line is incomplete (an interrupted write) and was ignored; the file "
+                          f"could not be repaired ({exc.strerror})", stacklevel=2)
     records: list[dict] = []
     for lineno, line in enumerate(complete.split(b"\n") if complete else [], start=1):
         if not line.strip():

@@ -7,7 +7,11 @@ Two extraction modes are reported side by side, as lm-evaluation-harness does:
   the option's text, a leading or last yes/no, the last number, the last ``$...$`` expression.
 
 Model text is only ever matched with regular expressions and parsed as numbers or LaTeX (MATH uses
-the ``math-verify`` library); it is never evaluated.
+the ``math-verify`` library); it is never evaluated. Hostile text cannot stall or crash scoring (it
+also computes RL rewards): the patterns use possessive quantifiers where whitespace runs meet, so
+they run in linear time; only the last ``MAX_SCORED_CHARS`` characters of a completion are read;
+numbers are parsed only up to ``MAX_NUMBER_CHARS`` characters and ``MAX_EXPONENT``; math-verify runs
+with a one-second time limit on answers of at most ``MAX_LATEX_CHARS`` characters.
 """
 from __future__ import annotations
 
@@ -21,8 +25,14 @@ from .example import LETTERS, Example
 # math_verify is imported inside the functions that use it (heavy, or needed only on some paths).
 
 MODES = ("strict", "flexible")
+MAX_SCORED_CHARS = 20_000  # kit default: a completion's answer is near its end (1024 tokens are ~5,000 characters)
+MAX_NUMBER_CHARS = 64  # longer "numbers" are not answers
+MAX_EXPONENT = 64  # 1e309 and 1e3000000 are not answers either (and would overflow or take seconds)
+MAX_LATEX_CHARS = 500  # longer LaTeX is compared as text only, never handed to sympy
+MATH_VERIFY_SECONDS = 1
 
-_ANSWER_IS = r"(?i:(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*\**\s*)"
+# possessive (*+, ++) where whitespace runs meet: no backtracking over long runs of spaces
+_ANSWER_IS = r"(?i:(?:the\s++)?(?:final\s++)?answer\s*+(?:is|:)[\s:*]*+)"
 _NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
 
@@ -44,6 +54,8 @@ def parse_number(text: str | None) -> Fraction | None:
     if text is None:
         return None
     s = str(text).strip().strip("*").strip()
+    if len(s) > MAX_NUMBER_CHARS:
+        return None
     s = re.sub(r"^\\?\$|\\?\$$", "", s).strip()  # currency sign or LaTeX math delimiters
     s = s.replace(",", "").replace(" ", "").rstrip(".%")
     frac = re.fullmatch(r"\\d?frac\{(-?\d+)\}\{(\d+)\}", s)
@@ -53,8 +65,11 @@ def parse_number(text: str | None) -> Fraction | None:
     try:
         if m:
             return Fraction(int(m.group(1)), int(m.group(2))) if int(m.group(2)) else None
+        exponent = re.search(r"[eE]([+-]?\d+)$", s)
+        if exponent and abs(int(exponent.group(1))) > MAX_EXPONENT:
+            return None
         return Fraction(s)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
 
 
@@ -64,7 +79,7 @@ def numbers_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
         return False
     if x == y:
         return True
-    return abs(float(x) - float(y)) <= rel_tol * max(1.0, abs(float(y)))
+    return abs(x - y) <= Fraction(rel_tol) * max(Fraction(1), abs(y))  # exact: no float overflow
 
 
 def _last_number(text: str) -> str | None:
@@ -175,7 +190,7 @@ class Extraction:
 
 def extract_both(example: Example, completion: str) -> Extraction:
     kind = answer_type(example)
-    text = completion or ""
+    text = (completion or "")[-MAX_SCORED_CHARS:]
     if kind == "yesno":
         s, f = _extract_yesno(text)
     elif kind == "letter":
@@ -245,12 +260,14 @@ def _latex_equal(gold: str, pred: str) -> bool:
         return True
     if parse_number(gold) is not None and parse_number(pred) is not None:
         return numbers_equal(pred, gold)
+    if len(pred) > MAX_LATEX_CHARS:
+        return False
     from math_verify import parse, verify  # imported lazily: it pulls in sympy
 
     try:
-        g = parse(f"${gold}$")
-        p = parse(f"${pred}$")
-        return bool(g) and bool(p) and bool(verify(g, p))
+        g = parse(f"${gold}$", parsing_timeout=MATH_VERIFY_SECONDS)
+        p = parse(f"${pred}$", parsing_timeout=MATH_VERIFY_SECONDS)
+        return bool(g) and bool(p) and bool(verify(g, p, timeout_seconds=MATH_VERIFY_SECONDS))
     except Exception:  # math-verify parse/verify failures mean "not shown equal"
         return False
 

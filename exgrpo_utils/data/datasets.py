@@ -29,6 +29,7 @@ from .example import LETTERS, Example
 # datasets is imported inside the functions that use it (heavy, or needed only on some paths).
 
 DATA_DIR_ENV = "EXGRPO_DATA_DIR"
+ALLOW_PARTIAL_ENV = "EXGRPO_ALLOW_PARTIAL_DATA"
 
 
 @dataclass(frozen=True)
@@ -334,8 +335,13 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 def load(name: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
          limit: int | None = None, sample_seed: int | None = None,
-         synthetic_options: Mapping[str, Any] | None = None) -> list[Example]:
+         synthetic_options: Mapping[str, Any] | None = None, allow_partial: bool | None = None) -> list[Example]:
     """Load ``split`` of dataset ``name`` as a list of Examples.
+
+    With a data directory (the argument, else ``$EXGRPO_DATA_DIR``) rows come from
+    ``<data_dir>/<name>/<split>.jsonl`` only, and its row count must equal the dataset's (unless
+    ``allow_partial``, default ``$EXGRPO_ALLOW_PARTIAL_DATA``); without one, from the hub. Ids must
+    be unique.
 
     ``limit`` keeps the first ``limit`` rows, or (with ``sample_seed``) a seeded random sample of
     ``limit`` rows kept in source order: the fixed subsamples of the CPU presets.
@@ -350,18 +356,48 @@ def load(name: str, split: str = "test", *, data_dir: str | os.PathLike | None =
         examples = synthetic.load(name, split, **dict(synthetic_options or {}))
     else:
         root = resolve_data_dir(data_dir)
-        local = root / name / f"{split}.jsonl" if root else None
-        if local is not None and local.exists():
-            examples = []
-            for lineno, row in iter_jsonl(local):
-                defect = KNOWN_DEFECTS.get((name, split, lineno))
-                if defect:
-                    warnings.warn(f"{name}: {local}:{lineno}: skipped known source defect: {defect}", stacklevel=2)
-                    continue
-                examples.append(parse_row(name, row, split, lineno, str(local)))
+        if root is None:
+            examples = _load_from_hub(spec, split, None)
         else:
-            examples = _load_from_hub(spec, split, local)
+            examples = _load_local(spec, split, root / name / f"{split}.jsonl", allow_partial)
+        _check_unique_ids(examples, name, split)
     return subsample(examples, limit, sample_seed)
+
+
+def partial_copies_allowed() -> bool:
+    """``$EXGRPO_ALLOW_PARTIAL_DATA=1``: accept local files whose row counts differ from the specs."""
+    return os.environ.get(ALLOW_PARTIAL_ENV, "") in ("1", "true", "yes")
+
+
+def _load_local(spec: DatasetSpec, split: str, path: Path, allow_partial: bool | None) -> list[Example]:
+    """A local copy: every row parsed, the row count checked against the spec, no hub fallback."""
+    if not path.exists():
+        raise DataNotFoundError(f"{spec.name}/{split}: {path} does not exist. A data directory was given, so the hub "
+                                f"is not tried; copy the file there, or unset the data directory to load from the hub.")
+    examples, rows = [], 0
+    for lineno, row in iter_jsonl(path):
+        rows += 1
+        defect = KNOWN_DEFECTS.get((spec.name, split, lineno))
+        if defect:
+            warnings.warn(f"{spec.name}: {path}:{lineno}: skipped known source defect: {defect}", stacklevel=3)
+            continue
+        examples.append(parse_row(spec.name, row, split, lineno, str(path)))
+    expected = spec.rows.get(split)
+    allowed = partial_copies_allowed() if allow_partial is None else allow_partial
+    if expected is not None and rows != expected and not allowed:
+        raise DataError(f"{spec.name}/{split}: {path} has {rows} rows, the dataset has {expected}. A cut or extended "
+                        f"copy changes every seeded subsample; restore the file, or allow a partial copy explicitly "
+                        f"(load(..., allow_partial=True) or ${ALLOW_PARTIAL_ENV}=1).")
+    return examples
+
+
+def _check_unique_ids(examples: list[Example], name: str, split: str) -> None:
+    seen: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        if ex.id in seen:
+            raise DataError(f"{name}/{split}: id {ex.id!r} appears twice (items {seen[ex.id] + 1} and {i + 1}); "
+                            "ids must be unique (evaluations and probe records are keyed by them)")
+        seen[ex.id] = i
 
 
 def subsample(examples: list[Example], limit: int | None, seed: int | None) -> list[Example]:

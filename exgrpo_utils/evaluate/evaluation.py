@@ -14,7 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..common.files import append_jsonl, atomic_write_json, atomic_write_text, read_log_jsonl
+from ..common.files import append_jsonl, atomic_write_json, atomic_write_text, folder_lock, read_log_jsonl
+from ..common.fingerprint import digest, move_aside
 from ..common.layout import RunLayout
 from ..common.paths import portable
 from ..common.progress import progress as make_progress
@@ -22,7 +23,7 @@ from ..data import answers, prompts
 from ..data.datasets import DATASETS, HELD_IN, OOD, load
 from ..data.example import Example
 from ..models.generation import Generator, SamplingConfig, make_generator
-from ..models.registry import MODELS
+from ..models.registry import MODELS, model_identity
 from .settings import SuiteSettings, TaskEvalSettings
 from .stats import mean_interval, wilson_interval
 
@@ -31,32 +32,42 @@ from .stats import mean_interval, wilson_interval
 
 @dataclass(frozen=True)
 class EvalIdentity:
-    """What determines an evaluation's outputs (batch size does not; it only changes speed)."""
+    """What determines an evaluation's outputs (batch size does not; it only changes speed): stored as
+    ``config.json`` in the evaluation folder, and required to match before anything in it is reused.
+    The model is identified by content (``model_fingerprint``), not only by its path."""
     model: str
     max_new_tokens: int = 1024  # paper lineage; CPU presets use less (kit default)
     prompt_version: str = prompts.PROMPT_VERSION
     system_prompt: str | None = None
     dtype: str = "auto"
     backend: str = "transformers"
+    model_fingerprint: str = ""  # digest of models.registry.model_identity(model): the weights' files, or the registry source
 
 
 class SettingsMismatchError(RuntimeError):
     pass
 
 
-def check_settings(out_dir: Path, settings: EvalIdentity) -> None:
-    path = Path(out_dir) / "config.json"
+def check_settings(out_dir: Path, settings: EvalIdentity, *, fresh: bool = False, log=print) -> None:
+    """Write ``config.json`` in a new evaluation folder, or require the one there to equal ``settings``;
+    ``fresh`` moves a folder made with other settings (or another model) aside instead."""
+    out_dir = Path(out_dir)
+    path = out_dir / "config.json"
     wanted = asdict(settings)
     if path.exists():
         have = json.loads(path.read_text())
         have["model"] = portable(have.get("model", ""))  # records written before paths were stored relative
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
-        if diff:
+        if not diff:
+            return
+        if not fresh:
             raise SettingsMismatchError(
-                f"{out_dir} holds an evaluation made with other settings {diff} (stored, requested). "
-                "Use another run name or output folder, or delete that folder to start again.")
-    else:
-        atomic_write_json(path, wanted)
+                f"{out_dir} holds an evaluation made with other settings or another model {diff} (stored, requested); "
+                "nothing in it was reused. Use another run name, or rerun with fresh=true (--set fresh=true) to move it "
+                f"aside ({out_dir.name}.replaced-<n>) and evaluate again.")
+        log(f"[fresh] {out_dir} held an evaluation made with {diff} (stored, requested); moved it aside to "
+            f"{move_aside(out_dir)}")
+    atomic_write_json(path, wanted)
 
 
 def score_record(example: Example, completion: str) -> dict:
@@ -201,33 +212,35 @@ def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_d
                    settings: EvalIdentity, batch_size: int = 32, label: str = "", progress: bool = True):
     """Evaluate several datasets into ``out_dir``; write ``summary.csv``; return the summary table."""
     out_dir = Path(out_dir)
-    check_settings(out_dir, settings)
-    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
     for name, examples in suites.items():
         if not examples:
             raise ValueError(f"dataset {name!r} has no examples to evaluate")
-    records = evaluate_pooled(generator, {name: (examples, out_dir / f"{name}.jsonl") for name, examples in suites.items()},
-                              sampling=sampling, batch_size=batch_size, progress=progress,
-                              system_prompt=settings.system_prompt)
-    scores = [score_records(name, records[name]) for name in suites]
-    table = summary_table(scores, label=label)
-
-    atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.2f"))
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+    with folder_lock(out_dir, "evaluation"):
+        check_settings(out_dir, settings)
+        records = evaluate_pooled(generator, {name: (examples, out_dir / f"{name}.jsonl") for name, examples in suites.items()},
+                                  sampling=sampling, batch_size=batch_size, progress=progress,
+                                  system_prompt=settings.system_prompt)
+        scores = [score_records(name, records[name]) for name in suites]
+        table = summary_table(scores, label=label)
+        atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.2f"))
     return table
 
 
 def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, split: str = "test",
                    limit_per_dataset: int | None = None, sample_seed: int | None = 0, max_new_tokens: int = 1024,
                    batch_size: int = 32, backend: str = "transformers", dtype: str = "auto", label: str = "",
-                   data_dir: str | None = None, generator: Generator | None = None, progress: bool = True):
+                   data_dir: str | None = None, generator: Generator | None = None, progress: bool = True,
+                   fresh: bool = False):
     """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04)."""
     suites = {}
     for name in datasets:
         ds_split = split if split in DATASETS[name].splits else "test"
         suites[name] = load(name, ds_split, data_dir=data_dir or None, limit=limit_per_dataset, sample_seed=sample_seed)
 
-    settings = EvalIdentity(model=portable(model), max_new_tokens=max_new_tokens, dtype=dtype, backend=backend)
-    check_settings(Path(out_dir), settings)  # fail before loading a model, not after
+    settings = EvalIdentity(model=portable(model), max_new_tokens=max_new_tokens, dtype=dtype, backend=backend,
+                            model_fingerprint=digest(model_identity(model)))
+    check_settings(Path(out_dir), settings, fresh=fresh)  # fail before loading a model, not after
     generator = generator or make_generator(model, backend=backend, dtype=dtype)
     return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
                           progress=progress)
@@ -236,14 +249,14 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
 def evaluate_on(settings: TaskEvalSettings | SuiteSettings, params: Mapping, *, model: str, out_dir: str | Path,
                 label: str = "", generator: Generator | None = None):
     """``run_evaluation`` with a notebook's evaluation settings (the quick ``eval_*`` ones or the
-    ``suite_*`` ones) and the run-wide generation parameters of ``params`` (``sample_seed``,
-    ``dtype``, ``backend``, ``data_dir``)."""
+    ``suite_*`` ones) and the run-wide parameters of ``params`` (``sample_seed``, ``dtype``,
+    ``backend``, ``data_dir``, ``fresh``)."""
     return run_evaluation(model=model, datasets=list(settings.datasets), out_dir=out_dir,
                           split=getattr(settings, "split", "test"), limit_per_dataset=settings.limit,
                           sample_seed=params.get("sample_seed", 0), max_new_tokens=settings.max_new_tokens,
                           batch_size=settings.batch_size, backend=params.get("backend", "transformers"),
                           dtype=params.get("dtype", "auto"), label=label, data_dir=params.get("data_dir") or None,
-                          generator=generator)
+                          generator=generator, fresh=bool(params.get("fresh", False)))
 
 
 def resolve_models(models: Sequence[str], layout: RunLayout, student: str) -> dict[str, str]:

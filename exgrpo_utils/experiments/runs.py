@@ -5,24 +5,27 @@ stage functions as notebooks 02 and 03 (so their seed-0 runs ``sft`` and ``exgrp
 evaluates each model on the training task and its pair (and, for ``exp_suite_keys``, on the 12
 datasets) and writes one record per pair under ``<run>/experiments/``; ``collect`` gathers the
 records into one long table for notebook 06. Every path comes from :class:`RunLayout`. A finished
-run is reused only when its recorded settings equal the requested ones; otherwise the run stops with
-an error naming the folder (nothing is overwritten).
+run or evaluation is reused only when its fingerprint (settings, data, model) matches; otherwise the
+run stops with an error naming the folder and what differs (nothing is overwritten; ``fresh`` moves
+it aside).
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ..common.files import atomic_write_json, read_train_log
-from ..common.layout import TRAIN_LOG, RunLayout, run_id
+from ..common.files import atomic_write_json
+from ..common.fingerprint import digest
+from ..common.layout import RunLayout, run_id
 from ..common.settings import build
 from ..evaluate.evaluation import evaluate_on
 from ..evaluate.settings import SuiteSettings, TaskEvalSettings
+from ..models.registry import model_identity
 from ..teach.inversion import load_probe_dataset
 from ..teach.settings import TeacherSettings
 from ..train.exgrpo import train_exgrpo
@@ -51,6 +54,7 @@ class Context:
     sample_seed: int = 0
     data_dir: str = ""
     report_to: tuple[str, ...] = ()
+    fresh: bool = False  # move outputs made from other inputs aside instead of stopping
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "Context":
@@ -65,63 +69,34 @@ class Context:
                    suite=build(SuiteSettings, params), experiments=build(ExperimentSettings, params),
                    dtype=params.get("dtype", "auto"), backend=params.get("backend", "transformers"),
                    sample_seed=params.get("sample_seed", 0), data_dir=params.get("data_dir", ""),
-                   report_to=tuple(params.get("report_to", ())))
+                   report_to=tuple(params.get("report_to", ())), fresh=bool(params.get("fresh", False)))
 
     def probe_records(self) -> list[dict]:
         return load_probe_dataset(self.layout.probe_dataset(self.train_dataset))
 
 
-def _check_reuse(summary_path: Path, want: dict, what: str, defaults: dict | None = None) -> dict | None:
-    """The finished summary when its settings equal ``want``; None when there is none; error otherwise.
-
-    ``defaults``: values for settings a summary written by an older version does not record."""
-    if not summary_path.exists():
-        return None
-    have = json.loads(summary_path.read_text())
-    want = json.loads(json.dumps(want))  # tuples become lists, as stored
-    stored = {**json.loads(json.dumps(defaults or {})), **have["settings"]}
-    diff = {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}
-    if diff:
-        raise RuntimeError(f"{summary_path.parent} holds a finished {what} run with other settings {diff} "
-                           "(stored, requested). Use another run name, or delete that folder to retrain.")
-    if not (summary_path.parent / "final").exists():
-        return None
-    if "train_tokens" not in have:  # older summaries: the trainer's own count is in the log
-        log = read_train_log(summary_path.parent / TRAIN_LOG)
-        have["train_tokens"] = int(log["num_tokens"].max()) if "num_tokens" in log else 0
-    return have
-
-
 def _train_method(m: Method, seed: int, ctx: Context, done: dict[str, dict]) -> dict:
+    """Train (or reuse: the training folder's fingerprint decides) one SFT or RL method at one seed."""
     out_dir = ctx.layout.train_dir(run_id(m.key, seed))
+    common = dict(out_dir=out_dir, report_to=ctx.report_to, fresh=ctx.fresh)
     if m.kind == "sft":
         settings = replace(ctx.sft, seed=seed, rules=tuple(m.rules), data_fraction=m.fraction * ctx.sft.data_fraction)
-        reused = _check_reuse(out_dir / "sft_summary.json", asdict(settings), "SFT", asdict(SFTSettings()))
-        if reused:
-            if reused.get("data", "ei") != m.data:
-                raise RuntimeError(f"{out_dir} holds an SFT run on {reused.get('data', 'ei')!r} data, not {m.data!r}")
-            return reused
         if m.data == "ei":
-            summary = train_sft(model=ctx.student, probe_records=ctx.probe_records(), out_dir=out_dir, settings=settings,
-                                report_to=ctx.report_to)
+            summary = train_sft(model=ctx.student, probe_records=ctx.probe_records(), settings=settings, **common)
         else:
             data = load_baseline_data(ctx.layout.baseline_data(ctx.train_dataset))
-            summary = train_sft(model=ctx.student, rows=baseline_rows(data, m.data), out_dir=out_dir, settings=settings,
-                                report_to=ctx.report_to)
-        summary["data"] = m.data
-        atomic_write_json(out_dir / "sft_summary.json", summary)
+            summary = train_sft(model=ctx.student, rows=baseline_rows(data, m.data), settings=settings, **common)
+        if summary.get("data") != m.data:
+            summary["data"] = m.data
+            atomic_write_json(out_dir / "sft_summary.json", summary)
         return summary
     # rl
     settings = replace(ctx.rl, seed=seed, mode=m.mode, aux_lambda=ctx.rl.aux_lambda if m.aux else 0.0)
-    reused = _check_reuse(out_dir / "rl_summary.json", asdict(settings), "RL", asdict(ExGRPOSettings()))
-    if reused:
-        return reused
     init = ctx.student if m.init == "base" else done[m.init]["final"]
     records = ctx.probe_records()
     if m.init != "base":  # ExGRPO on the same questions as its SFT warm-up
         records = subsample_questions(records, FRACTION_OF.get(m.init, 1.0) * ctx.sft.data_fraction, seed)
-    return train_exgrpo(init_model=init, probe_records=records, out_dir=out_dir, settings=settings,
-                        report_to=ctx.report_to)
+    return train_exgrpo(init_model=init, probe_records=records, settings=settings, **common)
 
 
 def _train_opd(seed: int, ctx: Context) -> dict:
@@ -129,12 +104,9 @@ def _train_opd(seed: int, ctx: Context) -> dict:
     settings = OPDSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, lora=s.lora,
                            lora_r=s.lora_r, lora_alpha=s.lora_alpha, max_length=s.max_length, seed=seed,
                            max_new_tokens=ctx.rl.max_final_tokens)
-    out_dir = ctx.layout.train_dir(run_id("opd", seed))
-    reused = _check_reuse(out_dir / "opd_summary.json", asdict(settings), "OPD", asdict(OPDSettings()))
-    if reused:
-        return reused
     return train_opd(student=ctx.student, teacher=ctx.teacher.teacher_model, probe_records=ctx.probe_records(),
-                     out_dir=out_dir, settings=settings, report_to=ctx.report_to)
+                     out_dir=ctx.layout.train_dir(run_id("opd", seed)), settings=settings, report_to=ctx.report_to,
+                     fresh=ctx.fresh)
 
 
 def training_cost(key: str, seed: int, done: dict[str, dict]) -> tuple[int, float]:
@@ -160,7 +132,8 @@ def _same_record(path: Path, rec: dict) -> dict | None:
 
 def _evaluate(ctx: Context, model: str, key: str, seed: int, label: str):
     rid = run_id(key, seed)
-    params = {"sample_seed": ctx.sample_seed, "dtype": ctx.dtype, "backend": ctx.backend, "data_dir": ctx.data_dir}
+    params = {"sample_seed": ctx.sample_seed, "dtype": ctx.dtype, "backend": ctx.backend, "data_dir": ctx.data_dir,
+              "fresh": ctx.fresh}
     table = evaluate_on(ctx.eval, params, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label)
     if key in ctx.experiments.suite_keys and seed == 0 and ctx.suite.datasets:
         suite = evaluate_on(ctx.suite, params, model=model, out_dir=ctx.layout.suite_eval_dir(rid), label=label)
@@ -204,6 +177,7 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             model = summary["final"]
             rec["train_tokens"], rec["train_seconds"] = training_cost(key, seed, done)
             rec["train_steps"] = summary.get("steps")
+        rec["model_fingerprint"] = digest(model_identity(model))  # what was evaluated, by content
         log(f"[{n}/{len(pairs)}] {rid}: evaluating")
         table = _evaluate(ctx, model, key, seed, m.label)
         for _, r in table.iterrows():

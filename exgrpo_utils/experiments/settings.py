@@ -9,6 +9,7 @@ from ..common.settings import setting
 
 @dataclass(frozen=True)
 class ExperimentSettings:
+    """Notebook 05: which groups of methods (tables and figures) run, over which seeds."""
     PREFIX: ClassVar[str] = "exp_"
     groups: tuple[str, ...] = setting(("core", "baselines", "table3", "table4", "fraction"),
                                       "method groups to run (experiments.methods.GROUPS): core, baselines, "

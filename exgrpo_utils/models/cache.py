@@ -1,7 +1,8 @@
 """Persistent on-disk cache of chat completions (SQLite, one row per request).
 
 Every teacher call (and every student call the probe filters make) goes through it: the key is a
-hash of the backend kind, the model, the messages and the sampling parameters (never an API key).
+hash of the backend kind, the model, where it is served and how (the server URL of an HTTP backend,
+the dtype of a local one), the messages and the sampling parameters (never an API key).
 Each result is committed the moment it arrives, so a run killed at any point loses at most the
 requests in flight, and a rerun pays only for what is missing.
 """
@@ -39,9 +40,15 @@ class ChatResult:
     completion_tokens: int | None = None
 
 
-def request_key(backend: str, model: str, messages: Sequence[dict], sampling: SamplingConfig, sample_index: int = 0) -> str:
+class CacheError(RuntimeError):
+    """The cache file cannot be used; the message names it and says how to recover."""
+
+
+def request_key(backend: str, model: str, messages: Sequence[dict], sampling: SamplingConfig, sample_index: int = 0,
+                identity: dict | None = None) -> str:
+    """``identity``: what else decides the answer besides the model name (server URL, dtype)."""
     payload = {"backend": backend, "model": model, "messages": list(messages), "sampling": asdict(sampling),
-               "sample_index": sample_index}
+               "sample_index": sample_index, **({"identity": identity} if identity else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -50,9 +57,15 @@ class CompletionCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(SCHEMA)
+            self._db.execute("SELECT key, backend, model, request, text FROM completions LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"{self.path}: not a usable completion cache ({exc}). Move it aside "
+                             f"(mv {self.path} {self.path}.bad) and rerun: an empty cache is rebuilt, and every answer "
+                             "it held is asked again (teacher calls cost again).") from None
         self.hits = 0
         self.misses = 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -73,6 +74,7 @@ class UsageCounter:
 # OpenAI-compatible HTTP client
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class OpenAICompatibleBackend:
@@ -97,10 +99,19 @@ class OpenAICompatibleBackend:
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.extra_body = dict(extra_body or {})
         self.usage = UsageCounter()
+        if api_key_env and not ENV_NAME_RE.fullmatch(api_key_env):  # never echo it: it may be the key itself
+            raise TeacherConfigError(f"teacher_api_key_env must be the NAME of the environment variable that holds the "
+                                     f"API key (letters, digits and _), not the key; the value given ({len(api_key_env)} "
+                                     "characters) is not a variable name")
         if api_key_env and not os.environ.get(api_key_env):
             raise TeacherConfigError(f"the teacher's API key is read from ${api_key_env}, which is not set")
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
                                     limits=httpx.Limits(max_connections=self.max_in_flight))
+
+    @property
+    def identity(self) -> dict:
+        """What the cache key records besides the model name: the server."""
+        return {"base_url": self.base_url, **({"extra_body": self.extra_body} if self.extra_body else {})}
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -202,6 +213,13 @@ class GeneratorBackend:
         self.generator, self.kind, self.model, self.batch_size = generator, kind, model, batch_size
         self.usage = UsageCounter()
 
+    @property
+    def identity(self) -> dict:
+        """What the cache key records besides the model name: the weights' dtype."""
+        weights = getattr(self.generator, "model", None)
+        dtype = getattr(weights, "dtype", None) or getattr(self.generator, "dtype", None)
+        return {"dtype": str(dtype)} if dtype is not None else {}
+
     def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]:
         out: list[ChatResult] = []
         for start in range(0, len(batch), self.batch_size):
@@ -237,7 +255,8 @@ class CachedBackend:
         return getattr(self.backend, "usage", None)
 
     def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, progress=None) -> list[ChatResult]:
-        keys = [request_key(self.kind, self.model, m, sampling) for m in batch]
+        identity = getattr(self.backend, "identity", None)
+        keys = [request_key(self.kind, self.model, m, sampling, identity=identity) for m in batch]
         results: list[ChatResult | None] = [self.cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(results) if r is None]
         if progress is not None:

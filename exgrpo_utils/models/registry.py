@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.fingerprint import weights_digest
+
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
 
 CACHE_ENV = "EXGRPO_CACHE_DIR"
@@ -175,3 +177,15 @@ def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = N
     if not for_training:
         model.eval()
     return model, tok
+
+
+def model_identity(spec: str) -> dict:
+    """What a model is, for fingerprints: a registry name by its source, a folder by the digest of its
+    files (weights, configs, tokenizer; ``common.fingerprint.weights_digest``)."""
+    path = Path(spec)
+    if path.is_dir():
+        return {"weights": weights_digest(path)}
+    if spec in MODELS:
+        m = MODELS[spec]
+        return {"registry": spec, "source": m.hf_id, "package": m.package, "file": m.gguf_file}
+    return {"name": spec}

@@ -9,6 +9,7 @@ from ..common.settings import setting
 
 @dataclass(frozen=True)
 class FigureSettings:
+    """Notebook 06: whose experiment records the tables and figures are built from."""
     PREFIX: ClassVar[str] = "figures_"
     runs: tuple[str, ...] = setting((), "runs whose experiment records are read (later runs win on a clash); "
                                     "empty: this run", "run")

@@ -1,7 +1,7 @@
 """The Explanatory Inversion rules as data (``configs/rules/ei_rules.yaml`` by default)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -40,6 +40,12 @@ class RuleSet:
             if r.id == rule_id:
                 return r
         raise KeyError(f"{self.path}: no rule {rule_id!r}; rules: {', '.join(r.id for r in self.rules)}")
+
+    @property
+    def content(self) -> dict:
+        """Everything that shapes prompts (for fingerprints; the file path is not part of it)."""
+        return {"version": self.version, "preamble": self.preamble, "rules": [asdict(r) for r in self.rules],
+                "templates": self.templates}
 
     def subset(self, ids) -> "RuleSet":
         if not ids:

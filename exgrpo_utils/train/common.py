@@ -1,7 +1,7 @@
 """The one train-and-save path of every trainer (SFT, ExGRPO and plain GRPO, On-Policy Distillation).
 
-:func:`train_and_save` returns a finished run's summary as it is when its settings match (a rerun
-never trains again), else builds the trainer, resumes from the last checkpoint, trains, saves
+:func:`train_and_save` returns a finished run's summary as it is when its fingerprint matches (a
+rerun never trains again; a folder made from other inputs is refused), else builds the trainer, resumes from the last checkpoint, trains, saves
 ``final/`` (adapter or full model, with the tokenizer) and writes the summary: settings, steps,
 tokens, seconds and peak memory over all resumed calls. Every trainer logs its steps to
 ``train_log.jsonl`` and to the experiment trackers of ``report_to`` (TensorBoard by default, in the
@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..common.files import atomic_write_json, read_log_jsonl
+from ..common.files import atomic_write_json, folder_lock, read_log_jsonl
+from ..common.fingerprint import check_stamp
 from ..common.layout import TRAIN_LOG
-from ..models.registry import cpu_has_fast_bf16
+from ..models.registry import cpu_has_fast_bf16, default_device, model_identity
 from .trainlog import JsonlLogCallback
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -152,30 +153,39 @@ def tracking_callbacks(report_to: Sequence[str], out_dir: Path) -> list:
     return callbacks
 
 
-def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity: dict, max_steps: int,
-                   build: Callable[[], Built], resume: bool = True, report_to: Sequence[str] = ()) -> dict:
+def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity: dict, data: str, max_steps: int,
+                   build: Callable[[], Built], resume: bool = True, report_to: Sequence[str] = (),
+                   fresh: bool = False) -> dict:
     """Reuse a finished run, or build, resume, train, save ``final/`` and write the summary.
 
-    ``identity``: the fields besides ``settings`` that must match for reuse (the model, the teacher,
-    ...); they are written into the summary too. ``build`` is called only when training is needed."""
+    ``identity``: the models besides ``settings`` that determine the run (the student, the initial
+    model, the teacher), written into the summary; ``data``: a digest of the training data. Both go
+    into the folder's fingerprint with the settings and the training precision: a folder made from
+    other inputs is never reused or resumed (``common.fingerprint.check_stamp``; ``fresh`` moves it
+    aside). ``build`` is called only when training is needed."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = finished_run(out_dir, summary_name, settings, **identity) if resume else None
-    if done:
-        return done
-    built = build()
-    trainer = built.trainer
-    trainer.add_callback(JsonlLogCallback(out_dir / TRAIN_LOG))
-    for cb in tracking_callbacks(report_to, out_dir):
-        trainer.add_callback(cb)
-    ckpt = last_checkpoint(out_dir) if resume else None
-    t0 = time.time()
-    train_from(trainer, ckpt, max_steps)
-    final = out_dir / "final"
-    trainer.save_model(str(final))
-    built.tokenizer.save_pretrained(str(final))
-    summary = {**identity, "settings": asdict(settings), **built.summary, "steps": trainer.state.global_step,
-               **run_cost(out_dir, summary_name, time.time() - t0), "resumed_from": ckpt,
-               "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
-    atomic_write_json(out_dir / summary_name, summary)
-    return summary
+    device = default_device()
+    inputs = {"stage": summary_name.split("_")[0], "settings": asdict(settings),
+              "models": {k: model_identity(v) for k, v in identity.items()}, "data": data,
+              "precision": {"device": device, "dtype": training_precision(getattr(settings, "bf16", None), device)[0]}}
+    with folder_lock(out_dir, "training"):
+        check_stamp(out_dir, inputs, what=f"{inputs['stage']} training", fresh=fresh)
+        done = finished_run(out_dir, summary_name, settings, **identity) if resume else None
+        if done:
+            return done
+        built = build()
+        trainer = built.trainer
+        trainer.add_callback(JsonlLogCallback(out_dir / TRAIN_LOG))
+        for cb in tracking_callbacks(report_to, out_dir):
+            trainer.add_callback(cb)
+        ckpt = last_checkpoint(out_dir) if resume else None
+        t0 = time.time()
+        train_from(trainer, ckpt, max_steps)
+        final = out_dir / "final"
+        trainer.save_model(str(final))
+        built.tokenizer.save_pretrained(str(final))
+        summary = {**identity, "settings": asdict(settings), **built.summary, "steps": trainer.state.global_step,
+                   **run_cost(out_dir, summary_name, time.time() - t0), "resumed_from": ckpt,
+                   "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
+        atomic_write_json(out_dir / summary_name, summary)
+        return summary

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from ..common.fingerprint import digest, weights_digest
 from ..data import prompts
 from ..data.example import Example
 from ..models.registry import default_device, ensure_local, load_model
@@ -351,19 +352,21 @@ def aux_sft_loss(model, batch: Sequence[DialogueTokens], *, pad_id: int):
 def prepare_init(init_model: str, out_dir: Path) -> str:
     """The starting weights as a plain checkpoint: an SFT adapter is merged once, and the merged model
     becomes the frozen base (and so TRL's reference policy). An adapter saved as ``<run>/final`` is
-    merged into ``<run>/merged``, shared by every RL run that starts from it; others into ``out_dir/init``."""
+    merged into ``<run>/merged``, shared by every RL run that starts from it; others into ``out_dir/init``.
+    The merged model is rebuilt whenever the adapter's files differ from those it was merged from."""
     source = ensure_local(init_model)
     if not (Path(source) / "adapter_config.json").exists():
         return source
     target = Path(source).parent / "merged" if Path(source).name == "final" else out_dir / "init"
     marker = target / "exgrpo_init.json"
-    if marker.exists() and json.loads(marker.read_text()).get("source") == str(Path(source).resolve()):
+    want = {"source": str(Path(source).resolve()), "source_weights": weights_digest(source)}
+    if marker.exists() and json.loads(marker.read_text()) == want:  # merged from these very adapter weights
         return str(target)
     model, tok = load_model(source, dtype="float32", device="cpu")  # merges the adapter
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".init."))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "exgrpo_init.json").write_text(json.dumps({"source": str(Path(source).resolve())}))
+    (tmp / "exgrpo_init.json").write_text(json.dumps(want))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -372,7 +375,7 @@ def prepare_init(init_model: str, out_dir: Path) -> str:
 
 def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str | Path,
                  settings: ExGRPOSettings = ExGRPOSettings(), rules: RuleSet | None = None, resume: bool = True,
-                 report_to: Sequence[str] = ()) -> dict:
+                 report_to: Sequence[str] = (), fresh: bool = False) -> dict:
     """Train from ``init_model`` (the SFT output, or the base student for a cold start); save ``out_dir/final``."""
     if settings.mode not in ("exgrpo", "grpo"):
         raise ValueError(f"mode must be 'exgrpo' or 'grpo', got {settings.mode!r}")
@@ -381,10 +384,12 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out_dir = Path(out_dir)
 
+    rule_set = rules or load_rules()
+    data = digest({"probe_records": probe_records, "rules": rule_set.content, "prompt": prompts.PROMPT_VERSION})
+
     def build() -> Built:
         import datasets
 
-        rule_set = rules or load_rules()
         device = default_device()
         dtype, bf16 = training_precision(settings.bf16, device)
         base_path = prepare_init(init_model, out_dir)
@@ -401,5 +406,5 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return train_and_save(out_dir=out_dir, summary_name="rl_summary.json", settings=settings,
-                          identity={"init_model": init_model}, max_steps=settings.max_steps, build=build, resume=resume,
-                          report_to=report_to)
+                          identity={"init_model": init_model}, data=data, max_steps=settings.max_steps, build=build,
+                          resume=resume, report_to=report_to, fresh=fresh)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..common.fingerprint import digest
 from ..data import prompts
 from ..data.example import Example
 from ..models.registry import default_device, load_model
@@ -38,7 +39,8 @@ def opd_rows(records: Sequence[dict]) -> list[dict]:
 
 
 def train_opd(*, student: str, teacher: str, probe_records: Sequence[dict], out_dir: str | Path,
-              settings: OPDSettings = OPDSettings(), resume: bool = True, report_to: Sequence[str] = ()) -> dict:
+              settings: OPDSettings = OPDSettings(), resume: bool = True, report_to: Sequence[str] = (),
+              fresh: bool = False) -> dict:
     """Distil ``teacher`` (a local model) into ``student`` on the questions of ``probe_records``."""
     out_dir = Path(out_dir)
 
@@ -69,5 +71,5 @@ def train_opd(*, student: str, teacher: str, probe_records: Sequence[dict], out_
         return Built(trainer, tok, {"rows": len(probe_records)})
 
     return train_and_save(out_dir=out_dir, summary_name="opd_summary.json", settings=settings,
-                          identity={"model": student, "teacher": teacher}, max_steps=settings.max_steps, build=build,
-                          resume=resume, report_to=report_to)
+                          identity={"model": student, "teacher": teacher}, data=digest(opd_rows(probe_records)),
+                          max_steps=settings.max_steps, build=build, resume=resume, report_to=report_to, fresh=fresh)

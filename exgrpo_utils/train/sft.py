@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from ..common.fingerprint import digest
 from ..data import prompts
 from ..data.example import Example
 from ..models.registry import default_device, load_model
@@ -65,7 +66,7 @@ def subsample_rows(rows: Sequence[dict], fraction: float, seed: int) -> list[dic
 
 def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_dir: str | Path,
               settings: SFTSettings = SFTSettings(), rules: RuleSet | None = None, resume: bool = True,
-              rows: Sequence[dict] | None = None, report_to: Sequence[str] = ()) -> dict:
+              rows: Sequence[dict] | None = None, report_to: Sequence[str] = (), fresh: bool = False) -> dict:
     """Train and save ``out_dir/final`` (a LoRA adapter or a full model, loadable by ``load_model``).
 
     The data is either ``probe_records`` (the EI probe dataset: Eq. 3) or ready-made prompt-completion
@@ -73,6 +74,9 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
     out_dir = Path(out_dir)
     if (probe_records is None) == (rows is None):
         raise ValueError("give exactly one of probe_records and rows")
+    rules = rules or load_rules()
+    data = digest({"probe_records": probe_records, "rules": rules.content, "prompt": prompts.PROMPT_VERSION}
+                  if rows is None else {"rows": rows})
 
     def build() -> Built:
         import datasets
@@ -80,13 +84,13 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
 
         if rows is None:
             records = subsample_questions(probe_records, settings.data_fraction, settings.seed)
-            data = sft_rows(records, rules or load_rules(), include_original_cot=settings.include_original_cot,
-                            only_rules=settings.rules)
+            train_rows = sft_rows(records, rules, include_original_cot=settings.include_original_cot,
+                                  only_rules=settings.rules)
             n_questions = len(records)
         else:
-            data = subsample_rows(rows, settings.data_fraction, settings.seed)
-            n_questions = len({r["question_id"] for r in data})
-        if not data:
+            train_rows = subsample_rows(rows, settings.data_fraction, settings.seed)
+            n_questions = len({r["question_id"] for r in train_rows})
+        if not train_rows:
             raise ValueError("no SFT rows (no kept questions, or no probes of the chosen rules)")
         device = default_device()
         dtype, bf16 = training_precision(settings.bf16, device)
@@ -102,9 +106,10 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
             use_cpu=device == "cpu", gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
             disable_tqdm=False)
         peft = lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout) if settings.lora else None
-        trainer = SFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(data),
+        trainer = SFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(train_rows),
                              processing_class=tok, peft_config=peft)
-        return Built(trainer, tok, {"rows": len(data), "questions": n_questions})
+        return Built(trainer, tok, {"rows": len(train_rows), "questions": n_questions})
 
     return train_and_save(out_dir=out_dir, summary_name="sft_summary.json", settings=settings, identity={"model": model},
-                          max_steps=settings.max_steps, build=build, resume=resume, report_to=report_to)
+                          data=data, max_steps=settings.max_steps, build=build, resume=resume, report_to=report_to,
+                          fresh=fresh)

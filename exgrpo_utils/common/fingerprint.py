@@ -1,0 +1,129 @@
+"""Fingerprints: every stage output records what it was made from, and is reused only when that matches.
+
+A stage output folder (a training, an evaluation) holds ``fingerprint.json``: the inputs that
+determine it (settings, the content of its data, the identity of its model, the code's prompt
+versions) and their digest. :func:`check_stamp` writes it when the folder is new, passes when the
+inputs are the same, and otherwise stops with :class:`StaleOutputError` naming the folder and what
+differs, with the two ways forward: another run name, or ``fresh`` (``--set fresh=true``), which
+moves the old output aside (``<folder>.replaced-<n>``) and never deletes it.
+
+Models are identified by content: a registry name by its source, a folder of weights by the SHA-256
+of its files (remembered in ``.weights_digest.json`` beside them, keyed by size and modification
+time, so a large model is hashed once).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .files import atomic_write_json
+
+STAMP = "fingerprint.json"
+WEIGHTS_MEMO = ".weights_digest.json"
+_NOT_CONTENT = {STAMP, WEIGHTS_MEMO, ".lock"}
+
+
+class StaleOutputError(RuntimeError):
+    """An output folder holds something made from other inputs (or by an older version of the kit)."""
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (sorted keys; tuples as lists), 20 hex digits."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def weights_digest(folder: str | os.PathLike) -> str:
+    """Digest of the files directly in a model folder (weights, configs, tokenizer), memoised."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in _NOT_CONTENT)
+    stats = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    memo = folder / WEIGHTS_MEMO
+    try:
+        old = json.loads(memo.read_text())
+        if old.get("files") == stats:
+            return old["digest"]
+    except (OSError, ValueError):
+        pass
+    value = digest({p.name: file_digest(p) for p in files})
+    try:
+        atomic_write_json(memo, {"files": stats, "digest": value})
+    except OSError:  # a read-only model folder: hash again next time
+        pass
+    return value
+
+
+def read_stamp(folder: str | os.PathLike) -> dict | None:
+    path = Path(folder) / STAMP
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise StaleOutputError(f"{path} is not valid JSON; move the folder aside or rerun with fresh=true") from None
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differences(old: Mapping, new: Mapping, limit: int = 8) -> str:
+    a, b = _flat(json.loads(json.dumps(old, default=str))), _flat(json.loads(json.dumps(new, default=str)))
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    shown = "; ".join(f"{k}: {a.get(k, '(none)')!r} -> {b.get(k, '(none)')!r}" for k in keys[:limit])
+    return shown + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename ``folder`` to the first free ``<folder>.replaced-<n>``; returns the new path."""
+    n = 1
+    while (aside := folder.with_name(f"{folder.name}.replaced-{n}")).exists():
+        n += 1
+    os.replace(folder, aside)
+    return aside
+
+
+def _has_content(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name not in _NOT_CONTENT for p in folder.iterdir())
+
+
+def check_stamp(folder: str | os.PathLike, inputs: Mapping, *, what: str, fresh: bool = False, log=print) -> str:
+    """Stamp ``folder`` with ``inputs`` or verify the stamp there; returns the fingerprint.
+
+    A folder with content but no stamp (made by an older version of the kit, or by hand) and a
+    folder stamped with other inputs are both refused, unless ``fresh`` moves them aside first."""
+    folder = Path(folder)
+    inputs = json.loads(json.dumps(inputs, default=str))
+    fp = digest(inputs)
+    stamp = read_stamp(folder)
+    if stamp is not None and stamp.get("fingerprint") == fp:
+        return fp
+    if stamp is not None or _has_content(folder):
+        why = (f"made from other inputs ({differences(stamp.get('inputs', {}), inputs)})" if stamp is not None
+               else "without a fingerprint (by an older version of the kit, or by hand), so what made it is unknown")
+        if not fresh:
+            raise StaleOutputError(f"{folder} holds a {what} {why}. Nothing was reused or changed. Use another run name "
+                                   f"(--run-name), or rerun with fresh=true (--set fresh=true) to move it aside "
+                                   f"({folder.name}.replaced-<n>) and start again.")
+        aside = move_aside(folder)
+        log(f"[fresh] {folder} held a {what} {why}; moved it aside to {aside}")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / STAMP, {"fingerprint": fp, "inputs": inputs})
+    return fp
