@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from exgrpo_utils.common.layout import RunLayout  # noqa: E402
 from exgrpo_utils.data import datasets as data  # noqa: E402
-from exgrpo_utils.data import prompts
+from exgrpo_utils.data import prompts  # noqa: E402
 from exgrpo_utils.models.registry import ensure_local  # noqa: E402
 from exgrpo_utils.teach.rules import load_rules  # noqa: E402
 
@@ -102,9 +103,9 @@ def main() -> int:
     print(f"evaluation of one model on the 12 full test sets ({eval_items} items, ~400 new tokens each): {eval_h:.1f} GPU-h")
     print(f"per student: SFT {tot['sft_h']:.0f} + ExGRPO {tot['rl_h']:.0f} GPU-h for the 8 task models, plus evaluations")
 
-    logs = Path(__file__).resolve().parents[1] / "results" / "runs" / "cpu" / "train"
+    layout = RunLayout.of("cpu")
     for name in ("sft", "exgrpo"):
-        path = logs / name / "train_log.jsonl"
+        path = layout.train_log(name)
         if path.exists():
             recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
             steps = [r for r in recs if "loss" in r]

@@ -27,6 +27,7 @@ from .common.paths import PROJECT_ROOT
 from .common.settings import SOURCES, Param, SettingsError, coerce, params_of, parse_text, plain, setting
 from .evaluate.settings import SuiteSettings, TaskEvalSettings
 from .experiments.settings import ExperimentSettings
+from .models.chat import ENV_NAME_RE
 from .report.settings import FigureSettings
 from .teach.settings import EISettings, TeacherSettings
 from .train.settings import ExGRPOSettings, SFTSettings
@@ -52,7 +53,7 @@ class RunSettings:
     dtype: str = setting("auto", "generation dtype: auto (bf16 where the hardware is fast at it, else float32), "
                          "bfloat16, float16 or float32")
     backend: str = setting("transformers", "generation backend of the evaluations: transformers (CPU/GPU) or "
-                           "vllm (GPU)", "speed only")
+                           "vllm (GPU); part of an evaluation's identity (the two need not agree token for token)")
     sample_seed: int = setting(0, "seed of the fixed test subsamples (when a limit is set)")
     fresh: bool = setting(False, "a training or evaluation folder made from other inputs (settings, data, model) is "
                           "moved aside (<folder>.replaced-<n>) and redone, instead of stopping the run", "run")
@@ -173,13 +174,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def resolve(preset: Preset | None, overrides: Mapping[str, Any] = (), *, run_name: str | None = None) -> dict[str, Any]:
-    """Every parameter's value: defaults < preset chain < overrides < ``run_name``."""
+    """Every parameter's value: defaults < preset chain < overrides < ``run_name``; checked before
+    anything is written (an API key where its variable's name belongs never reaches a file)."""
     values = defaults()
     if preset is not None:
         values.update(preset.values)
     values.update(dict(overrides))
     if run_name is not None:
         values["run_name"] = run_name
+    key_env = values.get("teacher_api_key_env") or ""
+    if key_env and not ENV_NAME_RE.fullmatch(key_env):  # never echo it: it may be the key itself
+        raise SettingsError(f"teacher_api_key_env must be the NAME of the environment variable holding the API key "
+                            f"(upper-case letters, digits and _, like GEMINI_API_KEY); the value given ({len(key_env)} "
+                            "characters) is not one")
     return {k: plain(v) for k, v in values.items()}
 
 

@@ -6,6 +6,7 @@ import platform
 
 import pandas as pd
 
+from .config import TourSettings
 from .data import answers, prompts
 from .data.datasets import DATASETS, PAPER_DATASETS, load
 from .models.generation import SamplingConfig
@@ -33,7 +34,7 @@ def environment_report() -> dict:
             "cpu_fast_bf16": cpu_has_fast_bf16(), "auto_dtype": str(pick_dtype("auto", device))}
 
 
-def dataset_tour(generator, *, datasets=None, data_dir=None, max_new_tokens: int = 128, sample_seed: int = 0):
+def dataset_tour(generator, *, datasets=None, data_dir=None, max_new_tokens: int = TourSettings.max_new_tokens, sample_seed: int = 0):
     """One test example per dataset, the student's greedy answer, and how it is scored."""
 
     names = list(datasets or PAPER_DATASETS)

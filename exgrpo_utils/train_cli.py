@@ -40,9 +40,10 @@ def train_stage(stage: str, params: dict) -> dict:
     report_to = tuple(params["report_to"])
     if stage == "sft":
         return train_sft(model=params["student"], probe_records=records, out_dir=layout.train_dir("sft"),
-                         settings=build(SFTSettings, params), report_to=report_to)
+                         settings=build(SFTSettings, params), report_to=report_to, fresh=params["fresh"])
     return train_exgrpo(init_model=str(layout.final_model("sft")), probe_records=records,
-                        out_dir=layout.train_dir("exgrpo"), settings=build(ExGRPOSettings, params), report_to=report_to)
+                        out_dir=layout.train_dir("exgrpo"), settings=build(ExGRPOSettings, params), report_to=report_to,
+                        fresh=params["fresh"])
 
 
 def main(argv: list[str] | None = None) -> int:

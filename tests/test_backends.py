@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend, TeacherAuthError, TeacherConfigError, TeacherError
 from exgrpo_utils.models.cache import CompletionCache
+from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend, TeacherAuthError, TeacherConfigError, TeacherError
 from exgrpo_utils.models.generation import SamplingConfig
 
 sys.path.insert(0, str(Path(__file__).parent))

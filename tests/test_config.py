@@ -149,3 +149,16 @@ def test_values_round_trip_through_json():
     for preset in ("cpu", "smoke", "paper", "cpu-full"):
         values = config.resolve(config.load_preset(preset))
         assert json.loads(json.dumps(values)) == values
+
+
+def test_an_empty_set_value_is_the_empty_list():
+    assert config.parse_overrides(["report_to="])["report_to"] == []
+    assert config.parse_overrides(["sft_rules=[]"])["sft_rules"] == []
+
+
+@pytest.mark.parametrize("value", ["AIzaSyD3adbeefKEYkey0123456789", "sk-proj-abc", "my_key"])
+def test_an_api_key_where_its_variable_name_belongs_never_reaches_a_file(value):
+    with pytest.raises(SettingsError) as err:
+        config.resolve(config.load_preset("paper"), config.parse_overrides([f"teacher_api_key_env={value}"]))
+    assert value not in str(err.value) and "NAME of the environment variable" in str(err.value)
+    config.resolve(config.load_preset("paper"), {"teacher_api_key_env": "MY_GEMINI_KEY"})  # a name is fine

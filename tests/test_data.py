@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from exgrpo_utils.data import datasets as data, synthetic
+from exgrpo_utils.data import datasets as data
+from exgrpo_utils.data import synthetic
 from exgrpo_utils.data.answers import parse_number
 from exgrpo_utils.data.datasets import DATASETS, LETTERS, DataError, DataNotFoundError, Example
 

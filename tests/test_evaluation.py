@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from exgrpo_utils.evaluate import evaluation, stats
 from exgrpo_utils.data.datasets import Example
+from exgrpo_utils.evaluate import evaluation, stats
 from exgrpo_utils.evaluate.evaluation import EvalIdentity, SettingsMismatchError
 from exgrpo_utils.models.generation import Completion, SamplingConfig
 

@@ -5,13 +5,13 @@ import math
 import pandas as pd
 import pytest
 
-from exgrpo_utils.data import answers, synthetic
 from exgrpo_utils.common.layout import RunLayout, run_id
-from exgrpo_utils.teach.settings import TeacherSettings
+from exgrpo_utils.data import answers, synthetic
+from exgrpo_utils.data.datasets import Example
 from exgrpo_utils.evaluate import stats
 from exgrpo_utils.experiments import baselines, methods, runs
 from exgrpo_utils.report import paper_tables, plotting
-from exgrpo_utils.data.datasets import Example
+from exgrpo_utils.teach.settings import TeacherSettings
 
 PROGRAM = TeacherSettings(teacher="program", teacher_model="")
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
 from exgrpo_utils import config, runner, train_cli
 from exgrpo_utils.common.settings import SettingsError, build
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings

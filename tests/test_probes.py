@@ -2,10 +2,12 @@ import re
 
 import pytest
 
-from exgrpo_utils.data import datasets as data, synthetic
-from exgrpo_utils.teach import inversion as probes, rules, teachers
-from exgrpo_utils.models.cache import ChatResult
+from exgrpo_utils.data import datasets as data
+from exgrpo_utils.data import synthetic
 from exgrpo_utils.data.datasets import Example
+from exgrpo_utils.models.cache import ChatResult
+from exgrpo_utils.teach import inversion as probes
+from exgrpo_utils.teach import rules, teachers
 
 RULES = rules.load_rules()
 

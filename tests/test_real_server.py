@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from exgrpo_utils.data import datasets as data
-from exgrpo_utils.teach import inversion as probes, rules, teachers
-from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend
 from exgrpo_utils.models.cache import CompletionCache
+from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend
+from exgrpo_utils.teach import inversion as probes
+from exgrpo_utils.teach import rules, teachers
 from exgrpo_utils.teach.settings import EISettings
 
 

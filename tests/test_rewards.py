@@ -3,10 +3,9 @@ import random
 
 import pytest
 
-from exgrpo_utils.train import rewards
 from exgrpo_utils.data.datasets import Example
+from exgrpo_utils.train import rewards
 from exgrpo_utils.train.dialogue import ChatLayout, plan_group, teacher_forced
-
 
 # ---------------------------------------------------------------------------------------------
 # Eq. 4

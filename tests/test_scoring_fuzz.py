@@ -46,6 +46,7 @@ def hostile(rng: random.Random, n: int = 1000) -> list[str]:
 @pytest.mark.parametrize("kind", list(EXAMPLES))
 def test_hostile_completions_are_scored_quickly_and_never_raise(kind):
     example = EXAMPLES[kind]
+    answers.is_correct(example, r"The answer is \boxed{\frac{1}{2}}")  # warm up: math-verify imports sympy once
     slowest = 0.0
     for text in hostile(random.Random(f"fuzz:{kind}")):
         t0 = time.perf_counter()
@@ -56,11 +57,13 @@ def test_hostile_completions_are_scored_quickly_and_never_raise(kind):
     assert slowest < PER_CALL_SECONDS, f"{kind}: slowest completion took {slowest:.2f} s"
 
 
-@pytest.mark.parametrize("text", ["The answer is" + " " * 1000 + "?", "answer:" + " \t" * 5000 + "x"])
-def test_whitespace_runs_do_not_backtrack(text):
+@pytest.mark.parametrize("kind", ["number", "latex", "text", "yesno"])
+@pytest.mark.parametrize("text", ["The answer is" + " " * 1000 + "?", "answer:" + " \t" * 5000 + "x",
+                                  "The answer is x" + " " * 20000 + "y", "The answer is " + "a " * 10000])
+def test_whitespace_runs_do_not_backtrack(kind, text):
     t0 = time.perf_counter()
-    assert not answers.is_correct(EXAMPLES["number"], text)
-    assert time.perf_counter() - t0 < 0.05
+    assert not answers.is_correct(EXAMPLES[kind], text)
+    assert time.perf_counter() - t0 < 0.1
 
 
 @pytest.mark.parametrize("text", [r"\boxed{1e309}", r"\boxed{1e3000000}", "The answer is 1e400", r"\boxed{-1e309}"])

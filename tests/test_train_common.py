@@ -7,7 +7,7 @@ import pytest
 
 from exgrpo_utils.common.fingerprint import StaleOutputError
 from exgrpo_utils.train.common import Built, tracking_callbacks, train_and_save
-from exgrpo_utils.train.settings import SFTSettings
+from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
 
 @dataclass
@@ -117,3 +117,63 @@ def test_a_second_writer_of_the_same_folder_is_refused(tmp_path):
     with folder_lock(tmp_path / "x"):
         with pytest.raises(FolderBusyError, match=r"x: process \d+ is writing this training now"):
             train_and_save(build=_builder([]), **_kw(tmp_path, out_dir=tmp_path / "x"))
+
+
+def test_a_new_checkpoint_interval_does_not_make_a_finished_run_stale(tmp_path):
+    calls = []
+    train_and_save(build=_builder(calls), **_kw(tmp_path))
+    again = train_and_save(build=_builder(calls), **_kw(tmp_path, settings=SFTSettings(max_steps=3, save_steps=7)))
+    assert calls == [1] and again["steps"] == 3  # save_steps is "speed only": not part of what the run is
+
+
+def test_a_stamp_without_output_is_no_output(tmp_path):
+    """A run that failed while building (nothing trained) does not block a run with other settings."""
+    def failing():
+        raise RuntimeError("out of memory while loading")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_and_save(build=failing, **_kw(tmp_path))
+    calls = []
+    train_and_save(build=_builder(calls), **_kw(tmp_path, settings=SFTSettings(max_steps=3, epochs=1.0)))
+    assert calls == [1]
+
+
+def test_fresh_keeps_the_folder_locked(tmp_path):
+    """The lock sits beside the folder, so moving the folder aside does not release it."""
+    from exgrpo_utils.common.files import FolderBusyError, folder_lock
+
+    out = tmp_path / "train" / "sft"
+    train_and_save(build=_builder([]), **_kw(tmp_path))
+    with folder_lock(out, "training"):
+        with pytest.raises(FolderBusyError):
+            train_and_save(build=_builder([]), fresh=True, **_kw(tmp_path, data="other"))
+    assert not (tmp_path / "train" / "sft.replaced-1").exists() and (tmp_path / "train" / ".sft.lock").exists()
+
+
+def test_other_processes_of_a_distributed_launch_neither_lock_nor_stamp(tmp_path, monkeypatch):
+    from exgrpo_utils.common.files import folder_lock
+
+    out = tmp_path / "train" / "sft"
+    monkeypatch.setenv("RANK", "1")
+    with folder_lock(out, "training"):  # held by process 0
+        summary = train_and_save(build=_builder([]), **_kw(tmp_path))
+    assert summary["steps"] == 3 and not (out / "fingerprint.json").exists()
+
+
+def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
+    from exgrpo_utils.common.layout import RunLayout
+    from exgrpo_utils.experiments import methods, runs
+
+    seen = {}
+    monkeypatch.setattr(runs, "train_exgrpo", lambda **kw: seen.setdefault("init", kw["init_model"]) and {"final": "x"})
+    monkeypatch.setattr(runs.Context, "probe_records", lambda self: [])
+    ctx = runs.Context.__new__(runs.Context)
+    object.__setattr__(ctx, "layout", RunLayout.of("r", tmp_path))
+    for name, value in dict(student="s", train_dataset="arith", sft=SFTSettings(), rl=ExGRPOSettings(),
+            report_to=(), fresh=False).items():
+        object.__setattr__(ctx, name, value)
+    done = {"sft": {"final": "sft-seed-0"}, "sft-s1": {"final": "sft-seed-1"}}
+    runs._train_method(methods.METHODS["exgrpo"], 1, ctx, done)
+    assert seen["init"] == "sft-seed-1"
+    with pytest.raises(RuntimeError, match="exgrpo-s2 starts from sft-s2, which is not in this plan"):
+        runs._train_method(methods.METHODS["exgrpo"], 2, ctx, done)

@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 
+from exgrpo_utils.common.files import read_train_log
+from exgrpo_utils.teach import rules
 from exgrpo_utils.train import exgrpo, sft
 from exgrpo_utils.train.common import run_cost
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
-from exgrpo_utils.teach import rules
-from exgrpo_utils.common.files import read_train_log
 
 
 @pytest.fixture

@@ -43,11 +43,12 @@ class FolderBusyError(RuntimeError):
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str = "output"):
-    """One writer per output folder: hold ``<folder>/.lock`` while writing; a second writer gets a
-    clear error at once instead of both generating or training the same items."""
+    """One writer per output folder: hold ``.<folder name>.lock`` beside it while writing; a second
+    writer gets a clear error at once instead of both generating or training the same items. The
+    lock lives outside the folder, so moving the folder aside (``fresh``) keeps it held."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / ".lock", "a+")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(folder.parent / f".{folder.name}.lock", "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -115,7 +115,7 @@ def check_stamp(folder: str | os.PathLike, inputs: Mapping, *, what: str, fresh:
     stamp = read_stamp(folder)
     if stamp is not None and stamp.get("fingerprint") == fp:
         return fp
-    if stamp is not None or _has_content(folder):
+    if _has_content(folder):  # a stamp alone (a run that failed before producing anything) is no output
         why = (f"made from other inputs ({differences(stamp.get('inputs', {}), inputs)})" if stamp is not None
                else "without a fingerprint (by an older version of the kit, or by hand), so what made it is unknown")
         if not fresh:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -13,15 +12,6 @@ def results_root(override: str | os.PathLike | None = None) -> Path:
     """``override``, else ``$EXGRPO_RESULTS_DIR``, else ``<project>/results``."""
     value = override or os.environ.get(RESULTS_ENV)
     return Path(value).expanduser().resolve() if value else PROJECT_ROOT / "results"
-
-
-def run_dir(run_name: str, results: str | os.PathLike | None = None) -> Path:
-    """``<results>/runs/<run_name>``: every output of one reproduction run."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", run_name or ""):
-        raise ValueError(f"run name {run_name!r}: use letters, digits, '.', '_' and '-' only")
-    path = results_root(results) / "runs" / run_name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def portable(path: str | os.PathLike) -> str:

@@ -113,6 +113,8 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
                 errors.append(str(exc))
         raise SettingsError(errors[0] if errors else f"{name}: expected {type_name(tp)}, got {value!r}")
     if origin in (tuple, list):
+        if value is None:  # "--set report_to=": the empty list
+            return []
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
@@ -171,6 +173,13 @@ def parse_text(name: str, tp: Any, text: str) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not valid YAML"
         raise SettingsError(f"{name}={text!r}: malformed value ({first})") from None
     return coerce(name, tp, value.strip() if isinstance(value, str) else value)
+
+
+def result_fields(settings) -> dict:
+    """``asdict(settings)`` without the fields declared ``speed only``: what can change a result, for
+    fingerprints and reuse checks (a new checkpoint interval must not make a finished run stale)."""
+    return {f.name: plain(getattr(settings, f.name)) for f in dataclasses.fields(settings)
+            if f.metadata.get("source") != "speed only"}
 
 
 def build(cls, params: Mapping[str, Any], **fixed):

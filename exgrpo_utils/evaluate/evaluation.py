@@ -228,8 +228,8 @@ def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_d
 
 
 def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, split: str = "test",
-                   limit_per_dataset: int | None = None, sample_seed: int | None = 0, max_new_tokens: int = 1024,
-                   batch_size: int = 32, backend: str = "transformers", dtype: str = "auto", label: str = "",
+                   limit_per_dataset: int | None = None, sample_seed: int | None = 0,
+                   max_new_tokens: int = SuiteSettings.max_new_tokens, batch_size: int = SuiteSettings.batch_size, backend: str = "transformers", dtype: str = "auto", label: str = "",
                    data_dir: str | None = None, generator: Generator | None = None, progress: bool = True,
                    fresh: bool = False):
     """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04)."""

@@ -240,7 +240,8 @@ def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
 
     out_path = Path(out_path)
     meta_path = out_path.with_suffix(".teacher.json")
-    ident = {"teacher": teacher.teacher, "teacher_model": teacher.teacher_model, "source": Path(ei_records_path).name,
+    ident = {"teacher": teacher.teacher, "teacher_model": teacher.teacher_model, "teacher_base_url": teacher.teacher_base_url,
+             "teacher_max_new_tokens": teacher.teacher_max_new_tokens, "source": Path(ei_records_path).name,
              "source_digest": file_digest(ei_records_path)}  # other EI items: the data is made again, never reused
     if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == ident:
         return load_baseline_data(out_path)

@@ -92,7 +92,14 @@ def _train_method(m: Method, seed: int, ctx: Context, done: dict[str, dict]) -> 
         return summary
     # rl
     settings = replace(ctx.rl, seed=seed, mode=m.mode, aux_lambda=ctx.rl.aux_lambda if m.aux else 0.0)
-    init = ctx.student if m.init == "base" else done[m.init]["final"]
+    if m.init == "base":
+        init = ctx.student
+    else:  # the warm-up of the same seed (sft-s1 for exgrpo-s1): plan() runs it first
+        warmup = done.get(run_id(m.init, seed))
+        if warmup is None:
+            raise RuntimeError(f"{run_id(m.key, seed)} starts from {run_id(m.init, seed)}, which is not in this plan; "
+                               f"add the group that holds {m.init!r} for seed {seed}")
+        init = warmup["final"]
     records = ctx.probe_records()
     if m.init != "base":  # ExGRPO on the same questions as its SFT warm-up
         records = subsample_questions(records, FRACTION_OF.get(m.init, 1.0) * ctx.sft.data_fraction, seed)

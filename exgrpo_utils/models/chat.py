@@ -74,7 +74,7 @@ class UsageCounter:
 # OpenAI-compatible HTTP client
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")  # GEMINI_API_KEY; API keys have lower case or "-"
 
 
 class OpenAICompatibleBackend:
@@ -101,7 +101,7 @@ class OpenAICompatibleBackend:
         self.usage = UsageCounter()
         if api_key_env and not ENV_NAME_RE.fullmatch(api_key_env):  # never echo it: it may be the key itself
             raise TeacherConfigError(f"teacher_api_key_env must be the NAME of the environment variable that holds the "
-                                     f"API key (letters, digits and _), not the key; the value given ({len(api_key_env)} "
+                                     f"API key (upper-case letters, digits and _, like GEMINI_API_KEY), not the key; the value given ({len(api_key_env)} "
                                      "characters) is not a variable name")
         if api_key_env and not os.environ.get(api_key_env):
             raise TeacherConfigError(f"the teacher's API key is read from ${api_key_env}, which is not set")

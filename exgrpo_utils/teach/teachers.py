@@ -27,6 +27,7 @@ from ..data.example import LETTERS, Example
 from ..models.chat import CachedBackend, OpenAICompatibleBackend, TeacherConfigError, transformers_backend, vllm_backend
 from ..models.generation import SamplingConfig
 from .rules import Rule, RuleSet
+from .settings import TeacherSettings
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,8 @@ PROBE_MAKERS = {
 
 
 def build_teacher(kind: str, rules: RuleSet, *, model: str = "", base_url: str = "", api_key_env: str = "",
-                  max_in_flight: int = 8, max_new_tokens: int = 1024, cache=None, dtype: str = "auto",
+                  max_in_flight: int = TeacherSettings.teacher_max_in_flight,
+                  max_new_tokens: int = TeacherSettings.teacher_max_new_tokens, cache=None, dtype: str = "auto",
                   batch_size: int = 32):
     """``kind``: "program" (synthetic arith, exact), "openai" (any OpenAI-compatible server),
     "transformers" (local model) or "vllm" (GPU). LLM teachers go through ``cache`` when given."""

@@ -12,7 +12,9 @@ the data side of training import without them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,7 @@ from typing import Any, Callable, Sequence
 from ..common.files import atomic_write_json, folder_lock, read_log_jsonl
 from ..common.fingerprint import check_stamp
 from ..common.layout import TRAIN_LOG
+from ..common.settings import result_fields
 from ..models.registry import cpu_has_fast_bf16, default_device, model_identity
 from .trainlog import JsonlLogCallback
 
@@ -100,8 +103,9 @@ def finished_run(out_dir: Path, summary_name: str, settings, **same) -> dict | N
     if not (path.exists() and (out_dir / "final").exists()):
         return None
     summary = json.loads(path.read_text())
-    want = json.loads(json.dumps(asdict(settings)))
-    if summary.get("settings") != want or any(summary.get(k) != v for k, v in same.items()):
+    want = json.loads(json.dumps(result_fields(settings)))
+    stored = {k: v for k, v in (summary.get("settings") or {}).items() if k in want}
+    if stored != want or any(summary.get(k) != v for k, v in same.items()):
         return None
     return summary
 
@@ -165,11 +169,15 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
     aside). ``build`` is called only when training is needed."""
     out_dir = Path(out_dir)
     device = default_device()
-    inputs = {"stage": summary_name.split("_")[0], "settings": asdict(settings),
+    inputs = {"stage": summary_name.split("_")[0], "settings": result_fields(settings),
               "models": {k: model_identity(v) for k, v in identity.items()}, "data": data,
               "precision": {"device": device, "dtype": training_precision(getattr(settings, "bf16", None), device)[0]}}
-    with folder_lock(out_dir, "training"):
-        check_stamp(out_dir, inputs, what=f"{inputs['stage']} training", fresh=fresh)
+    # Under ``accelerate launch`` every process calls this: only the main one locks and stamps the
+    # folder (the others train their shard of each batch and do not write it).
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(out_dir, "training") if main_process else contextlib.nullcontext():
+        if main_process:
+            check_stamp(out_dir, inputs, what=f"{inputs['stage']} training", fresh=fresh)
         done = finished_run(out_dir, summary_name, settings, **identity) if resume else None
         if done:
             return done

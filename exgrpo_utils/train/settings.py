@@ -60,7 +60,8 @@ class ExGRPOSettings:
     lora_alpha: int = setting(64, "LoRA alpha")
     seed: int = setting(0, "training seed (dialogue plans, sampling, data order)")
     bf16: bool | None = setting(None, "as sft_bf16")
-    use_vllm: bool = setting(False, "GPU only: every dialogue turn through TRL's vLLM engine", "speed only")
+    use_vllm: bool = setting(False, "GPU only: every dialogue turn through TRL's vLLM engine (another sampler, so "
+                             "part of the run's identity)")
     vllm_mode: str = setting("colocate", "colocate (same GPUs) or server (trl vllm-serve on other GPUs)", "speed only")
     vllm_gpu_memory_utilization: float = setting(0.3, "colocate: share of each GPU vLLM may take", "speed only")
     vllm_server_base_url: str = setting("", "server mode: e.g. http://127.0.0.1:8000", "run")
