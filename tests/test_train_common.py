@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from exgrpo_utils.common.fingerprint import StaleOutputError
+from exgrpo_utils.common.runsettings import RunSettings
 from exgrpo_utils.train.common import Built, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
@@ -169,8 +170,8 @@ def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
     monkeypatch.setattr(runs.Context, "probe_records", lambda self: [])
     ctx = runs.Context.__new__(runs.Context)
     object.__setattr__(ctx, "layout", RunLayout.of("r", tmp_path))
-    for name, value in dict(student="s", train_dataset="arith", sft=SFTSettings(), rl=ExGRPOSettings(),
-            report_to=(), fresh=False).items():
+    run = RunSettings(student="s", train_dataset="arith", report_to=())
+    for name, value in dict(run=run, sft=SFTSettings(), rl=ExGRPOSettings()).items():
         object.__setattr__(ctx, name, value)
     done = {"sft": {"final": "sft-seed-0"}, "sft-s1": {"final": "sft-seed-1"}}
     runs._train_method(methods.METHODS["exgrpo"], 1, ctx, done)

@@ -130,30 +130,18 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise SettingsError(f"{name}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise SettingsError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if tp in (int, float):
         if isinstance(value, str):
             try:
-                return int(value.strip())
+                return tp(value.strip())  # "1e-5" stays a float; "2.5" is no integer
             except ValueError:
                 pass
-        raise SettingsError(f"{name}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise SettingsError(f"{name}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise SettingsError(f"{name}: expected a number, got {value!r}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if tp is float:
+                return float(value)
+            if isinstance(value, int) or value.is_integer():
+                return int(value)
+        raise SettingsError(f"{name}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -19,6 +19,7 @@ from ..common.fingerprint import digest, move_aside
 from ..common.layout import RunLayout
 from ..common.paths import portable
 from ..common.progress import progress as make_progress
+from ..common.runsettings import RunSettings
 from ..data import answers, prompts
 from ..data.datasets import DATASETS, HELD_IN, OOD, load
 from ..data.example import Example
@@ -246,17 +247,16 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
                           progress=progress)
 
 
-def evaluate_on(settings: TaskEvalSettings | SuiteSettings, params: Mapping, *, model: str, out_dir: str | Path,
+def evaluate_on(settings: TaskEvalSettings | SuiteSettings, run: RunSettings, *, model: str, out_dir: str | Path,
                 label: str = "", generator: Generator | None = None):
     """``run_evaluation`` with a notebook's evaluation settings (the quick ``eval_*`` ones or the
-    ``suite_*`` ones) and the run-wide parameters of ``params`` (``sample_seed``, ``dtype``,
-    ``backend``, ``data_dir``, ``fresh``)."""
+    ``suite_*`` ones) and the run-wide ones (``sample_seed``, ``dtype``, ``backend``, ``data_dir``,
+    ``fresh``)."""
     return run_evaluation(model=model, datasets=list(settings.datasets), out_dir=out_dir,
                           split=getattr(settings, "split", "test"), limit_per_dataset=settings.limit,
-                          sample_seed=params.get("sample_seed", 0), max_new_tokens=settings.max_new_tokens,
-                          batch_size=settings.batch_size, backend=params.get("backend", "transformers"),
-                          dtype=params.get("dtype", "auto"), label=label, data_dir=params.get("data_dir") or None,
-                          generator=generator, fresh=bool(params.get("fresh", False)))
+                          sample_seed=run.sample_seed, max_new_tokens=settings.max_new_tokens,
+                          batch_size=settings.batch_size, backend=run.backend, dtype=run.dtype, label=label,
+                          data_dir=run.data_dir or None, generator=generator, fresh=run.fresh)
 
 
 def resolve_models(models: Sequence[str], layout: RunLayout, student: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ import pandas as pd
 from ..common.files import atomic_write_json
 from ..common.fingerprint import digest
 from ..common.layout import RunLayout, run_id
+from ..common.runsettings import RunSettings
 from ..common.settings import build
 from ..evaluate.evaluation import evaluate_on
 from ..evaluate.settings import SuiteSettings, TaskEvalSettings
@@ -41,20 +42,13 @@ from .settings import ExperimentSettings
 class Context:
     """Everything ``run_plan`` needs besides the (method, seed) pairs: notebook 05's parameters."""
     layout: RunLayout
-    student: str
-    train_dataset: str
+    run: RunSettings  # student, task, generation dtype/backend, subsample seed, trackers, fresh
     sft: SFTSettings  # the main SFT run's settings (notebook 02 uses the same parameters)
     rl: ExGRPOSettings  # the main ExGRPO run's settings (notebook 03)
     teacher: TeacherSettings
     eval: TaskEvalSettings
     suite: SuiteSettings
     experiments: ExperimentSettings
-    dtype: str = "auto"
-    backend: str = "transformers"
-    sample_seed: int = 0
-    data_dir: str = ""
-    report_to: tuple[str, ...] = ()
-    fresh: bool = False  # move outputs made from other inputs aside instead of stopping
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "Context":
@@ -63,29 +57,26 @@ class Context:
         probe_path = layout.probe_dataset(params["train_dataset"])
         if not probe_path.exists():
             raise FileNotFoundError(f"{probe_path} is missing: run notebook 01 of this run first (e.g. make reproduce)")
-        return cls(layout=layout, student=params["student"], train_dataset=params["train_dataset"],
-                   sft=build(SFTSettings, params), rl=build(ExGRPOSettings, params),
-                   teacher=build(TeacherSettings, params), eval=build(TaskEvalSettings, params),
-                   suite=build(SuiteSettings, params), experiments=build(ExperimentSettings, params),
-                   dtype=params.get("dtype", "auto"), backend=params.get("backend", "transformers"),
-                   sample_seed=params.get("sample_seed", 0), data_dir=params.get("data_dir", ""),
-                   report_to=tuple(params.get("report_to", ())), fresh=bool(params.get("fresh", False)))
+        return cls(layout=layout, run=build(RunSettings, params), sft=build(SFTSettings, params),
+                   rl=build(ExGRPOSettings, params), teacher=build(TeacherSettings, params),
+                   eval=build(TaskEvalSettings, params), suite=build(SuiteSettings, params),
+                   experiments=build(ExperimentSettings, params))
 
     def probe_records(self) -> list[dict]:
-        return load_probe_dataset(self.layout.probe_dataset(self.train_dataset))
+        return load_probe_dataset(self.layout.probe_dataset(self.run.train_dataset))
 
 
 def _train_method(m: Method, seed: int, ctx: Context, done: dict[str, dict]) -> dict:
     """Train (or reuse: the training folder's fingerprint decides) one SFT or RL method at one seed."""
     out_dir = ctx.layout.train_dir(run_id(m.key, seed))
-    common = dict(out_dir=out_dir, report_to=ctx.report_to, fresh=ctx.fresh)
+    common = dict(out_dir=out_dir, report_to=ctx.run.report_to, fresh=ctx.run.fresh)
     if m.kind == "sft":
         settings = replace(ctx.sft, seed=seed, rules=tuple(m.rules), data_fraction=m.fraction * ctx.sft.data_fraction)
         if m.data == "ei":
-            summary = train_sft(model=ctx.student, probe_records=ctx.probe_records(), settings=settings, **common)
+            summary = train_sft(model=ctx.run.student, probe_records=ctx.probe_records(), settings=settings, **common)
         else:
-            data = load_baseline_data(ctx.layout.baseline_data(ctx.train_dataset))
-            summary = train_sft(model=ctx.student, rows=baseline_rows(data, m.data), settings=settings, **common)
+            data = load_baseline_data(ctx.layout.baseline_data(ctx.run.train_dataset))
+            summary = train_sft(model=ctx.run.student, rows=baseline_rows(data, m.data), settings=settings, **common)
         if summary.get("data") != m.data:
             summary["data"] = m.data
             atomic_write_json(out_dir / "sft_summary.json", summary)
@@ -93,7 +84,7 @@ def _train_method(m: Method, seed: int, ctx: Context, done: dict[str, dict]) -> 
     # rl
     settings = replace(ctx.rl, seed=seed, mode=m.mode, aux_lambda=ctx.rl.aux_lambda if m.aux else 0.0)
     if m.init == "base":
-        init = ctx.student
+        init = ctx.run.student
     else:  # the warm-up of the same seed (sft-s1 for exgrpo-s1): plan() runs it first
         warmup = done.get(run_id(m.init, seed))
         if warmup is None:
@@ -111,9 +102,9 @@ def _train_opd(seed: int, ctx: Context) -> dict:
     settings = OPDSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, lora=s.lora,
                            lora_r=s.lora_r, lora_alpha=s.lora_alpha, max_length=s.max_length, seed=seed,
                            max_new_tokens=ctx.rl.max_final_tokens)
-    return train_opd(student=ctx.student, teacher=ctx.teacher.teacher_model, probe_records=ctx.probe_records(),
-                     out_dir=ctx.layout.train_dir(run_id("opd", seed)), settings=settings, report_to=ctx.report_to,
-                     fresh=ctx.fresh)
+    return train_opd(student=ctx.run.student, teacher=ctx.teacher.teacher_model, probe_records=ctx.probe_records(),
+                     out_dir=ctx.layout.train_dir(run_id("opd", seed)), settings=settings, report_to=ctx.run.report_to,
+                     fresh=ctx.run.fresh)
 
 
 def training_cost(key: str, seed: int, done: dict[str, dict]) -> tuple[int, float]:
@@ -139,11 +130,9 @@ def _same_record(path: Path, rec: dict) -> dict | None:
 
 def _evaluate(ctx: Context, model: str, key: str, seed: int, label: str):
     rid = run_id(key, seed)
-    params = {"sample_seed": ctx.sample_seed, "dtype": ctx.dtype, "backend": ctx.backend, "data_dir": ctx.data_dir,
-              "fresh": ctx.fresh}
-    table = evaluate_on(ctx.eval, params, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label)
+    table = evaluate_on(ctx.eval, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label)
     if key in ctx.experiments.suite_keys and seed == 0 and ctx.suite.datasets:
-        suite = evaluate_on(ctx.suite, params, model=model, out_dir=ctx.layout.suite_eval_dir(rid), label=label)
+        suite = evaluate_on(ctx.suite, ctx.run, model=model, out_dir=ctx.layout.suite_eval_dir(rid), label=label)
         table = pd.concat([table, suite], ignore_index=True)
     return table
 
@@ -176,7 +165,7 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             model = summary["final"]
             rec["train_tokens"], rec["train_seconds"] = training_cost(key, seed, done)
         elif m.kind == "zero-shot":
-            model = ctx.student
+            model = ctx.run.student
         else:
             log(f"[{n}/{len(pairs)}] {rid}: training")
             summary = _train_method(m, seed, ctx, done)
