@@ -22,8 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from .common.files import atomic_write_json
+import nbformat
+
+from .common.files import atomic_write_json, atomic_write_text
 from .common.layout import RunLayout
+from .common.paths import portable
 from .common.settings import SettingsError
 from .config import NOTEBOOK_DIR, NOTEBOOKS, for_notebook, load_preset, parse_overrides, resolve
 
@@ -58,10 +61,25 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
     except pm.PapermillExecutionError as exc:
         raise SystemExit(f"notebook {stem} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                          f"The executed notebook with the full traceback is {out_nb}") from None
+    finally:
+        _portable_metadata(out_nb)
     seconds = round(time.time() - t0, 1)
     atomic_write_json(done_file, {"parameters": params, "seconds": seconds})
     log(f"[done] {stem} in {seconds} s")
     return True
+
+
+def _portable_metadata(executed: Path) -> None:
+    """papermill records its input and output paths as given (absolute): store them portably."""
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError, nbformat.ValidationError):  # not written, or not a notebook: nothing to fix, and no error to mask
+        return
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            meta[key] = portable(meta[key])
+    atomic_write_text(executed, nbformat.writes(nb))
 
 
 def plan(args) -> tuple[RunLayout, str, list[tuple[str, dict]]]:

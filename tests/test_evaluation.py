@@ -160,17 +160,23 @@ def test_resolve_models(tmp_path):
         evaluation.resolve_models(["x=nope"], layout, "s")
 
 
-def test_settings_compare_portable_model_paths(tmp_path):
-    from exgrpo_utils.common.paths import PROJECT_ROOT, portable
+def test_settings_compare_portable_model_paths(tmp_path, monkeypatch):
+    from exgrpo_utils.common.paths import PROJECT_ROOT, portable, resolve
 
+    monkeypatch.delenv("EXGRPO_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("EXGRPO_CACHE_DIR", str(tmp_path / "cache"))
     inside = PROJECT_ROOT / "results" / "runs" / "x" / "final"
-    assert portable(inside) == "results/runs/x/final"
-    assert portable("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert portable(inside) == "runs/x/final"  # relative to the results root
+    assert portable(PROJECT_ROOT / "notebooks" / "00_setup.ipynb") == "notebooks/00_setup.ipynb"
+    assert portable(tmp_path / "cache" / "models" / "m") == "$EXGRPO_CACHE_DIR/models/m"
+    assert resolve("$EXGRPO_CACHE_DIR/models/m") == str(tmp_path / "cache" / "models" / "m")
+    assert resolve("runs/cpu/paper") == str(PROJECT_ROOT / "results" / "runs" / "cpu" / "paper")
+    assert portable("smollm2-135m-instruct") == "smollm2-135m-instruct" == resolve("smollm2-135m-instruct")
     assert portable("/elsewhere/model") == "/elsewhere/model"
     (tmp_path / "config.json").write_text(json.dumps({**evaluation.asdict(EvalIdentity(model="x")), "model": str(inside)}))
-    evaluation.check_settings(tmp_path, EvalIdentity(model="results/runs/x/final"))  # old absolute record: same model
+    evaluation.check_settings(tmp_path, EvalIdentity(model="runs/x/final"))  # old absolute record: same model
     with pytest.raises(SettingsMismatchError):
-        evaluation.check_settings(tmp_path, EvalIdentity(model="results/runs/y/final"))
+        evaluation.check_settings(tmp_path, EvalIdentity(model="runs/y/final"))
 
 
 def test_evaluations_are_keyed_by_the_weights_not_the_path(tmp_path):

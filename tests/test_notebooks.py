@@ -131,6 +131,11 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
                  "figure5_tokens.png"):
         assert (run / "paper" / name).exists(), name
     assert "82.54" in (run / "paper" / "table3.md").read_text()  # the paper's number beside ours
+    # records are portable: nothing a run commits holds the results root's absolute path (weights,
+    # checkpoints and TensorBoard events are not committed: .gitignore)
+    for path in list(run.rglob("*")) + list(executed.glob("*")):
+        if path.is_file() and not {"final", "merged", "init", "checkpoints", "tensorboard"} & set(path.relative_to(tmp_path).parts):
+            assert str(tmp_path).encode() not in path.read_bytes(), f"{path} holds an absolute path"
     stamp = (executed / "04_evaluate.ipynb").stat().st_mtime
     assert runner.main(["--preset", "smoke", "--run-name", "t"]) == 0  # finished notebooks are skipped
     assert (executed / "04_evaluate.ipynb").stat().st_mtime == stamp

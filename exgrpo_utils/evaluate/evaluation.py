@@ -278,12 +278,12 @@ def resolve_models(models: Sequence[str], layout: RunLayout, student: str) -> di
             if not final.exists():
                 raise FileNotFoundError(f"model {label!r}: {final} does not exist (did its training finish?); "
                                         "give label=path for a model outside this run")
-            out[label] = str(final)
+            out[label] = portable(final)
             continue
         spec = spec.strip()
         inside = layout.root / spec
         if inside.exists():
-            out[label] = str(inside)
+            out[label] = portable(inside)
         elif spec in MODELS or Path(spec).exists():
             out[label] = spec
         else:

@@ -29,11 +29,11 @@ import pandas as pd
 
 from ..common.files import atomic_write_json, atomic_write_text, iter_jsonl
 from ..common.fingerprint import file_digest
+from ..common.paths import cache_dir
 from ..data import answers, prompts, synthetic
 from ..data.example import Example
 from ..models.cache import CompletionCache
 from ..models.generation import SamplingConfig
-from ..models.registry import cache_dir
 from ..teach.rules import load_rules
 from ..teach.settings import TeacherSettings
 from ..teach.teachers import build_teacher

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.fingerprint import weights_digest
+from ..common.paths import cache_dir, resolve
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
 
-CACHE_ENV = "EXGRPO_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,6 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
 
 class ModelNotAvailableError(FileNotFoundError):
     pass
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "exgrpo-kit").expanduser()
 
 
 def embedded_gguf_path(spec: ModelSpec) -> Path:
@@ -93,8 +89,10 @@ def ensure_local(name_or_path: str, *, force_convert: bool = False) -> str:
     """A path or hub id that ``from_pretrained`` can load for ``name_or_path``.
 
     Registry names map to their source (converting the embedded GGUF on first use); an existing
-    directory is used as is; anything else is an error that says how to get the model.
+    directory is used as is (a stored, portable path is resolved first: ``common.paths.resolve``);
+    anything else is an error that says how to get the model.
     """
+    name_or_path = resolve(name_or_path)
     if name_or_path in MODELS:
         spec = MODELS[name_or_path]
         if spec.package:
@@ -182,7 +180,7 @@ def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = N
 def model_identity(spec: str) -> dict:
     """What a model is, for fingerprints: a registry name by its source, a folder by the digest of its
     files (weights, configs, tokenizer; ``common.fingerprint.weights_digest``)."""
-    path = Path(spec)
+    path = Path(resolve(spec))
     if path.is_dir():
         return {"weights": weights_digest(path)}
     if spec in MODELS:

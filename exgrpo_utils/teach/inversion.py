@@ -29,6 +29,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..common.files import atomic_write_json, atomic_write_text, iter_jsonl
+from ..common.paths import cache_dir, portable
 from ..common.progress import progress
 from ..data import answers
 from ..data.datasets import DATASETS, load
@@ -36,7 +37,6 @@ from ..data.example import Example
 from ..models.cache import CompletionCache
 from ..models.chat import CachedBackend, transformers_backend
 from ..models.generation import SamplingConfig
-from ..models.registry import cache_dir
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
 from .teachers import build_teacher
@@ -287,7 +287,7 @@ def run_ei(*, dataset: str, out_dir: str | Path, settings: EISettings = EISettin
     result = run_pipeline(items, t, rule_set, student=student_chat, config=settings, out_dir=out_dir)
     usage = getattr(getattr(t, "chat", None), "usage", None)
     result["teacher_usage"] = usage.as_dict() if usage is not None else None
-    result["cache"] = {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses}
+    result["cache"] = {"path": portable(cache.path), "hits": cache.hits, "misses": cache.misses}
     return result
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from ..common.files import atomic_write_json, folder_lock, read_log_jsonl
 from ..common.fingerprint import check_stamp
 from ..common.layout import TRAIN_LOG
+from ..common.paths import portable
 from ..common.settings import result_fields
 from ..models.registry import cpu_has_fast_bf16, default_device, model_identity
 from .trainlog import JsonlLogCallback
@@ -105,7 +106,7 @@ def finished_run(out_dir: Path, summary_name: str, settings, **same) -> dict | N
     summary = json.loads(path.read_text())
     want = json.loads(json.dumps(result_fields(settings)))
     stored = {k: v for k, v in (summary.get("settings") or {}).items() if k in want}
-    if stored != want or any(summary.get(k) != v for k, v in same.items()):
+    if stored != want or any(summary.get(k) != portable(v) for k, v in same.items()):
         return None
     return summary
 
@@ -192,8 +193,9 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
         final = out_dir / "final"
         trainer.save_model(str(final))
         built.tokenizer.save_pretrained(str(final))
-        summary = {**identity, "settings": asdict(settings), **built.summary, "steps": trainer.state.global_step,
-                   **run_cost(out_dir, summary_name, time.time() - t0), "resumed_from": ckpt,
-                   "train_tokens": trained_tokens(trainer.state.log_history), "final": str(final)}
+        summary = {**{k: portable(v) for k, v in identity.items()}, "settings": asdict(settings), **built.summary,
+                   "steps": trainer.state.global_step, **run_cost(out_dir, summary_name, time.time() - t0),
+                   "resumed_from": portable(ckpt) if ckpt else None,
+                   "train_tokens": trained_tokens(trainer.state.log_history), "final": portable(final)}
         atomic_write_json(out_dir / summary_name, summary)
         return summary

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..common.fingerprint import digest, weights_digest
+from ..common.paths import portable
 from ..data import prompts
 from ..data.example import Example
 from ..models.registry import default_device, ensure_local, load_model
@@ -359,7 +360,7 @@ def prepare_init(init_model: str, out_dir: Path) -> str:
         return source
     target = Path(source).parent / "merged" if Path(source).name == "final" else out_dir / "init"
     marker = target / "exgrpo_init.json"
-    want = {"source": str(Path(source).resolve()), "source_weights": weights_digest(source)}
+    want = {"source": portable(source), "source_weights": weights_digest(source)}
     if marker.exists() and json.loads(marker.read_text()) == want:  # merged from these very adapter weights
         return str(target)
     model, tok = load_model(source, dtype="float32", device="cpu")  # merges the adapter
@@ -402,7 +403,7 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
             args=grpo_config(settings, out_dir, device=device, bf16=bf16), train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tok, peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
             rollout_func=rollout, aux_lambda=settings.aux_lambda, aux_source=rollout, layout=ChatLayout(tok))
-        return Built(trainer, tok, {"base": base_path, "rows": len(rows)})
+        return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows)})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return train_and_save(out_dir=out_dir, summary_name="rl_summary.json", settings=settings,
