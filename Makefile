@@ -3,7 +3,7 @@
 #   make test        set up .venv if needed, then run the whole test suite (what CI runs)
 # Optional: make test-fast (no model loaded, nothing trained: the inner loop), make reproduce-full
 # (3-seed baselines and ablations), make reproduce-scratch (main job from scratch into
-# scratch-results/), make lab (JupyterLab), make bench, make bench-rl, make smoke, make config-files.
+# scratch-results/), make lab (JupyterLab), make bench, make bench-rl, make bench-sft, make smoke, make config-files.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-gpu reproduce reproduce-full reproduce-scratch smoke test test-fast config-files lab bench bench-rl clean-venv
+.PHONY: setup setup-gpu reproduce reproduce-full reproduce-scratch smoke test test-fast config-files lab bench bench-rl bench-sft clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -54,6 +54,9 @@ bench: setup
 
 bench-rl: setup
 	$(PY) benchmarks/bench_rl_step.py
+
+bench-sft: setup
+	$(PY) benchmarks/bench_sft.py
 
 clean-venv:
 	rm -rf $(VENV)

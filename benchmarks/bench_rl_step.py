@@ -1,12 +1,16 @@
-"""Cost of one ExGRPO step against one plain GRPO step on the embedded student (CPU or GPU).
+"""Cost of ExGRPO steps against plain GRPO steps on the embedded student, side by side in one run.
 
-    python benchmarks/bench_rl_step.py [--steps 3] [--G 8] [--k 2] [--tokens 64]
+    python benchmarks/bench_rl_step.py [--steps 3] [--G 4] [--k 2] [--probe-tokens 64] [--final-tokens 128]
+        [--questions 1] [--backends fast generate]
 
-Both runs use the same student, the same questions and the same per-turn token budget (--tokens):
-ExGRPO generates k probe answers and a final answer per rollout (k + 1 turns), plain GRPO one
-answer per sample. The script prints seconds per step, policy tokens generated per step and
-seconds per 1,000 generated tokens, so the two can be compared at equal generated tokens.
-Probe data come from the program teacher on `arith` (nothing is downloaded).
+Defaults are the CPU preset's sizes (configs/cpu.yaml: k = 2, G = 4, 64-token probe answers, 128-token
+final answers, one question per step). For each rollout backend (``fast``: the kit's engine, every
+dialogue of a step in flight with its KV cache kept across turns; ``generate``: transformers
+``generate``, one turn of every dialogue at a time, re-encoding the dialogue) it trains ExGRPO and
+plain GRPO for ``--steps`` steps on the same questions and prints seconds per step, policy tokens
+generated per step (the student's own tokens: probe answers and final answers) and seconds per 1,000
+generated tokens, then the ExGRPO / GRPO ratio per generated token. The first step is dropped as
+warm-up. Probe data come from the program teacher on `arith` (nothing is downloaded).
 """
 from __future__ import annotations
 
@@ -25,29 +29,47 @@ from exgrpo_utils.train.settings import ExGRPOSettings
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--G", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3, help="steps per run after the warm-up step")
+    ap.add_argument("--G", type=int, default=4)
     ap.add_argument("--k", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=64, help="token budget per generated turn")
+    ap.add_argument("--probe-tokens", type=int, default=64)
+    ap.add_argument("--final-tokens", type=int, default=128)
+    ap.add_argument("--questions", type=int, default=1, help="questions per step")
+    ap.add_argument("--backends", nargs="+", default=["fast", "generate"], choices=["fast", "generate"])
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
-    items = load("arith", "train", limit=max(4, args.steps))
+    items = load("arith", "train", limit=max(8, (args.steps + 1) * args.questions))
     inversion.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
     records = inversion.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
-    print(f"{'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13} {'peak MiB':>9}")
-    for mode in ("exgrpo", "grpo"):
-        settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.tokens,
-                                         max_final_tokens=args.tokens, max_steps=args.steps, save_steps=10_000)
-        summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=work / mode,
-                                      settings=settings, resume=False)
-        log = read_train_log(work / mode / TRAIN_LOG)
-        log = log[log["loss"].notna()].iloc[1:] if len(log[log["loss"].notna()]) > 1 else log[log["loss"].notna()]
-        seconds = log["step_time"].mean()
-        tokens = (log["completions/mean_length"] * args.G).mean()  # policy tokens per step
-        print(f"{mode:>7} {seconds:>8.1f} {tokens:>13.0f} {1000 * seconds / tokens:>13.1f} "
-              f"{summary['peak_memory_mib']:>9.0f}")
-    print(f"(first step dropped as warm-up; peak memory is the process peak so far; work dir {work})")
+    print(f"model {args.model}; k={args.k} G={args.G} probe/final budgets {args.probe_tokens}/{args.final_tokens} "
+          f"tokens, {args.questions} question(s) per step, {args.steps} timed steps after one warm-up step")
+    print(f"{'backend':>8} {'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13} {'peak MiB':>9}")
+    per_token = {}
+    for backend in args.backends:
+        for mode in ("exgrpo", "grpo"):
+            settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
+                                      max_final_tokens=args.final_tokens, questions_per_step=args.questions,
+                                      max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
+                                      learning_rate=5e-5)
+            out = work / f"{backend}-{mode}"
+            summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
+                                          settings=settings, resume=False, report_to=())
+            log = read_train_log(out / TRAIN_LOG)
+            log = log[log["loss"].notna()].iloc[1:]
+            seconds = log["step_time"].mean()
+            tokens = (log["completions/mean_length"] * args.G * args.questions).mean()  # policy tokens per step
+            per_token[(backend, mode)] = seconds / tokens
+            print(f"{backend:>8} {mode:>7} {seconds:>8.1f} {tokens:>13.0f} {1000 * seconds / tokens:>13.1f} "
+                  f"{summary['peak_memory_mib']:>9.0f}")
+    for backend in args.backends:
+        print(f"{backend}: ExGRPO / GRPO seconds per generated token = "
+              f"{per_token[(backend, 'exgrpo')] / per_token[(backend, 'grpo')]:.2f}")
+    if len(args.backends) == 2:
+        for mode in ("exgrpo", "grpo"):
+            print(f"{mode}: generate / fast seconds per generated token = "
+                  f"{per_token[('generate', mode)] / per_token[('fast', mode)]:.2f}")
+    print(f"(peak memory is the process peak so far; work dir {work})")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import nbformat
 
 from .common.files import atomic_write_json, atomic_write_text
 from .common.layout import RunLayout
-from .common.paths import portable
+from .common.paths import portable, portable_text
 from .common.settings import SettingsError
 from .config import NOTEBOOK_DIR, NOTEBOOKS, for_notebook, load_preset, parse_overrides, resolve
 
@@ -70,7 +70,8 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
 
 
 def _portable_metadata(executed: Path) -> None:
-    """papermill records its input and output paths as given (absolute): store them portably."""
+    """papermill records its input and output paths as given (absolute), and printed output (paths,
+    warnings naming library files, tracebacks) holds this machine's paths: store both portably."""
     try:
         nb = nbformat.read(executed, as_version=4)
     except (OSError, ValueError, nbformat.ValidationError):  # not written, or not a notebook: nothing to fix, and no error to mask
@@ -79,6 +80,15 @@ def _portable_metadata(executed: Path) -> None:
     for key in ("input_path", "output_path"):
         if meta.get(key):
             meta[key] = portable(meta[key])
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = portable_text(out["text"])
+            if "traceback" in out:
+                out["traceback"] = [portable_text(line) for line in out["traceback"]]
+            for mime, value in (out.get("data") or {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    out["data"][mime] = portable_text(value)
     atomic_write_text(executed, nbformat.writes(nb))
 
 

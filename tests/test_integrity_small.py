@@ -1,4 +1,9 @@
-"""Small integrity holes: cache keys, cache and log files that are damaged, the API-key setting."""
+"""Small integrity holes: cache keys, cache and log files that are damaged, the API-key setting,
+absolute paths in committed results."""
+import re
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from exgrpo_utils.common.files import read_log_jsonl
@@ -67,3 +72,39 @@ def test_a_torn_log_in_a_read_only_folder_is_reported_not_truncated(tmp_path, mo
     with pytest.warns(UserWarning, match="last line is incomplete .* could not be repaired"):
         assert read_log_jsonl(log) == [{"step": 1}]
     assert log.read_text().endswith('{"step": 2')  # left as it was
+
+
+ABSOLUTE = re.compile(r"""(?:^|[\s"'(=:,\[])(/(?:home|root|tmp|work|Users|mnt|opt|var|srv|data|private)/[^\s"']*"""
+                      r"""|[A-Za-z]:\\\\[^\s"']+)""")
+
+
+def test_no_committed_result_holds_an_absolute_path():
+    """Records under results/ are portable: paths relative to the results root (issue 11)."""
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=root, capture_output=True, text=True)
+    files = [root / f for f in tracked.stdout.splitlines()] if tracked.returncode == 0 else \
+        [p for p in (root / "results").rglob("*") if p.is_file()]
+    assert files, "results/ holds no files"
+    found = []
+    for path in files:
+        if path.suffix not in {".json", ".jsonl", ".csv", ".md", ".ipynb", ".txt", ".yaml"}:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        hits = [m.group(1) for m in ABSOLUTE.finditer(text)]
+        for needle in {str(root), str(Path.home())} - {"/"}:
+            if needle in text:
+                hits.append(needle)
+        if hits:
+            found.append(f"{path.relative_to(root)}: {hits[0][:120]}")
+    assert not found, f"{len(found)} committed result files hold absolute paths:\n" + "\n".join(found[:20])
+
+
+def test_printed_paths_become_portable():
+    from exgrpo_utils.common.paths import PROJECT_ROOT, cache_dir, portable_text, results_root
+
+    text = (f"saved to {results_root()}/runs/cpu/train/sft/final\nwarning at {PROJECT_ROOT}/.venv/lib/x.py:3\n"
+            f"cache {cache_dir()}/completions.sqlite; home {Path.home()}/elsewhere")
+    out = portable_text(text)
+    assert "saved to runs/cpu/train/sft/final" in out and "warning at .venv/lib/x.py:3" in out
+    assert "$EXGRPO_CACHE_DIR/completions.sqlite" in out and "~/elsewhere" in out
+    assert not ABSOLUTE.search(out) and portable_text("1/2 and http://x/y") == "1/2 and http://x/y"

@@ -49,7 +49,7 @@ def test_dtype_choice():
     import torch
 
     assert models.pick_dtype("float32") is torch.float32
-    assert models.pick_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+    assert models.pick_dtype("auto", "cpu") is (torch.bfloat16 if models.cpu_has_fast_bf16() else torch.float32)
 
 
 def test_batched_left_padded_generation_matches_single(student):
@@ -63,3 +63,28 @@ def test_batched_left_padded_generation_matches_single(student):
     assert [c.text for c in batched] == [c.text for c in single]
     assert all(0 < c.n_tokens <= 12 and c.text for c in batched)
     assert gen.generate(prompts, sampling) == batched  # greedy is deterministic
+
+
+def test_the_fast_engine_matches_plain_generate_and_repeats_itself(student, tmp_path):
+    """backend=fast (the default) against backend=transformers on the student, greedy, float32; and an
+    evaluation rerun with the same configuration gives identical per-sample records."""
+    from exgrpo_utils.data.datasets import load
+    from exgrpo_utils.evaluate.evaluation import evaluate_examples
+    from exgrpo_utils.models.generation import FastGenerator
+
+    model, tok = student
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("What is 2 + 3?", "Name a colour of the sky on a clear day, in one word please.",
+                "Tom has 3 apples and buys 4 more. How many apples does he have?", "Say hi.", "Count to five.")]
+    sampling = SamplingConfig(max_new_tokens=24)
+    fast = FastGenerator(model, tok, batch_size=2)  # fewer slots than prompts: rows are refilled
+    seen = []
+    got = fast.generate(prompts, sampling, on_result=lambda i, c: seen.append(i))
+    assert got == TransformersGenerator(model, tok).generate(prompts, sampling)
+    assert sorted(seen) == list(range(len(prompts)))
+    examples = load("arith", "test", limit=6)
+    runs = [evaluate_examples(fast, examples, tmp_path / f"run{i}" / "arith.jsonl", sampling=sampling, batch_size=4,
+                              progress=False) for i in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+    lines = (tmp_path / "run0" / "arith.jsonl").read_text().splitlines()
+    assert len(lines) == 6  # one record per item, written as each finished

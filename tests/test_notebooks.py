@@ -167,9 +167,10 @@ def test_a_notebook_that_ran_makes_the_later_ones_run(tmp_path, monkeypatch):
     assert ran == []
 
 
-@pytest.mark.parametrize("preset", ["cpu", "cpu-full"])
+@pytest.mark.parametrize("preset", ["cpu"])
 def test_the_committed_run_is_finished_with_the_presets_parameters(preset):
-    """A fresh clone's `make reproduce` (and `make reproduce-full`) finds every notebook finished."""
+    """A fresh clone's `make reproduce` finds every notebook finished. (The `cpu-full` set is not
+    committed at present: docs/results.md says why; `make reproduce-full` computes it.)"""
     loaded = config.load_preset(preset)
     executed = ROOT / "results" / "executed" / preset
     values = config.resolve(loaded, run_name=loaded.values.get("run_name", preset))

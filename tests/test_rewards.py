@@ -186,3 +186,36 @@ def test_vllm_turn_sampler_drives_the_dialogue(layout):
     full = out[0][0]
     assert sum(full.mask) == 2 * (len(answer) + 1)  # two policy turns, each ending at its EOS
     assert sampler([], temperature=1.0, max_new_tokens=8) == []
+
+
+def test_engine_rollouts_equal_the_lockstep_generate_rollouts(layout, student):
+    """The kit's engine keeps each dialogue's cache across turns; greedy, it must give the tokens and
+    masks of the lockstep path that re-encodes every dialogue with ``generate``, teacher turns too."""
+    from exgrpo_utils.train.exgrpo import rollout_dialogues, rollout_single_turn
+
+    model, tok = student
+    dialogues = [["What is 2 + 3?", "What is 4 + 4?", "What is 1 + 1?"], ["What is 1 + 1?"], ["Why 7?", "Sum?"]]
+    teacher = [["five", "eight"], [], ["because"]]
+    for answers in (None, teacher):
+        kw = dict(temperature=0.0, max_probe_tokens=12, max_final_tokens=10)
+        fast = rollout_dialogues(model, tok, layout, dialogues, answers, backend="fast", **kw)
+        slow = rollout_dialogues(model, tok, layout, dialogues, answers, backend="generate", **kw)
+        assert [(d.prompt_ids, d.completion_ids, d.mask, f) for d, f in fast] == \
+            [(d.prompt_ids, d.completion_ids, d.mask, f) for d, f in slow]
+    single = rollout_single_turn(model, tok, layout, ["What is 1 + 1?", "Why 7?"], [10, 12], temperature=0.0)
+    assert [d.full_ids for d in single] == [d.full_ids for d, _ in
+                                            rollout_dialogues(model, tok, layout, [["What is 1 + 1?"]], None,
+                                                              backend="generate", temperature=0.0, max_probe_tokens=12,
+                                                              max_final_tokens=10)] + [single[1].full_ids]
+    assert all(d.mask == [1] * len(d.completion_ids) for d in single)
+
+
+def test_sampled_rollouts_repeat_for_a_seed(layout, student):
+    from exgrpo_utils.train.exgrpo import rollout_dialogues
+
+    model, tok = student
+    dialogues = [["What is 2 + 3?", "What is 1 + 1?"]] * 3
+    kw = dict(temperature=1.0, max_probe_tokens=10, max_final_tokens=10)
+    first = rollout_dialogues(model, tok, layout, dialogues, None, seed=3, **kw)
+    again = rollout_dialogues(model, tok, layout, dialogues, None, seed=3, **kw)
+    assert [d.completion_ids for d, _ in first] == [d.completion_ids for d, _ in again]

@@ -44,6 +44,18 @@ def portable(path: str | os.PathLike) -> str:
     return text
 
 
+def portable_text(text: str) -> str:
+    """Free text (a notebook's printed output, a warning's file name) with the absolute paths of this
+    machine replaced as :func:`portable` stores them: under the results root relative to it, the
+    cache directory as ``$EXGRPO_CACHE_DIR``, the project relative to it, the home directory as ``~``."""
+    roots = [(str(results_root()), ""), (str(cache_dir()), CACHE_MARK), (str(PROJECT_ROOT), ""),
+             (str(Path.home()), "~")]
+    for root, mark in sorted(roots, key=lambda r: -len(r[0])):  # the most specific root first
+        if len(root) > 1:
+            text = text.replace(root + "/", f"{mark}/" if mark else "").replace(root, mark or ".")
+    return text
+
+
 def resolve(text: str | os.PathLike) -> str:
     """A stored path back to one this machine can open: ``$EXGRPO_CACHE_DIR/x`` under the cache
     directory, a relative path under the results root (else the project root) when it exists there;

@@ -19,10 +19,11 @@ class RunSettings:
                                  "paper")
     data_dir: str = setting("", "local datasets (<dir>/<name>/<split>.jsonl); empty: $EXGRPO_DATA_DIR, else the "
                             "Hugging Face hub", "run")
-    dtype: str = setting("auto", "generation dtype: auto (bf16 where the hardware is fast at it, else float32), "
+    dtype: str = setting("auto", "generation dtype: auto (bf16 on GPUs and AMX CPUs, else float32), "
                          "bfloat16, float16 or float32")
-    backend: str = setting("transformers", "generation backend of the evaluations: transformers (CPU/GPU) or "
-                           "vllm (GPU); part of an evaluation's identity (the two need not agree token for token)")
+    backend: str = setting("fast", "generation backend of the evaluations: fast (the kit's engine: continuous "
+                           "batching, CPU/GPU), transformers (plain generate: the exact reference) or vllm (GPU); "
+                           "part of an evaluation's identity (they need not agree token for token)")
     sample_seed: int = setting(0, "seed of the fixed test subsamples (when a limit is set)")
     fresh: bool = setting(False, "a training or evaluation folder made from other inputs (settings, data, model) is "
                           "moved aside (<folder>.replaced-<n>) and redone, instead of stopping the run", "run")

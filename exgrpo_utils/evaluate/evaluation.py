@@ -24,7 +24,7 @@ from ..data import answers, prompts
 from ..data.datasets import DATASETS, HELD_IN, OOD, load
 from ..data.example import Example
 from ..models.generation import Generator, SamplingConfig, make_generator
-from ..models.registry import MODELS, model_identity
+from ..models.registry import MODELS, default_device, model_identity, pick_dtype
 from .settings import SuiteSettings, TaskEvalSettings
 from .stats import mean_interval, wilson_interval
 
@@ -40,8 +40,8 @@ class EvalIdentity:
     max_new_tokens: int = 1024  # paper lineage; CPU presets use less (kit default)
     prompt_version: str = prompts.PROMPT_VERSION
     system_prompt: str | None = None
-    dtype: str = "auto"
-    backend: str = "transformers"
+    dtype: str = "float32"  # the dtype the weights ran in ("auto" resolved on the machine that ran it)
+    backend: str = "fast"
     model_fingerprint: str = ""  # digest of models.registry.model_identity(model): the weights' files, or the registry source
 
 
@@ -92,7 +92,8 @@ def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example
     """Several datasets at once: {name: (examples, out_path)} -> {name: records in example order}.
 
     Items of every dataset share batches, longest prompts first (less padding, full batches even for
-    small per-dataset subsamples); each record goes to its own dataset's file as its batch finishes."""
+    small per-dataset subsamples); each record goes to its own dataset's file as its batch finishes
+    (with the kit's engine, as that item finishes: ``batch_size`` is then the sequences in flight)."""
     done: dict[str, dict[str, dict]] = {}
     todo: list[tuple[str, Example]] = []
     for name, (examples, out_path) in jobs.items():
@@ -105,19 +106,31 @@ def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example
         names = sorted({ex.dataset for _, ex in todo})
         bar = make_progress(total=len(todo), desc=f"eval {names[0] if len(names) == 1 else f'{len(names)} datasets'}",
                             enabled=progress)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            outs = generator.generate([msgs[(name, ex.id)] for name, ex in chunk], sampling)
-            per_file: dict[str, list[dict]] = {}
-            for (name, ex), out in zip(chunk, outs):
-                rec = {"id": ex.id, "dataset": ex.dataset, "answer": ex.answer,
-                       "prompt": generator.render(msgs[(name, ex.id)]), "completion": out.text,
-                       "n_tokens": out.n_tokens, "finished": out.finished, **score_record(ex, out.text)}
-                per_file.setdefault(name, []).append(rec)
-                done[name][ex.id] = rec
-            for name, recs in per_file.items():
-                append_jsonl(Path(jobs[name][1]), recs)
-            bar.update(len(chunk))
+        def record(name: str, ex: Example, out) -> dict:
+            rec = {"id": ex.id, "dataset": ex.dataset, "answer": ex.answer,
+                   "prompt": generator.render(msgs[(name, ex.id)]), "completion": out.text,
+                   "n_tokens": out.n_tokens, "finished": out.finished, **score_record(ex, out.text)}
+            done[name][ex.id] = rec
+            return rec
+
+        if getattr(generator, "streams", False):  # the kit's engine: one call, each record saved as it ends
+            def save(i: int, out) -> None:
+                name, ex = todo[i]
+                append_jsonl(Path(jobs[name][1]), [record(name, ex, out)])
+                bar.update(1)
+
+            generator.generate([msgs[(name, ex.id)] for name, ex in todo], sampling, on_result=save,
+                               batch_size=batch_size)
+        else:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                outs = generator.generate([msgs[(name, ex.id)] for name, ex in chunk], sampling)
+                per_file: dict[str, list[dict]] = {}
+                for (name, ex), out in zip(chunk, outs):
+                    per_file.setdefault(name, []).append(record(name, ex, out))
+                for name, recs in per_file.items():
+                    append_jsonl(Path(jobs[name][1]), recs)
+                bar.update(len(chunk))
         bar.close()
     return {name: [done[name][ex.id] for ex in examples if ex.id in done[name]] for name, (examples, _) in jobs.items()}
 
@@ -230,7 +243,7 @@ def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_d
 
 def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, split: str = "test",
                    limit_per_dataset: int | None = None, sample_seed: int | None = 0,
-                   max_new_tokens: int = SuiteSettings.max_new_tokens, batch_size: int = SuiteSettings.batch_size, backend: str = "transformers", dtype: str = "auto", label: str = "",
+                   max_new_tokens: int = SuiteSettings.max_new_tokens, batch_size: int = SuiteSettings.batch_size, backend: str = "fast", dtype: str = "auto", label: str = "",
                    data_dir: str | None = None, generator: Generator | None = None, progress: bool = True,
                    fresh: bool = False):
     """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04)."""
@@ -239,12 +252,21 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
         ds_split = split if split in DATASETS[name].splits else "test"
         suites[name] = load(name, ds_split, data_dir=data_dir or None, limit=limit_per_dataset, sample_seed=sample_seed)
 
-    settings = EvalIdentity(model=portable(model), max_new_tokens=max_new_tokens, dtype=dtype, backend=backend,
+    settings = EvalIdentity(model=portable(model), max_new_tokens=max_new_tokens, dtype=resolved_dtype(dtype, backend),
+                            backend=backend,
                             model_fingerprint=digest(model_identity(model)))
     check_settings(Path(out_dir), settings, fresh=fresh)  # fail before loading a model, not after
     generator = generator or make_generator(model, backend=backend, dtype=dtype)
     return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
                           progress=progress)
+
+
+def resolved_dtype(dtype: str, backend: str) -> str:
+    """The dtype an evaluation runs in: ``auto`` differs between machines, so records store what it
+    resolved to (vLLM resolves it itself, from the model's config)."""
+    if dtype != "auto" or backend == "vllm":
+        return dtype
+    return str(pick_dtype(dtype, default_device())).removeprefix("torch.")
 
 
 def evaluate_on(settings: TaskEvalSettings | SuiteSettings, run: RunSettings, *, model: str, out_dir: str | Path,

@@ -4,7 +4,8 @@
   OpenAI-compatible endpoint (the paper's teacher, Gemini-1.5-Pro), OpenAI, ``vllm serve`` (e.g.
   Llama-3-70B-Instruct, the paper's alternative teacher) and ``transformers serve``;
 * ``GeneratorBackend`` (``transformers_backend``, ``vllm_backend``): local batched generation through
-  a ``models.generation`` generator (transformers on CPU or GPU; vLLM's offline engine, GPU only);
+  a ``models.generation`` generator (the kit's engine or plain ``generate`` on CPU or GPU; vLLM's
+  offline engine, GPU only);
 * ``CachedBackend``: wraps any of them with the persistent :class:`~exgrpo_utils.models.cache.CompletionCache`.
 
 API keys are read from the environment variable named in the configuration, at request time, and
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
 from .cache import ChatResult, CompletionCache, request_key
-from .generation import SamplingConfig, TransformersGenerator, VLLMGenerator
+from .generation import FastGenerator, SamplingConfig, TransformersGenerator, VLLMGenerator
 
 # httpx is imported inside the functions that use it (heavy, or needed only on some paths).
 
@@ -221,6 +222,14 @@ class GeneratorBackend:
         return {"dtype": str(dtype)} if dtype is not None else {}
 
     def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]:
+        if getattr(self.generator, "streams", False):  # the kit's engine: every item in one call
+            def done(i: int, c) -> None:
+                self.usage.add(requests=1, completion_tokens=c.n_tokens)
+                if on_result is not None:
+                    on_result(i, ChatResult(c.text, None, c.n_tokens))
+
+            outs = self.generator.generate(list(batch), sampling, on_result=done, batch_size=self.batch_size)
+            return [ChatResult(c.text, None, c.n_tokens) for c in outs]
         out: list[ChatResult] = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
@@ -233,9 +242,12 @@ class GeneratorBackend:
         return out
 
 
-def transformers_backend(model: str, *, dtype: str = "auto", batch_size: int = 32, generator=None) -> GeneratorBackend:
-    gen = generator or TransformersGenerator.from_pretrained(model, dtype=dtype)
-    return GeneratorBackend(gen, "transformers", model, batch_size)
+def transformers_backend(model: str, *, dtype: str = "auto", batch_size: int = 32, generator=None,
+                         fast: bool = True) -> GeneratorBackend:
+    """A local model: the kit's engine (``fast``, kind "fast"), or plain ``generate`` (kind "transformers").
+    The kind is part of every cache key, so the two never share cached completions."""
+    gen = generator or (FastGenerator if fast else TransformersGenerator).from_pretrained(model, dtype=dtype)
+    return GeneratorBackend(gen, "fast" if getattr(gen, "streams", False) else "transformers", model, batch_size)
 
 
 def vllm_backend(model: str, **options) -> GeneratorBackend:  # pragma: no cover - GPU only

@@ -1,4 +1,5 @@
-"""Batched generation behind one interface, with a transformers backend and an optional vLLM backend.
+"""Batched generation behind one interface: the kit's engine (``fast``, the default), plain
+transformers ``generate`` (``transformers``: the exact reference) and an optional vLLM backend.
 
 A generator takes chat message lists and returns one completion per list. Greedy decoding when
 ``temperature == 0`` (evaluation; paper lineage), sampling otherwise (RL rollouts).
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from .engine import SlotEngine, single_turn
 from .registry import ensure_local, load_model
 
 # torch, vllm are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -90,6 +92,42 @@ class TransformersGenerator:
         return results
 
 
+class FastGenerator(TransformersGenerator):
+    """The kit's engine (``models.engine.SlotEngine``): continuous batching over a slot KV cache, at
+    least twice plain ``generate``'s tokens per second on CPU (``benchmarks/bench_generation.py``).
+    ``batch_size`` sequences are in flight at once; ``on_result(i, completion)`` fires as each ends."""
+
+    streams = True  # one call may take every item; results arrive one by one through on_result
+
+    def __init__(self, model, tokenizer, name: str = "fast", batch_size: int = 64):
+        super().__init__(model, tokenizer, name=name)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", device: str | None = None, batch_size: int = 64):
+        model, tok = load_model(name_or_path, dtype=dtype, device=device)
+        return cls(model, tok, name=name_or_path, batch_size=batch_size)
+
+    def generate(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None,
+                 batch_size: int | None = None) -> list[Completion]:
+        tok = self.tokenizer
+        ids = [tok(self.render(m), add_special_tokens=False)["input_ids"] for m in batch]
+        engine = SlotEngine(self.model, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+                            slots=batch_size or self.batch_size)
+
+        def done(i: int, row: list[int]) -> None:
+            if on_result is not None:
+                on_result(i, self._completion(row))
+
+        rows = engine.run([single_turn(x, sampling.max_new_tokens) for x in ids], temperature=sampling.temperature,
+                          top_p=sampling.top_p, seed=sampling.seed, on_done=done)
+        return [self._completion(row) for row in rows]
+
+    def _completion(self, row: list[int]) -> Completion:
+        finished = bool(row) and row[-1] == self.tokenizer.eos_token_id
+        return Completion(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), finished)
+
+
 class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm extra
     """vLLM offline engine (GPU only). Install the ``gpu`` extra; TRL 1.16 accepts vLLM 0.22-0.31."""
 
@@ -122,11 +160,17 @@ class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm ext
                            o.outputs[0].finish_reason == "stop") for o in outs]
 
 
-def make_generator(model: str, *, backend: str = "transformers", dtype: str = "auto", device: str | None = None,
+BACKENDS = ("fast", "transformers", "vllm")
+
+
+def make_generator(model: str, *, backend: str = "fast", dtype: str = "auto", device: str | None = None,
                    **backend_options) -> Generator:
-    """``backend``: "transformers" (CPU or GPU) or "vllm" (GPU only, optional)."""
+    """``backend``: "fast" (the kit's engine, CPU or GPU), "transformers" (plain ``generate``: the exact
+    reference path) or "vllm" (GPU only, optional)."""
+    if backend == "fast":
+        return FastGenerator.from_pretrained(model, dtype=dtype, device=device, **backend_options)
     if backend == "transformers":
         return TransformersGenerator.from_pretrained(model, dtype=dtype, device=device)
     if backend == "vllm":
         return VLLMGenerator(model, dtype=dtype, **backend_options)
-    raise ValueError(f"unknown generation backend {backend!r}; use 'transformers' or 'vllm'")
+    raise ValueError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")

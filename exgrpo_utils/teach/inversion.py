@@ -29,6 +29,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..common.files import atomic_write_json, atomic_write_text, iter_jsonl
+from ..common.fingerprint import digest, file_digest
 from ..common.paths import cache_dir, portable
 from ..common.progress import progress
 from ..data import answers
@@ -36,6 +37,7 @@ from ..data.datasets import DATASETS, load
 from ..data.example import Example
 from ..models.cache import CompletionCache
 from ..models.chat import CachedBackend, transformers_backend
+from ..models.registry import model_identity
 from ..models.generation import SamplingConfig
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
@@ -285,6 +287,14 @@ def run_ei(*, dataset: str, out_dir: str | Path, settings: EISettings = EISettin
         student_chat = CachedBackend(transformers_backend(student, dtype=dtype, batch_size=settings.student_batch_size),
                                      cache)
     result = run_pipeline(items, t, rule_set, student=student_chat, config=settings, out_dir=out_dir)
+    # Provenance: stage 1 always rebuilds its outputs (the completion cache makes that cheap), and
+    # this records what they were made from; the trainings fingerprint the probe records themselves.
+    atomic_write_json(Path(out_dir) / "fingerprint.json", {
+        "stage": "ei", "dataset": dataset, "split": split, "items": digest([asdict(ex) for ex in items]),
+        "rules": digest(rule_set.content), "settings": json.loads(json.dumps(asdict(settings), default=str)),
+        "teacher": {"kind": teacher.teacher, "model": teacher.teacher_model, "base_url": teacher.teacher_base_url},
+        "student": model_identity(student) if student else None, "student_dtype": dtype,
+        "probe_dataset": file_digest(Path(out_dir) / "probe_dataset.jsonl")})
     usage = getattr(getattr(t, "chat", None), "usage", None)
     result["teacher_usage"] = usage.as_dict() if usage is not None else None
     result["cache"] = {"path": portable(cache.path), "hits": cache.hits, "misses": cache.misses}

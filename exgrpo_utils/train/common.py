@@ -46,8 +46,9 @@ def training_precision(bf16: bool | None, device: str) -> tuple[str, bool]:
     """(weights dtype, mixed-precision flag for the trainer).
 
     ``None`` (kit default): bf16 weights with bf16 autocast on GPUs that support it; bf16 weights
-    without autocast on CPUs with AVX512-BF16/AMX (about 1.5x faster training than float32 here, the
-    LoRA adapter itself stays float32); float32 elsewhere. ``True``/``False`` force bf16/float32."""
+    without autocast on CPUs with AMX (the LoRA adapter itself stays float32); float32 elsewhere, CPUs
+    with AVX512-BF16 but no AMX included (SFT ran 1.4x faster in float32 than in bf16 on such a CPU:
+    ``models.registry.cpu_has_fast_bf16``). ``True``/``False`` force bf16/float32."""
     import torch
 
     if device == "cuda":

@@ -26,6 +26,8 @@ import os
 import random
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +35,7 @@ from ..common.fingerprint import digest, weights_digest
 from ..common.paths import portable
 from ..data import prompts
 from ..data.example import Example
+from ..models.engine import SlotEngine, Turn, single_turn
 from ..models.registry import default_device, ensure_local, load_model
 from ..teach.rules import RuleSet, load_rules
 from . import rewards
@@ -99,12 +102,24 @@ def training_rows(records: Sequence[dict], rules: RuleSet, settings: ExGRPOSetti
 
 def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[list[str]],
                       teacher_answers: Sequence[list[str]] | None, *, temperature: float, max_probe_tokens: int,
-                      max_final_tokens: int, sampler=None) -> list[tuple[DialogueTokens, str]]:
-    """Run dialogues turn by turn, all rollouts in lockstep. ``dialogues[i]``: the user turns (probes,
-    then the original question). Returns each rollout's tokens with the policy mask, and its final answer.
+                      max_final_tokens: int, sampler=None, backend: str = "fast", seed: int = 0,
+                      ) -> list[tuple[DialogueTokens, str]]:
+    """Run dialogues turn by turn. ``dialogues[i]``: the user turns (probes, then the original
+    question). Returns each rollout's tokens with the policy mask, and its final answer.
 
-    ``sampler(contexts, temperature=, max_new_tokens=)`` -> one token list per context; default:
-    ``model.generate`` (``_sample``); on GPUs ``VLLMTurnSampler`` (TRL's vLLM engine, weights synced)."""
+    ``backend="fast"`` (default): every dialogue is one job of the kit's engine (``models.engine``):
+    all rollouts of the step in flight together, each keeping its KV cache across turns (a turn reads
+    only its new context), sampled from a generator seeded with ``seed``. ``backend="generate"``: all
+    rollouts in lockstep, one turn at a time, each turn re-encoding the dialogue so far through
+    ``sampler(contexts, temperature=, max_new_tokens=)`` (default ``model.generate``; on GPUs
+    ``VLLMTurnSampler``, TRL's vLLM engine with the weights synced)."""
+    if sampler is None and backend == "fast":
+        engine = SlotEngine(model, stop_ids=[layout.eos_id], pad_id=tokenizer.pad_token_id, slots=len(dialogues))
+        jobs = [_dialogue_job(layout, tokenizer, turns, teacher_answers[i] if teacher_answers is not None else None,
+                              max_probe_tokens, max_final_tokens) for i, turns in enumerate(dialogues)]
+        return engine.run(jobs, temperature=temperature, seed=seed)
+    if backend not in ("fast", "generate"):
+        raise ValueError(f"rollout backend must be 'fast' or 'generate', got {backend!r}")
     if sampler is None:
         sampler = lambda contexts, **kw: _sample(model, tokenizer, contexts, **kw)
     states = [DialogueTokens(layout.first_prompt(turns[0])) for turns in dialogues]
@@ -135,6 +150,44 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
                 else:
                     states[i].add(layout.next_turn(dialogues[i][t + 1], assistant_ended_with_eos=ended), trained=False)
     return list(zip(states, finals))
+
+
+def _dialogue_job(layout: ChatLayout, tokenizer, turns: list[str], teacher: list[str] | None, max_probe_tokens: int,
+                  max_final_tokens: int):
+    """One rollout as an engine job: the same tokens and mask as the lockstep path, but each turn
+    sends only what is new (the engine keeps the dialogue's cache)."""
+    state = DialogueTokens(layout.first_prompt(turns[0]))
+    context = list(state.prompt_ids)
+    for t in range(len(turns)):
+        is_final = t == len(turns) - 1
+        if not is_final and teacher is not None:  # teacher answers inserted as context
+            ids = layout.encode(teacher[t]) + [layout.eos_id]
+            after = layout.next_turn(turns[t + 1], assistant_ended_with_eos=True)
+            state.add(ids, trained=False)
+            state.add(after, trained=False)
+            context += ids + after
+            continue
+        gen = yield Turn(context, max_final_tokens if is_final else max_probe_tokens)
+        state.add(gen, trained=True)
+        if is_final:
+            return state, tokenizer.decode(gen, skip_special_tokens=True).strip()
+        context = layout.next_turn(turns[t + 1], assistant_ended_with_eos=gen[-1] == layout.eos_id)
+        state.add(context, trained=False)
+    raise AssertionError("a dialogue ends with its final question")  # pragma: no cover
+
+
+def rollout_single_turn(model, tokenizer, layout: ChatLayout, prompts_text: Sequence[str], budgets: Sequence[int], *,
+                        temperature: float, seed: int = 0) -> list[DialogueTokens]:
+    """Plain GRPO's samples through the same engine: one user turn each, every token a policy token."""
+    starts = [layout.first_prompt(text) for text in prompts_text]
+    engine = SlotEngine(model, stop_ids=[layout.eos_id], pad_id=tokenizer.pad_token_id, slots=len(starts))
+    outs = engine.run([single_turn(ids, b) for ids, b in zip(starts, budgets)], temperature=temperature, seed=seed)
+    rollouts = []
+    for ids, gen in zip(starts, outs):
+        d = DialogueTokens(list(ids))
+        d.add(gen, trained=True)
+        rollouts.append(d)
+    return rollouts
 
 
 def _sample(model, tokenizer, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int) -> list[list[int]]:
@@ -223,17 +276,13 @@ class DialogueRollout:
                 dialogues.append([self.rules.answer_prompt(p["probe"]) for p in probes] + [question])
                 teacher.append([p["teacher_response"] for p in probes])
                 meta.append((rec["id"], plan.scenario))
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        was_training = model.training
-        model.eval()
         sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.eos_id) if getattr(trainer, "use_vllm", False) else None
-        try:
+        with _eval_mode(trainer) as model:
             out = rollout_dialogues(model, self.tokenizer, self.layout, dialogues,
                                     teacher if self.settings.probe_answers == "teacher" else None,
                                     temperature=self.settings.temperature, max_probe_tokens=self.settings.max_probe_tokens,
-                                    max_final_tokens=self.settings.max_final_tokens, sampler=sampler)
-        finally:
-            model.train(was_training)
+                                    max_final_tokens=self.settings.max_final_tokens, sampler=sampler,
+                                    backend=self.settings.rollout_backend, seed=rollout_seed(self.settings, trainer))
         # Eq. 8's teacher-forced dialogues: the Scenario A probe order of each question
         self.last_aux = [teacher_forced(self.layout, [(self.rules.answer_prompt(rec["probes"][j]["probe"]),
                                                        rec["probes"][j]["teacher_response"]) for j in plans[0].probe_order])
@@ -241,6 +290,53 @@ class DialogueRollout:
         return {"prompt_ids": [d.prompt_ids for d, _ in out], "completion_ids": [d.completion_ids for d, _ in out],
                 "logprobs": None, "env_mask": [d.mask for d, _ in out], "final_text": [f for _, f in out],
                 "question_id": [q for q, _ in meta], "scenario": [s for _, s in meta]}
+
+
+class SingleTurnRollout:
+    """TRL ``rollout_func`` of plain GRPO (``mode="grpo"``): each prompt one single-turn sample, through
+    the kit's engine like ExGRPO's dialogues (so the two compare per generated token). A probe's
+    budget is ``max_probe_tokens`` and an original question's ``max_final_tokens``, as in a dialogue."""
+
+    def __init__(self, rows: Sequence[dict], settings: ExGRPOSettings, tokenizer):
+        self.budget = {r["prompt"][-1]["content"]: settings.max_probe_tokens if r["answer_type"] else settings.max_final_tokens
+                       for r in rows}
+        self.settings, self.tokenizer = settings, tokenizer
+        self.layout = ChatLayout(tokenizer)
+
+    def __call__(self, prompt_list, trainer) -> dict:
+        texts = [p[-1]["content"] for p in prompt_list]
+        missing = [t for t in texts if t not in self.budget]
+        if missing:
+            raise KeyError(f"a prompt of the batch is not among the training rows: {missing[0][:80]!r}")
+        with _eval_mode(trainer) as model:
+            out = rollout_single_turn(model, self.tokenizer, self.layout, texts, [self.budget[t] for t in texts],
+                                      temperature=self.settings.temperature, seed=rollout_seed(self.settings, trainer))
+        return {"prompt_ids": [d.prompt_ids for d in out], "completion_ids": [d.completion_ids for d in out],
+                "logprobs": None}
+
+
+def rollout_seed(settings: ExGRPOSettings, trainer) -> int:
+    """The sampling seed of one step's rollouts: fixed by the run's seed, the step and the process, so a
+    resumed run samples what an uninterrupted one would."""
+    process = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
+    return (settings.seed * 1_000_003 + trainer.state.global_step) * 1_009 + process
+
+
+@contextmanager
+def _eval_mode(trainer):
+    """The unwrapped policy in eval mode (no dropout) for sampling; training mode restored after. The
+    seconds spent are logged as ``timing/rollout_s`` (the rest of ``step_time`` is the update)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        metrics = getattr(trainer, "_metrics", None)
+        if metrics is not None:
+            metrics["train"]["timing/rollout_s"].append(time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +478,8 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
         raise ValueError(f"mode must be 'exgrpo' or 'grpo', got {settings.mode!r}")
     if settings.probe_answers not in ("student", "teacher"):
         raise ValueError(f"probe_answers must be 'student' or 'teacher', got {settings.probe_answers!r}")
+    if settings.rollout_backend not in ("fast", "generate"):
+        raise ValueError(f"rollout_backend must be 'fast' or 'generate', got {settings.rollout_backend!r}")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out_dir = Path(out_dir)
 
@@ -397,12 +495,18 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
         model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
         tok.padding_side = "left"
         rows = training_rows(probe_records, rule_set, settings)
-        rollout = DialogueRollout(probe_records, rule_set, settings, tok) if settings.mode == "exgrpo" else None
+        if settings.mode == "exgrpo":
+            rollout = DialogueRollout(probe_records, rule_set, settings, tok)
+        elif settings.rollout_backend == "fast" and not settings.use_vllm:
+            rollout = SingleTurnRollout(rows, settings, tok)
+        else:  # TRL's own generation (transformers generate, or its vLLM engine)
+            rollout = None
         trainer = make_trainer_class()(
             model=model, reward_funcs=[ExGRPOReward(probe_records, settings)],
             args=grpo_config(settings, out_dir, device=device, bf16=bf16), train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tok, peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
-            rollout_func=rollout, aux_lambda=settings.aux_lambda, aux_source=rollout, layout=ChatLayout(tok))
+            rollout_func=rollout, aux_lambda=settings.aux_lambda,
+            aux_source=rollout if settings.mode == "exgrpo" else None, layout=ChatLayout(tok))
         return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows)})
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,14 @@ class SFTSettings:
     batch_size: int = setting(8, "rows per device and step")
     gradient_accumulation_steps: int = setting(1, "steps accumulated per optimiser update")
     max_length: int = setting(2048, "tokens per row; longer rows are cut")
+    group_by_length: bool = setting(True, "batches of rows of similar length (less padding: "
+                                    "benchmarks/bench_sft.py); false: random batches")
     max_steps: int = setting(-1, "positive: stop after this many steps instead of after the epochs")
     save_steps: int = setting(50, "checkpoint interval in steps (a rerun resumes from the last)", "speed only")
     logging_steps: int = setting(1, "log interval in steps", "speed only")
     seed: int = setting(0, "training seed (data order, LoRA init, subsampling)")
     bf16: bool | None = setting(None, "null: bf16 weights where the hardware is fast at it (GPU autocast; CPU "
-                                "with AVX512-BF16/AMX), else float32; true/false force it")
+                                "with AMX), else float32; true/false force it")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class ExGRPOSettings:
     probe_answers: str = setting("student", "who answers the probe turns of a rollout: student or teacher")
     max_probe_tokens: int = setting(256, "token budget of each probe answer in a rollout")
     max_final_tokens: int = setting(1024, "token budget of the final answer in a rollout")
+    rollout_backend: str = setting("fast", "how rollouts are sampled without vLLM: fast (the kit's engine: all "
+                                   "rollouts of a step together, each dialogue's KV cache kept across turns) or "
+                                   "generate (transformers generate, one turn of every dialogue at a time, the "
+                                   "dialogue re-encoded each turn; grpo mode: TRL's own generation)")
     include_original_questions: bool = setting(True, "mode grpo: the original questions are samples too")
     questions_per_step: int = setting(1, "questions per optimisation step (a batch is G x this)")
     learning_rate: float = setting(1e-5, "learning rate (constant)")

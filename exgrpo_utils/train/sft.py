@@ -101,6 +101,7 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
             per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine", warmup_steps=0.03, weight_decay=0.0, max_length=settings.max_length,
+            train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
             packing=False, completion_only_loss=True, loss_type="nll", logging_steps=settings.logging_steps,
             save_steps=settings.save_steps, save_total_limit=2, seed=settings.seed, data_seed=settings.seed, bf16=bf16,
             use_cpu=device == "cpu", gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
