@@ -128,8 +128,8 @@ def pick_dtype(dtype: str = "auto", device: str = "cpu"):
 def cpu_has_fast_bf16() -> bool:
     """AMX only. Measured on a 2-core Xeon with AVX512-BF16 but no AMX (torch 2.13): bf16 matmuls ran
     at 122-144 GFLOP/s against float32's 172-224; generation was slower in bf16 (144 vs 152 tokens/s
-    with plain ``generate``, 187 vs 220 with the kit's engine) and so was SFT (84 vs 106 tokens/s in
-    random batches, 109 vs 153 length-grouped: benchmarks/bench_sft.py), so such CPUs stay in float32."""
+    with plain ``generate``, 187 vs 220 with the kit's engine) and so was SFT (104 vs 124 tokens/s in
+    random batches, 113 vs 178 length-grouped: benchmarks/bench_sft.py), so such CPUs stay in float32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -47,7 +47,7 @@ def training_precision(bf16: bool | None, device: str) -> tuple[str, bool]:
 
     ``None`` (kit default): bf16 weights with bf16 autocast on GPUs that support it; bf16 weights
     without autocast on CPUs with AMX (the LoRA adapter itself stays float32); float32 elsewhere, CPUs
-    with AVX512-BF16 but no AMX included (SFT ran 1.4x faster in float32 than in bf16 on such a CPU:
+    with AVX512-BF16 but no AMX included (SFT ran 1.2-1.6x faster in float32 than in bf16 on such a CPU:
     ``models.registry.cpu_has_fast_bf16``). ``True``/``False`` force bf16/float32."""
     import torch
 
