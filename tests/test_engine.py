@@ -108,3 +108,18 @@ def test_bad_jobs_and_lengths_are_refused_clearly():
         SlotEngine(model, stop_ids=[STOP], pad_id=0).run([single_turn([9] * 250, 20)])
     with pytest.raises(ValueError, match="stop token"):
         SlotEngine(model, stop_ids=[], pad_id=0)
+
+
+def test_without_a_seed_sampling_follows_torchs_global_generator():
+    model = tiny()
+    ps = prompts(4)
+
+    def run():
+        return SlotEngine(model, stop_ids=[STOP], pad_id=0, slots=2).run([single_turn(p, 12) for p in ps],
+                                                                          temperature=1.0)
+
+    torch.manual_seed(11)
+    first = run()
+    torch.manual_seed(11)
+    assert run() == first
+    assert run() != first  # the global generator moved on

@@ -264,9 +264,9 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
 def resolved_dtype(dtype: str, backend: str) -> str:
     """The dtype an evaluation runs in: ``auto`` differs between machines, so records store what it
     resolved to (vLLM resolves it itself, from the model's config)."""
-    if dtype != "auto" or backend == "vllm":
+    if backend == "vllm":
         return dtype
-    return str(pick_dtype(dtype, default_device())).removeprefix("torch.")
+    return str(pick_dtype(dtype, default_device())).removeprefix("torch.")  # "bf16" and "bfloat16" alike
 
 
 def evaluate_on(settings: TaskEvalSettings | SuiteSettings, run: RunSettings, *, model: str, out_dir: str | Path,

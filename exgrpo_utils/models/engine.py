@@ -18,7 +18,10 @@ the job's result. ``single_turn`` is the one-turn job of an evaluation.
 
 Outputs: the engine is exact given its schedule (same jobs, slots, seed and dtype: identical tokens on
 rerun), but not bit-identical to ``model.generate``, whose batches have other shapes (floating-point
-sums in another order can flip a near-tied greedy choice). ``benchmarks/bench_generation.py`` reports
+sums in another order can flip a near-tied greedy choice). It samples from the plain softmax (with
+temperature and top-p): logits processors that ``generate`` takes from a model's
+``generation_config`` (Qwen2.5-Instruct's ``repetition_penalty`` 1.05, for one) are not applied, so
+for such models the two backends differ by design; the backend is part of an evaluation's identity. ``benchmarks/bench_generation.py`` reports
 the agreement; ``backend="transformers"`` keeps plain ``generate`` one setting away.
 """
 from __future__ import annotations
@@ -181,8 +184,8 @@ class SlotEngine:
         results: list = [None] * n_jobs
         if not n_jobs:
             return results
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(0 if seed is None else int(seed))
+        gen = torch.Generator(device="cpu")  # no seed: drawn from torch's global generator, as generate() samples
+        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         queue = deque(range(n_jobs))
         rows: list[_Row | None] = []  # row i lives in cache slot i; None: free
         cache = SlotCache(self.slots, self.capacity)
@@ -295,7 +298,7 @@ class SlotEngine:
         width = max(L + len(t) for L, t in zip(lengths, toks))
         if self.max_positions and width > self.max_positions:
             raise ValueError(f"a sequence reached {width} tokens, more than the model's {self.max_positions} positions")
-        if self.window and width > self.window:
+        if self.window and width >= self.window:  # a sliding cache keeps window - 1 positions
             raise ValueError(f"a sequence reached {width} tokens, beyond the model's sliding window ({self.window}); "
                              "use backend='transformers' for such lengths")
         cache.ensure_capacity(max(lengths) + T)
