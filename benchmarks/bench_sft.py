@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_generation import machine_peaks  # this folder's generation benchmark: the same peak measurement
+
 from exgrpo_utils.data.datasets import load
 from exgrpo_utils.teach import inversion, rules, teachers
 from exgrpo_utils.train import sft
@@ -47,12 +49,7 @@ def main() -> None:
         return original(self, model, inputs, *a, **k)
 
     SFTTrainer.compute_loss = counting
-    a = torch.randn(2048, 2048)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(8):
-        a @ a
-    peak = 8 * 2 * 2048 ** 3 / (time.perf_counter() - t)
+    peak, _ = machine_peaks(torch.float32)
 
     work = Path(tempfile.mkdtemp(prefix="bench_sft_"))
     items = load("arith", "train", limit=args.questions)

@@ -62,14 +62,14 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
         raise SystemExit(f"notebook {stem} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                          f"The executed notebook with the full traceback is {out_nb}") from None
     finally:
-        _portable_metadata(out_nb)
+        _make_portable(out_nb)
     seconds = round(time.time() - t0, 1)
     atomic_write_json(done_file, {"parameters": params, "seconds": seconds})
     log(f"[done] {stem} in {seconds} s")
     return True
 
 
-def _portable_metadata(executed: Path) -> None:
+def _make_portable(executed: Path) -> None:
     """papermill records its input and output paths as given (absolute), and printed output (paths,
     warnings naming library files, tracebacks) holds this machine's paths: store both portably."""
     try:

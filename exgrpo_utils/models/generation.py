@@ -77,19 +77,20 @@ class TransformersGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
         results = []
-        for row in new.tolist():
-            n = len(row)
-            finished = False
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
             if tok.eos_token_id in row:
-                n = row.index(tok.eos_token_id) + 1
-                finished = True
+                row = row[: row.index(tok.eos_token_id) + 1]
             else:  # trailing padding never appears without EOS, but be exact
-                while n and row[n - 1] == tok.pad_token_id:
-                    n -= 1
-            results.append(Completion(tok.decode(row[:n], skip_special_tokens=True).strip(), n, finished))
+                while row and row[-1] == tok.pad_token_id:
+                    row = row[:-1]
+            results.append(self._completion(row))
         return results
+
+    def _completion(self, row: list[int]) -> Completion:
+        """Generated ids, cut after EOS when there is one, as a Completion."""
+        finished = bool(row) and row[-1] == self.tokenizer.eos_token_id
+        return Completion(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), finished)
 
 
 class FastGenerator(TransformersGenerator):
@@ -123,10 +124,6 @@ class FastGenerator(TransformersGenerator):
         rows = engine.run([single_turn(x, sampling.max_new_tokens) for x in ids], temperature=sampling.temperature,
                           top_p=sampling.top_p, seed=sampling.seed, on_done=done)
         return [self._completion(row) for row in rows]
-
-    def _completion(self, row: list[int]) -> Completion:
-        finished = bool(row) and row[-1] == self.tokenizer.eos_token_id
-        return Completion(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), finished)
 
 
 class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm extra

@@ -37,8 +37,8 @@ from ..data.datasets import DATASETS, load
 from ..data.example import Example
 from ..models.cache import CompletionCache
 from ..models.chat import CachedBackend, transformers_backend
-from ..models.registry import model_identity
 from ..models.generation import SamplingConfig
+from ..models.registry import model_identity
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
 from .teachers import build_teacher
