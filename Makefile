@@ -1,19 +1,23 @@
 # The two commands of the README:
-#   make reproduce   set up .venv if needed, then run the default reproduction (CPU, offline)
+#   make reproduce   set up .venv if needed, run the default reproduction (CPU, offline) into
+#                    reproduction/ (resumable), then compare it item by item with the committed results/
 #   make test        set up .venv if needed, then run the whole test suite (what CI runs)
 # Optional: make test-fast (no model loaded, nothing trained: the inner loop), make reproduce-full
-# (3-seed baselines and ablations), make reproduce-scratch (main job from scratch into
-# scratch-results/), make lab (JupyterLab), make bench, make bench-rl, make bench-sft, make smoke, make config-files.
+# (3-seed baselines and ablations, into reproduction/ too), make update-results / update-results-full
+# (maintainers: recompute the committed results/ themselves), make compare, make lab (JupyterLab),
+# make bench, make bench-rl, make bench-sft, make smoke, make config-files.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= cpu
+RUN ?= cpu
+REPRO_DIR ?= reproduction
 export EXGRPO_DATA_DIR ?= $(abspath ../shared/datasets)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-gpu reproduce reproduce-full reproduce-scratch smoke test test-fast config-files lab bench bench-rl bench-sft clean-venv
+.PHONY: setup setup-gpu reproduce reproduce-full compare update-results update-results-full smoke test test-fast config-files lab bench bench-rl bench-sft clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,16 +25,26 @@ setup:
 setup-gpu:
 	@bash scripts/setup_env.sh --gpu
 
+# the main job into $(REPRO_DIR)/ (never the committed results/), then the comparison with results/
 reproduce: setup
+	EXGRPO_RESULTS_DIR=$(abspath $(REPRO_DIR)) $(PY) -m exgrpo_utils.runner --preset $(PRESET)
+	$(PY) -m exgrpo_utils.report.compare --reference results --reproduction $(REPRO_DIR) --run $(RUN)
+
+# every baseline and ablation with 3 seeds, added to the reproduction's cpu run
+reproduce-full: setup
+	EXGRPO_RESULTS_DIR=$(abspath $(REPRO_DIR)) $(PY) -m exgrpo_utils.runner --preset $(PRESET)
+	EXGRPO_RESULTS_DIR=$(abspath $(REPRO_DIR)) $(PY) -m exgrpo_utils.runner --preset cpu-full
+	$(PY) -m exgrpo_utils.report.compare --reference results --reproduction $(REPRO_DIR) --run $(RUN)
+
+compare: setup
+	$(PY) -m exgrpo_utils.report.compare --reference results --reproduction $(REPRO_DIR) --run $(RUN)
+
+# maintainers: recompute the committed results/ (the runner reuses what is finished and current)
+update-results: setup
 	$(PY) -m exgrpo_utils.runner --preset $(PRESET)
 
-# every baseline and ablation with 3 seeds, added to the cpu run (about 2 h more on 2 cores)
-reproduce-full: reproduce
+update-results-full: update-results
 	$(PY) -m exgrpo_utils.runner --preset cpu-full
-
-# the main job from scratch into scratch-results/ (the committed results/ stay untouched)
-reproduce-scratch: setup
-	EXGRPO_RESULTS_DIR=$(abspath scratch-results) $(PY) -m exgrpo_utils.runner --preset $(PRESET)
 
 smoke: setup
 	$(PY) -m exgrpo_utils.runner --preset smoke --run-name smoke

@@ -15,23 +15,13 @@ tokens: the time the measured peak matmul rate and memory bandwidth allow with e
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 from exgrpo_utils.data import prompts
 from exgrpo_utils.data.datasets import load
 from exgrpo_utils.models.engine import SlotEngine, single_turn
+from exgrpo_utils.models.registry import cpu_model as cpu_name
 from exgrpo_utils.models.registry import load_model
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_peaks(dtype) -> tuple[float, float]:

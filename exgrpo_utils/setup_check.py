@@ -10,7 +10,7 @@ from .config import TourSettings
 from .data import answers, prompts
 from .data.datasets import DATASETS, PAPER_DATASETS, load
 from .models.generation import SamplingConfig
-from .models.registry import cpu_has_fast_bf16, default_device, pick_dtype
+from .models.registry import cpu_has_fast_bf16, cpu_model, default_device, pick_dtype
 
 # torch is imported inside the functions that use it (heavy, or needed only on some paths).
 
@@ -31,7 +31,7 @@ def environment_report() -> dict:
     device = default_device()
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
             "device": device, "cuda_devices": torch.cuda.device_count(), "cpu_threads": torch.get_num_threads(),
-            "cpu_fast_bf16": cpu_has_fast_bf16(), "auto_dtype": str(pick_dtype("auto", device))}
+            "cpu_model": cpu_model(), "cpu_fast_bf16": cpu_has_fast_bf16(), "auto_dtype": str(pick_dtype("auto", device))}
 
 
 def dataset_tour(generator, *, datasets=None, data_dir=None, max_new_tokens: int = TourSettings.max_new_tokens, sample_seed: int = 0):

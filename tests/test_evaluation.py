@@ -83,7 +83,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_stored_records_are_rescored_with_the_current_scorer(tmp_path):
     exs = _examples(2)
     out = tmp_path / "gsm8k.jsonl"
-    stale = {"id": "q0", "dataset": "gsm8k", "answer": "0", "prompt": "p", "completion": "The answer is 0.",
+    stale = {"id": "q0", "dataset": "gsm8k", "answer": "0", "prompt": "Item 0 question", "completion": "The answer is 0.",
              "n_tokens": 3, "finished": True, "extracted_strict": None, "extracted_flexible": None,
              "correct_strict": False, "correct_flexible": False}
     out.write_text(json.dumps(stale) + "\n")
@@ -98,6 +98,16 @@ def test_changed_gold_is_refused(tmp_path):
     out.write_text(json.dumps({"id": "q0", "answer": "999", "completion": "x"}) + "\n")
     with pytest.raises(SettingsMismatchError, match="data changed"):
         evaluation.evaluate_examples(FakeGenerator(), _examples(1), out, sampling=SamplingConfig(), progress=False)
+
+
+def test_changed_question_with_the_same_gold_is_refused(tmp_path):
+    """Regenerated data (say the synthetic set's difficulty changed) can keep an item's id and gold:
+    its stored completion answered another question and must not be reused."""
+    out = tmp_path / "gsm8k.jsonl"
+    evaluation.evaluate_examples(FakeGenerator(), _examples(2), out, sampling=SamplingConfig(), progress=False)
+    changed = [Example("q0", "gsm8k", "Item 0 question, now another one", "0"), _examples(2)[1]]
+    with pytest.raises(SettingsMismatchError, match="current question"):
+        evaluation.evaluate_examples(FakeGenerator(), changed, out, sampling=SamplingConfig(), progress=False)
 
 
 def test_suite_summary_has_per_dataset_rows_and_averages(tmp_path):

@@ -61,12 +61,14 @@ def test_eq2_difficulty_filter(n, lam, lo, hi, keep):
 def _recompute(meta: dict, rule: str, text: str) -> str:
     prog = [(s["op"], s["operand"]) for s in meta["steps"]]
     values = synthetic.run_program(meta["start"], prog)
-    if rule in ("why",):
-        return str(values[-1])
-    if rule in ("cause_effect", "explanatory_challenge"):
-        k = int(re.search(r'step (\d+) \("([^"]+)"\)', text).group(1))
-        assert re.search(r'step \d+ \("([^"]+)"\)', text).group(1) == teachers._step_sentence(meta, k - 1)
-        return str(values[k])
+    step = lambda: int(re.search(r"step (\d+)", text).group(1))
+    if rule == "why":  # the operation of the named step
+        return {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide"}[prog[step() - 1][0]]
+    if rule == "cause_effect":  # the signed change of the named step
+        k = step()
+        return str(values[k] - values[k - 1])
+    if rule == "explanatory_challenge":  # the operand the named step really uses
+        return str(prog[step() - 1][1])
     if rule == "process":
         return str(values[-2])
     if rule == "counterfactual":
@@ -77,17 +79,18 @@ def _recompute(meta: dict, rule: str, text: str) -> str:
     if rule == "hypothesis":
         threshold = int(re.search(r"more than (\d+)", text).group(1))
         return "yes" if values[-1] > threshold else "no"
-    if rule == "decomposition":
-        k = int(re.search(r"after step (\d+)", text).group(1))
-        return str(values[k])
+    if rule == "decomposition":  # the named (last) step applied to the start on its own
+        op, n = prog[step() - 1]
+        assert step() == len(prog)
+        return str(synthetic.apply_op(op, values[0], n))
     if rule == "inversion":  # undo the steps from the stated result
         value = int(re.search(r"Now \w+ has (\d+)", text).group(1))
         for op, n in reversed(prog):
             value = synthetic.apply_op(synthetic.INVERSE[op], value, n)
         return str(value)
     if rule == "causal_verification":
-        claimed = int(re.search(r"now has (\d+)", text).group(1))
-        return "yes" if claimed == values[-1] else "no"
+        claimed = int(re.search(r"has (\d+) \w+ right after step", text).group(1))
+        return "yes" if claimed == values[step()] else "no"
     raise AssertionError(rule)
 
 
@@ -99,15 +102,71 @@ def test_program_teacher_answers_verified_by_recomputation():
     for ex, item_drafts in zip(items, drafts):
         for d in item_drafts:
             if d.text is None:
-                assert d.rule == "counterfactual" and d.reason  # only a perturbed start can fail to divide
+                # a perturbed start (or the last step on its own) can fail to divide; process,
+                # decomposition and causal verification need an intermediate step
+                assert d.rule in ("counterfactual", "process", "decomposition", "causal_verification") and d.reason
                 continue
             assert d.gold == _recompute(ex.meta, d.rule, d.text), (d.rule, d.text)
             checked += 1
         responses = teacher.answer_probes([d for d in item_drafts if d.text])
         assert all(r.endswith(f"The answer is {d.gold}.") for r, d in zip(responses, [d for d in item_drafts if d.text]))
-    assert checked >= 0.95 * 400 * 10
+    assert checked >= 0.85 * 400 * 10
     yes_no = [d.gold for ds in drafts for d in ds if d.rule in ("hypothesis", "causal_verification")]
     assert 0.25 < yes_no.count("yes") / len(yes_no) < 0.75  # both answers occur
+
+
+def test_program_teacher_rules_ask_distinct_things_and_none_the_final_count():
+    """Rules that ask for a count ask for an intermediate one (never the last step's), each rule a
+    different quantity; only inversion states the original answer by construction."""
+    items = data.load("arith", "train", synthetic_options={"n_train": 300})
+    teacher = teachers.ProgramTeacher()
+    drafts = teacher.write_probes(items, teacher.solve(items), RULES.rules)
+    revealing = {r: 0 for r in RULES.ids}
+    for ex, item_drafts in zip(items, drafts):
+        n_steps = len(ex.meta["steps"])
+        by_rule = {d.rule: d for d in item_drafts if d.text}
+        assert by_rule["why"].gold in ("add", "subtract", "multiply", "divide")
+        if "causal_verification" in by_rule:
+            assert int(re.search(r"right after step (\d+)", by_rule["causal_verification"].text).group(1)) < n_steps
+        for rule in ("process", "decomposition", "causal_verification"):  # about an intermediate step
+            assert (rule in by_rule) <= (n_steps >= 2)
+        for d in item_drafts:
+            if d.text:
+                revealing[d.rule] += probes.reveals_answer(ex, d.text)
+    assert revealing["inversion"] >= 0.9 * len(items)
+    assert all(n <= 0.1 * len(items) for r, n in revealing.items() if r != "inversion"), revealing  # coincidences only
+
+
+def test_no_program_probe_is_built_on_a_test_program():
+    items = data.load("arith", "train", synthetic_options={"n_train": 2000})
+    test_sigs = {synthetic.Program(e.meta["name"], e.meta["item"], e.meta["start"],
+                                   tuple((s["op"], s["operand"]) for s in e.meta["steps"])).signature()
+                 for e in data.load("arith", "test", synthetic_options={"n_test": 300})}
+    teacher = teachers.ProgramTeacher()
+    built = 0
+    for ex, (d,) in zip(items, teacher.write_probes(items, teacher.solve(items), [RULES.by_id("counterfactual")])):
+        if d.text:
+            new_start = int(re.search(r"had started with (\d+)", d.text).group(1))
+            steps = tuple((s["op"], s["operand"]) for s in ex.meta["steps"])
+            assert synthetic.Program("x", "y", new_start, steps).signature() not in test_sigs
+            built += 1
+    assert built > 1900
+
+
+@pytest.mark.parametrize("question, answer, choices, probe, reveals", [
+    ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "Why does Ravi end up with 24 books?", True),
+    ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "What does step 1 add to the 20 books?", False),
+    ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "Would he have 24.0 books?", True),  # same number
+    ("Ravi has 24 books. He gives away 0. How many now?", "24", (), "He has 24 books. Why?", False),  # as often as in Q
+    ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "Is 124 or 240 more than 2?", False),
+    ("Where do you keep a book?\n(A) shelf\n(B) oven", "A", ("shelf", "oven"), "Why is a shelf a place for books?", True),
+    ("Where do you keep a book?\n(A) shelf\n(B) oven", "A", ("shelf", "oven"), "Why is (A) right?", True),
+    ("Where do you keep a book?\n(A) shelf\n(B) oven", "A", ("shelf", "oven"), "Where do people read?", False),
+    ("Is the sky blue?", "yes", (), "Yes or no: why is the sky blue?", False),  # a yes/no answer cannot be located
+])
+def test_reveals_answer_on_hand_made_cases(question, answer, choices, probe, reveals):
+    dataset = "csqa" if choices else ("strategyqa" if answer == "yes" else "gsm8k")
+    assert probes.reveals_answer(Example("q", dataset, question, answer, choices=choices), probe) is reveals
 
 
 def test_program_teacher_refuses_items_without_a_program():
@@ -218,6 +277,6 @@ def test_program_pipeline_on_arith_end_to_end(tmp_path):
                               out_dir=tmp_path)
     stats = res["stats_items"].iloc[0]
     assert stats.items_in == stats.teacher_correct == stats.items_kept_eq2 == 20
-    assert stats.probes_kept_eq1 >= 190
+    assert stats.probes_kept_eq1 == stats.probes_generated >= 150  # the exact teacher keeps every probe it writes
     for name in ("ei_records.jsonl", "probe_dataset.jsonl", "stats_items.csv", "stats_rules.csv", "ei_summary.json"):
         assert (tmp_path / name).exists()

@@ -4,8 +4,9 @@ import random
 import pytest
 
 from exgrpo_utils.data.datasets import Example
-from exgrpo_utils.train import rewards
+from exgrpo_utils.train import exgrpo, rewards
 from exgrpo_utils.train.dialogue import ChatLayout, plan_group, teacher_forced
+from exgrpo_utils.train.settings import ExGRPOSettings
 
 # ---------------------------------------------------------------------------------------------
 # Eq. 4
@@ -219,3 +220,85 @@ def test_sampled_rollouts_repeat_for_a_seed(layout, student):
     first = rollout_dialogues(model, tok, layout, dialogues, None, seed=3, **kw)
     again = rollout_dialogues(model, tok, layout, dialogues, None, seed=3, **kw)
     assert [d.completion_ids for d, _ in first] == [d.completion_ids for d, _ in again]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fair comparison of ExGRPO and plain GRPO: same questions per step, same probes, aux on probes only
+
+def _records(n=6, probes=3, reveal_first=True):
+    recs = []
+    for i in range(n):
+        item = {"id": f"q{i}", "dataset": "arith", "question": f"Mia has {i + 2} apples. She gets 3 more. How many?",
+                "answer": str(i + 5), "choices": [], "rationale": None, "meta": None}
+        ps = [{"rule": f"r{j}", "probe": (f"Why does Mia end with {i + 5}?" if j == 0 and reveal_first else f"What is step {j}?"),
+               "teacher_response": f"t{j}. The answer is {j}.", "teacher_answer": str(j), "answer_type": "number"}
+              for j in range(probes)]
+        recs.append({"id": f"q{i}", "dataset": "arith", "item": item, "teacher_cot": "cot", "probes": ps})
+    return recs
+
+
+def test_rl_records_leave_out_answer_revealing_probes_unless_allowed():
+    recs = _records()
+    kept = exgrpo.rl_records(recs, ExGRPOSettings(), log=lambda *_: None)
+    assert [len(r["probes"]) for r in kept] == [2] * 6 and all(not p["reveals_answer"] for r in kept for p in r["probes"])
+    allowed = exgrpo.rl_records(recs, ExGRPOSettings(revealing_probes="allow"), log=lambda *_: None)
+    assert [sum(p["reveals_answer"] for p in r["probes"]) for r in allowed] == [1] * 6
+    only_revealing = [dict(r, probes=r["probes"][:1]) for r in recs]
+    said = []
+    assert len(exgrpo.rl_records(only_revealing[:3] + recs[3:], ExGRPOSettings(), log=said.append)) == 3
+    assert "3 of 6 questions have no probe left" in said[0]
+    with pytest.raises(ValueError, match="revealing_probes"):
+        exgrpo.rl_records(recs, ExGRPOSettings(revealing_probes="maybe"))
+
+
+def test_grpo_rows_are_k_probes_then_the_question_and_aux_targets_are_probe_answers_only():
+    from exgrpo_utils.teach.rules import load_rules
+
+    settings = ExGRPOSettings(mode="grpo", k=4)
+    recs = exgrpo.rl_records(_records(n=2), settings, log=lambda *_: None)
+    rows = exgrpo.training_rows(recs, load_rules(), settings)
+    assert len(rows) == 2 * 5 and exgrpo.rows_per_question(settings) == 5
+    first = rows[:5]
+    assert all(r["question_id"] == "q0" for r in first)
+    assert [bool(r["target"]) for r in first] == [True] * 4 + [False]  # the question row trains no aux target
+    assert first[-1]["answer_type"] == "" and first[-1]["gold"] == "5"
+    assert {r["gold"] for r in first[:4]} == {"1", "2"}  # 2 probes left, cycled to fill k = 4
+    assert exgrpo.training_rows(recs, load_rules(), ExGRPOSettings(k=4)) == \
+        [r for r in rows if not r["target"]]  # exgrpo: the question rows alone
+
+
+def _questions_per_step(settings, recs, steps):
+    from exgrpo_utils.teach.rules import load_rules
+
+    rows = exgrpo.training_rows(exgrpo.rl_records(recs, settings, log=lambda *_: None), load_rules(), settings)
+    per_q = exgrpo.rows_per_question(settings)
+    sampler = exgrpo.QuestionBlockSampler(exgrpo.question_blocks([r["question_id"] for r in rows]), G=settings.G,
+                                          questions=settings.questions_per_step, seed=settings.seed)
+    idx = list(sampler)
+    batch = settings.G * settings.questions_per_step * per_q
+    assert len(idx) == len(sampler) and len(idx) % batch == 0
+    out = []
+    for b in range(0, min(len(idx), steps * batch), batch):
+        chunk = [rows[i] for i in idx[b:b + batch]]
+        groups = [chunk[g:g + settings.G] for g in range(0, batch, settings.G)]
+        assert all(len({r["prompt"][-1]["content"] for r in g}) == 1 for g in groups)  # a GRPO group: one prompt
+        out.append(list(dict.fromkeys(r["question_id"] for r in chunk)))
+    return out
+
+
+def test_exgrpo_and_grpo_see_the_same_questions_at_every_step():
+    recs = _records(n=10)
+    for q in (1, 2):
+        ex = _questions_per_step(ExGRPOSettings(G=4, k=2, questions_per_step=q, seed=3), recs, steps=5)
+        gr = _questions_per_step(ExGRPOSettings(mode="grpo", G=4, k=2, questions_per_step=q, seed=3), recs, steps=5)
+        assert ex == gr and all(len(s) == q for s in ex)
+        assert len({tuple(s) for s in ex}) > 1
+    other_seed = _questions_per_step(ExGRPOSettings(G=4, k=2, seed=4), recs, steps=5)
+    assert other_seed != _questions_per_step(ExGRPOSettings(G=4, k=2, seed=3), recs, steps=5)
+
+
+def test_question_block_sampler_refuses_uneven_blocks():
+    with pytest.raises(ValueError, match="different sizes"):
+        exgrpo.QuestionBlockSampler([[0, 1], [2]], G=2, questions=1)
+    with pytest.raises(ValueError, match="cannot fill"):
+        exgrpo.QuestionBlockSampler([[0], [1]], G=2, questions=3)

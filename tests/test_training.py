@@ -66,9 +66,17 @@ def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, s
     assert first["steps"] == 2
     log1 = _step_rows(read_train_log(tmp_path / "train_log.jsonl"))
     for col in ("exgrpo/r_base", "exgrpo/bonus_fired", "exgrpo/p_full", "exgrpo/p_partial", "exgrpo/r_dsu", "kl",
-                "aux_sft_loss", "completions/mean_length", "num_tokens", "wall_time_s"):
+                "aux_sft_loss", "completions/mean_length", "num_tokens", "wall_time_s",
+                "exgrpo/revealing_dialogues_A", "exgrpo/revealing_dialogues_B"):
         assert col in log1.columns, col
     assert (log1["aux_sft_loss"] > 0).all()
+    assert (log1[["exgrpo/revealing_dialogues_A", "exgrpo/revealing_dialogues_B"]] == 0).all().all()  # excluded
+    kinds = first["train_token_kinds"]
+    assert set(kinds) == {"generated", "context", "update", "reference", "aux_sft"}
+    assert kinds["generated"] > 0 and kinds["context"] > 0 and kinds["aux_sft"] > 0  # dialogues carry context turns
+    assert kinds["update"] == kinds["reference"] > kinds["generated"]  # beta > 0: one reference pass per update
+    assert first["train_tokens"] == sum(kinds.values())
+    assert kinds["generated"] == log1["tokens/generated"].sum()
     weights = _adapter_weights(tmp_path / "final")
     assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)
     _resume_from_step_one(tmp_path)
@@ -82,14 +90,17 @@ def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, s
 
 
 def test_plain_grpo_variant_trains_on_independent_probes(probe_records, tmp_path, student_path):
-    settings = ExGRPOSettings(mode="grpo", G=4, max_final_tokens=16, max_steps=1, save_steps=10, aux_lambda=0.0)
-    rows = exgrpo.training_rows(probe_records, rules.load_rules(), settings)
-    assert len(rows) == sum(len(r["probes"]) + 1 for r in probe_records)
+    settings = ExGRPOSettings(mode="grpo", k=2, G=2, max_probe_tokens=8, max_final_tokens=16, max_steps=1,
+                              save_steps=10, aux_lambda=0.1)
+    rows = exgrpo.training_rows(exgrpo.rl_records(probe_records, settings), rules.load_rules(), settings)
+    assert len(rows) == 3 * len(probe_records)  # k probes and the question, per question
     summary = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
                                   settings=settings)
     log = _step_rows(read_train_log(tmp_path / "train_log.jsonl"))
     assert summary["steps"] == 1 and "exgrpo/r_base" in log.columns and "exgrpo/bonus_fired" not in log.columns
-    assert "aux_sft_loss" not in log.columns
+    assert log["aux_sft_loss"].iloc[0] > 0
+    kinds = summary["train_token_kinds"]
+    assert kinds["context"] == 0 and kinds["generated"] > 0 and kinds["aux_sft"] > 0  # single turns, aux on probes
 
 
 def test_bad_settings_are_refused(probe_records, tmp_path):

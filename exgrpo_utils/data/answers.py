@@ -82,9 +82,14 @@ def numbers_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
     return abs(x - y) <= Fraction(rel_tol) * max(Fraction(1), abs(y))  # exact: no float overflow
 
 
+def number_spans(text: str) -> list[str]:
+    """Every number written in ``text``, in order (as ``_last_number`` would read each)."""
+    return [m.replace("$", "").replace(" ", "") for m in _NUMBER_RE.findall(text)]
+
+
 def _last_number(text: str) -> str | None:
-    found = _NUMBER_RE.findall(text)
-    return found[-1].replace("$", "").replace(" ", "") if found else None
+    found = number_spans(text)
+    return found[-1] if found else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,9 +147,11 @@ def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
         ex = by_id.get(rec["id"])
         if ex is None:
             continue
-        if rec.get("answer") != ex.answer:
-            raise SettingsMismatchError(f"{out_path}: record {rec['id']} has gold {rec.get('answer')!r} but the "
-                                        f"dataset now says {ex.answer!r}; the data changed, start a new run")
+        if rec.get("answer") != ex.answer or ex.question not in rec.get("prompt", ""):
+            what = (f"gold {rec.get('answer')!r} but the dataset now says {ex.answer!r}" if rec.get("answer") != ex.answer
+                    else "a prompt without the dataset's current question")
+            raise SettingsMismatchError(f"{out_path}: record {rec['id']} has {what}; the data changed, nothing in "
+                                        "this file was reused: use another run name, or delete the file")
         new = score_record(ex, rec["completion"])
         if any(rec.get(k) != v for k, v in new.items()):
             rec.update(new)

@@ -1,7 +1,9 @@
-"""Intervals: Wilson for one accuracy, a mean of accuracies, and Student-t over seeds (95%)."""
+"""Intervals (Wilson for one accuracy, a mean of accuracies, Student-t over seeds; 95%) and paired
+tests (exact McNemar, a paired bootstrap over items and seeds)."""
 from __future__ import annotations
 
 import math
+import random
 from typing import Sequence
 
 
@@ -45,3 +47,44 @@ def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
     t = T_975.get(len(vals) - 1, 1.96)
     half = t * sd / math.sqrt(len(vals))
     return (m, m - half, m + half)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons: the same items scored by two models (or by two runs of one)
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` items right only in the first run and ``c`` right
+    only in the second (binomial test of b against (b + c) / 2); 1.0 when no item differs.
+
+    >>> round(mcnemar_exact(5, 0), 4), round(mcnemar_exact(10, 2), 4), mcnemar_exact(3, 3)
+    (0.0625, 0.0386, 1.0)
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], *, n_boot: int = 2000,
+                     seed: int = 0, z_level: float = 0.95) -> dict:
+    """Paired bootstrap over items of ``mean(second) - mean(first)``.
+
+    ``first[i]`` and ``second[i]`` are item i's scores (0/1) under each method, one per seed (each
+    inner sequence the same length): items are resampled with all their seeds, so the interval
+    covers both the choice of items and the seeds run. Returns the observed difference, its
+    ``z_level`` percentile interval and a two-sided p-value (twice the share of resampled
+    differences on the other side of zero)."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"paired_bootstrap needs the same non-empty items in both: {len(first)} vs {len(second)}")
+    d = [sum(b) / len(b) - sum(a) / len(a) for a, b in zip(first, second)]
+    n = len(d)
+    observed = sum(d) / n
+    rng = random.Random(seed)
+    boots = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    lo = boots[int((1 - z_level) / 2 * n_boot)]
+    hi = boots[min(n_boot - 1, int((1 + z_level) / 2 * n_boot))]
+    below = sum(x <= 0 for x in boots) / n_boot
+    above = sum(x >= 0 for x in boots) / n_boot
+    p = 1.0 if observed == 0 and all(x == 0 for x in d) else min(1.0, 2 * min(below, above))
+    return {"diff": observed, "low": lo, "high": hi, "p": p, "items": n}

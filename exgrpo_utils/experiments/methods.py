@@ -24,6 +24,7 @@ class Method:
     init: str = ""  # rl: the method it starts from (its seed's run), or "base" (cold start)
     mode: str = "exgrpo"  # rl: "exgrpo" or "grpo"
     aux: bool = True  # rl: Eq. 8's aux SFT loss on (lambda from the settings) or off (lambda = 0)
+    revealing_probes: str = ""  # rl: "exclude" or "allow" answer-revealing probes; "": the run's rl_revealing_probes
 
 
 def _methods() -> dict[str, Method]:
@@ -35,6 +36,8 @@ def _methods() -> dict[str, Method]:
         Method("sft-grpo-aux", "SFT + GRPO (R_base) + aux SFT", "rl", init="sft", mode="grpo", aux=True),
         Method("cold-grpo", "RL cold start (R_base)", "rl", init="base", mode="grpo", aux=False),
         Method("cold-grpo-aux", "RL cold start + aux SFT", "rl", init="base", mode="grpo", aux=True),
+        Method("exgrpo-revealing", "ExGRPO, answer-revealing probes allowed", "rl", init="sft", mode="exgrpo", aux=True,
+               revealing_probes="allow"),
         Method("opd", "On-Policy Distillation", "opd"),
     ]
     ms += [Method(b.replace("_", "-"), LABELS[b], "sft", data=b) for b in BASELINES]
@@ -53,7 +56,7 @@ METHODS = _methods()
 GROUPS = {
     "core": ("zero-shot", "sft", "sft-grpo", "exgrpo"),
     "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "opd", "exgrpo"),
-    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo"),
+    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-revealing"),
     "table4": ("rephrase", "sft-rule-counterfactual", "sft-rule-causal_verification", "sft-rule-explanatory_challenge", "sft"),
     "fraction": ("sft-p0.1", "exgrpo-p0.1", "sft-p0.25", "exgrpo-p0.25", "sft-p0.5", "exgrpo-p0.5", "sft", "exgrpo"),
 }

@@ -82,7 +82,8 @@ def _train_method(m: Method, seed: int, ctx: Context, done: dict[str, dict]) -> 
             atomic_write_json(out_dir / "sft_summary.json", summary)
         return summary
     # rl
-    settings = replace(ctx.rl, seed=seed, mode=m.mode, aux_lambda=ctx.rl.aux_lambda if m.aux else 0.0)
+    settings = replace(ctx.rl, seed=seed, mode=m.mode, aux_lambda=ctx.rl.aux_lambda if m.aux else 0.0,
+                       revealing_probes=m.revealing_probes or ctx.rl.revealing_probes)
     if m.init == "base":
         init = ctx.run.student
     else:  # the warm-up of the same seed (sft-s1 for exgrpo-s1): plan() runs it first

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -136,6 +137,16 @@ def cpu_has_fast_bf16() -> bool:
         return False
     return " amx_bf16" in flags
 
+
+def cpu_model() -> str:
+    """This machine's CPU model name (recorded with every run: timings and float results depend on it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def default_device() -> str:

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..common.files import atomic_write_text, read_train_log
-from ..common.layout import TRAIN_LOG, RunLayout
+from ..common.files import atomic_write_text, iter_jsonl, read_train_log
+from ..common.layout import TRAIN_LOG, RunLayout, run_id
 from ..data.datasets import HELD_IN, OOD
-from ..evaluate.stats import mean_interval, seed_interval, wilson_interval
+from ..evaluate.stats import mcnemar_exact, mean_interval, paired_bootstrap, seed_interval, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
 from ..experiments.runs import collect
 from .reporting import to_markdown
@@ -160,6 +160,76 @@ def write_tables(df, paper, out_dir: str | Path) -> dict[str, Path]:
         atomic_write_text(out_dir / f"{name}.md", to_markdown(table))
         paths[name] = out_dir / f"{name}.md"
     return paths
+
+
+# The paired comparisons the README reports: (method, baseline), each on the held-in and the reversed set.
+PAIRED = (("exgrpo", "sft-grpo"), ("exgrpo", "sft"), ("sft", "zero-shot"), ("sft", "skd"))
+PAIRED_DATASETS = ("arith", "arith_rev")
+MAX_SEEDS = 10
+
+
+def item_scores(layouts: Sequence[RunLayout], key: str, dataset: str) -> dict[int, dict[str, int]]:
+    """Per seed, each test item's score (1 right, 0 wrong) of method ``key`` on ``dataset``, read
+    from the evaluation records (a later layout's run replaces an earlier one's)."""
+    out: dict[int, dict[str, int]] = {}
+    for seed in range(MAX_SEEDS):
+        for lay in layouts:
+            path = lay.task_eval_dir(run_id(key, seed)) / f"{dataset}.jsonl"
+            if path.exists():
+                out[seed] = {r["id"]: int(bool(r.get("correct_flexible"))) for _, r in iter_jsonl(path)}
+    return out
+
+
+def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets=PAIRED_DATASETS, alpha: float = 0.05):
+    """Method against baseline, item by item: over the seeds both ran and the items both scored, the
+    accuracy difference with a 95% paired-bootstrap interval (items resampled with all their seeds)
+    and its p-value, and the exact McNemar test on the pooled (item, seed) pairs."""
+    rows = []
+    for a, b in pairs:
+        for ds in datasets:
+            sa, sb = item_scores(layouts, a, ds), item_scores(layouts, b, ds)
+            seeds = sorted(sa.keys() & sb.keys())
+            row = {"method": METHODS[a].label, "baseline": METHODS[b].label, "dataset": ds, "seeds": len(seeds)}
+            items = sorted(set.intersection(*(set(sa[s]) & set(sb[s]) for s in seeds))) if seeds else []
+            if not items:
+                rows.append({**row, "items": 0, "verdict": "not run in these results"})
+                continue
+            first = [[sb[s][i] for s in seeds] for i in items]
+            second = [[sa[s][i] for s in seeds] for i in items]
+            boot = paired_bootstrap(first, second)
+            only_a = sum(x and not y for xs, ys in zip(second, first) for x, y in zip(xs, ys))
+            only_b = sum(y and not x for xs, ys in zip(second, first) for x, y in zip(xs, ys))
+            n = len(items) * len(seeds)
+            p_mcnemar = mcnemar_exact(only_a, only_b)
+            better = boot["low"] > 0 and p_mcnemar < alpha
+            worse = boot["high"] < 0 and p_mcnemar < alpha
+            rows.append({**row, "items": len(items), "method %": 100 * sum(map(sum, second)) / n,
+                         "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * boot["diff"],
+                         "low": 100 * boot["low"], "high": 100 * boot["high"], "bootstrap p": boot["p"],
+                         "only method right": only_a, "only baseline right": only_b, "McNemar p": p_mcnemar,
+                         "verdict": "method better" if better else ("baseline better" if worse else "no difference shown")})
+    return pd.DataFrame(rows)
+
+
+def comparisons_markdown(table) -> str:
+    lines = ["| method | baseline | dataset | seeds | items | method % | baseline % | difference [95%] | "
+             "bootstrap p | McNemar p | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        if not r.get("items"):
+            lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | 0 | – | – | – | – | – | "
+                         f"{r['verdict']} |")
+            continue
+        lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | {r['items']} | "
+                     f"{r['method %']:.1f} | {r['baseline %']:.1f} | {r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | "
+                     f"{r['bootstrap p']:.3g} | {r['McNemar p']:.3g} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparisons(table, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "comparisons.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "comparisons.md", comparisons_markdown(table))
+    return out_dir / "comparisons.md"
 
 
 def fraction_points(df, dataset: str = "arith"):

@@ -20,6 +20,7 @@ interruption pays only for what is missing; the outputs are written atomically a
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -34,7 +35,7 @@ from ..common.paths import cache_dir, portable
 from ..common.progress import progress
 from ..data import answers
 from ..data.datasets import DATASETS, load
-from ..data.example import Example
+from ..data.example import LETTERS, Example
 from ..models.cache import CompletionCache
 from ..models.chat import CachedBackend, transformers_backend
 from ..models.generation import SamplingConfig
@@ -78,6 +79,40 @@ def difficulty_keep(n_consistent: int, n_student_correct: int, *, min_correct: i
     return True, None
 
 
+def reveals_answer(item: Example, probe: str) -> bool:
+    """Whether ``probe`` states the gold answer of the original question ``item``: the answer occurs
+    in the probe more often than in the question itself (a number equal to it; an option's letter in
+    parentheses or its text, against the question without its option list; any other answer as a
+    whole word). A yes/no answer cannot be located in
+    a text, so such probes count as not revealing.
+
+    >>> ex = Example("q", "arith", "Ravi has 20 books. Then he gets 4 more books. How many?", "24")
+    >>> reveals_answer(ex, "Why does Ravi end up with 24 books?"), reveals_answer(ex, "What does step 1 add?")
+    (True, False)
+    """
+    kind = answers.answer_type(item)
+    gold = item.answer.strip()
+    if kind == "yesno" or not gold:
+        return False
+    question = item.question
+    if kind == "letter" and item.choices:  # the option list names every answer: compare against the stem
+        for letter, choice in zip(LETTERS, item.choices):
+            question = re.sub(r"\(" + letter + r"\)\s*" + re.escape(choice.strip()), " ", question)
+
+    def count(text: str) -> int:
+        if answers.parse_number(gold) is not None and kind in ("number", "latex"):
+            return sum(answers.numbers_equal(m, gold) for m in answers.number_spans(text))
+        needles = [re.escape(gold)]
+        if kind == "letter" and item.choices:
+            needles = [r"\(" + re.escape(gold) + r"\)"]
+            choice = item.choices[LETTERS.index(gold)] if gold in LETTERS[: len(item.choices)] else ""
+            if choice.strip():
+                needles.append(re.escape(choice.strip()))
+        return sum(len(re.findall(r"(?<!\w)" + n + r"(?!\w)", text, flags=re.IGNORECASE)) for n in needles)
+
+    return count(probe) > count(question)
+
+
 def probe_example(item: Example, rule: str, probe: str, teacher_answer: str) -> Example:
     """A probe as a scorable item: its gold is the teacher's answer."""
     return Example(id=f"{item.id}/{rule}", dataset=f"{item.dataset}-probe", question=probe, answer=teacher_answer,
@@ -112,8 +147,9 @@ def run_pipeline(items: Sequence[Example], teacher, rules: RuleSet, *, student=N
     pending = []  # (record, item, probe entry, draft)
     for (rec, ex), item_drafts in zip(active, drafts):
         for d in item_drafts:
-            entry = {"rule": d.rule, "probe": d.text, "teacher_response": None, "teacher_answer": None,
-                     "answer_type": None, "recheck": None, "student_response": None, "student_correct": None}
+            entry = {"rule": d.rule, "probe": d.text, "reveals_answer": d.text is not None and reveals_answer(ex, d.text),
+                     "teacher_response": None, "teacher_answer": None, "answer_type": None, "recheck": None,
+                     "student_response": None, "student_correct": None}
             if d.text is None:
                 entry["status"] = ("not applicable: " if "applicable" in (d.reason or "") or "template" in (d.reason or "")
                                    else "malformed: ") + (d.reason or "")
@@ -183,7 +219,7 @@ def probe_dataset(records: Sequence[dict]) -> list[dict]:
     for rec in records:
         if not rec["kept"]:
             continue
-        probes = [{k: p[k] for k in ("rule", "probe", "teacher_response", "teacher_answer", "answer_type")}
+        probes = [{k: p[k] for k in ("rule", "probe", "reveals_answer", "teacher_response", "teacher_answer", "answer_type")}
                   for p in rec["probes"] if p["status"] == KEPT]
         out.append({"id": rec["id"], "dataset": rec["dataset"], "item": rec["item"], "teacher_cot": rec["teacher_cot"],
                     "probes": probes})
@@ -210,7 +246,8 @@ def item_stats(records: Sequence[dict]):
 
 
 def rule_stats(records: Sequence[dict], rule_ids: Sequence[str]):
-    """Per dataset and rule: generated, malformed (by reason), kept by Eq. 1, student-correct, in kept items."""
+    """Per dataset and rule: generated, stating the original answer, malformed (by reason), kept by
+    Eq. 1, student-correct, in kept items."""
 
     rows = []
     for name in sorted({r["dataset"] for r in records}):
@@ -221,6 +258,7 @@ def rule_stats(records: Sequence[dict], rule_ids: Sequence[str]):
             kept = [p for _, p in ps if p["status"] == KEPT]
             rows.append({"dataset": name, "rule": rule, "attempted": len(ps),
                          "generated": sum(p["probe"] is not None for _, p in ps),
+                         "reveals_answer": sum(bool(p.get("reveals_answer")) for _, p in ps),
                          "not_applicable": sum(n for s, n in status.items() if s.startswith("not applicable")),
                          "malformed": sum(n for s, n in status.items() if s.startswith("malformed")),
                          "failed_eq1": sum(n for s, n in status.items() if s.startswith("dropped: Eq. 1")),

@@ -194,24 +194,41 @@ def _problem_text(meta: dict) -> str:
     return " ".join(sentences)
 
 
+OP_WORD = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide"}
+
+
+def _intermediate_steps(meta: dict) -> list[int]:
+    """Indices of the steps whose result is not the final answer (all but the last)."""
+    return list(range(len(meta["steps"]) - 1))
+
+
 def _probe_why(meta, rng):
-    r = meta["result"]
-    text = (f"{_problem_text(meta)} Why does {meta['name']} end up with {r} {meta['item']}? "
-            "Explain each step, then give the final number.")
-    return text, str(r), _explain_steps(meta) + [f"So the steps lead to {r} {meta['item']}."]
+    # the operation behind one step: why the count changes there
+    k = rng.randrange(len(meta["steps"]))
+    step = meta["steps"][k]
+    text = (f"{_problem_text(meta)} Why does the number of {meta['item']} change at step {k + 1}? "
+            "Name the operation that step applies: add, subtract, multiply or divide.")
+    word = OP_WORD[step["op"]]
+    expl = [f"Step {k + 1}: {_step_sentence(meta, k)}",
+            f"It takes the count from {step['before']} to {step['before']} {synthetic.SYMBOL[step['op']]} "
+            f"{step['operand']} = {step['after']}, so the operation is {word}."]
+    return text, word, expl
 
 
 def _probe_cause_effect(meta, rng):
+    # the change one step causes (signed), not the count after it
     k = rng.randrange(len(meta["steps"]))
     step = meta["steps"][k]
-    text = (f"{_problem_text(meta)} What effect does step {k + 1} (\"{_step_sentence(meta, k)}\") have? "
-            f"How many {meta['item']} does {meta['name']} have right after it?")
+    change = step["after"] - step["before"]
+    text = (f"{_problem_text(meta)} What effect does step {k + 1} have on the count? By how many "
+            f"{meta['item']} does it change the count (negative if the count goes down)?")
     expl = _explain_steps(meta, upto=k + 1) + [
-        f"The step changes the count from {step['before']} to {step['after']}."]
-    return text, str(step["after"]), expl
+        f"The step changes the count from {step['before']} to {step['after']}: {step['after']} - {step['before']} = {change}."]
+    return text, str(change), expl
 
 
 def _probe_process(meta, rng):
+    # the count just before the last step: an intermediate value, so 2+ steps
     if len(meta["steps"]) < 2:
         return None
     before_last = meta["steps"][-1]["before"]
@@ -222,6 +239,7 @@ def _probe_process(meta, rng):
 
 
 def _probe_counterfactual(meta, rng):
+    # another start, every step the same; never a program of the test split (nor the question's own)
     prog = _program_of(meta)
     deltas = [d for d in (1, 2, 3, 4, 5, -1, -2, -3) if meta["start"] + d > 0]
     rng.shuffle(deltas)
@@ -231,7 +249,7 @@ def _probe_counterfactual(meta, rng):
             values = synthetic.run_program(new_start, prog)
         except ValueError:  # a division no longer divides evenly
             continue
-        if min(values) <= 0:
+        if min(values) <= 0 or synthetic.Program(meta["name"], meta["item"], new_start, tuple(prog)).in_test():
             continue
         text = (f"{_problem_text(meta)} Suppose {meta['name']} had started with {new_start} {meta['item']} "
                 f"instead of {meta['start']}, with every step the same. How many {meta['item']} would "
@@ -250,7 +268,10 @@ def _probe_comparison(meta, rng):
 
 
 def _probe_hypothesis(meta, rng):
+    # a threshold near the result, never the result itself
     threshold = max(0, meta["result"] + rng.choice([-5, -2, -1, 1, 2, 5]))
+    if threshold == meta["result"]:
+        threshold = meta["result"] + 1
     holds = meta["result"] > threshold
     text = (f"{_problem_text(meta)} Hypothesis: {meta['name']} ends with more than {threshold} {meta['item']}. "
             "Is the hypothesis true? Answer yes or no.")
@@ -259,39 +280,64 @@ def _probe_hypothesis(meta, rng):
 
 
 def _probe_decomposition(meta, rng):
-    k = rng.randrange(len(meta["steps"]))
-    after = meta["steps"][k]["after"]
-    text = (f"{_problem_text(meta)} Break the problem into steps. How many {meta['item']} does "
-            f"{meta['name']} have after step {k + 1}?")
-    return text, str(after), _explain_steps(meta, upto=k + 1) + [f"After step {k + 1} there are {after}."]
+    # one step as a sub-problem of its own: the last step applied to the starting count (2+ steps, so
+    # it is not the original chain; none when that division does not come out even)
+    if len(meta["steps"]) < 2:
+        return None
+    last = meta["steps"][-1]
+    try:
+        value = synthetic.apply_op(last["op"], meta["start"], last["operand"])
+    except ValueError:
+        return None
+    if value <= 0:
+        return None
+    n = len(meta["steps"])
+    text = (f"{_problem_text(meta)} Break the problem into its steps and take step {n} on its own: if it were "
+            f"applied directly to the {meta['start']} {meta['item']} {meta['name']} starts with, how many "
+            f"{meta['item']} would there be?")
+    expl = [f"Step {n} on its own: {_step_sentence(meta, n - 1)}",
+            f"{meta['start']} {synthetic.SYMBOL[last['op']]} {last['operand']} = {value}."]
+    return text, str(value), expl
 
 
 def _probe_explanatory_challenge(meta, rng):
+    # a wrong claim about one step's change; the answer is the operand that step really uses
     k = rng.randrange(len(meta["steps"]))
     step = meta["steps"][k]
-    wrong = step["after"] + rng.choice([-3, -2, -1, 1, 2, 3])
-    if wrong == step["after"] or wrong < 0:
-        wrong = step["after"] + 1
-    text = (f"{_problem_text(meta)} A student claims that after step {k + 1} (\"{_step_sentence(meta, k)}\") "
-            f"{meta['name']} has {wrong} {meta['item']}. Is the claim right? Justify the step and give the correct number.")
-    expl = _explain_steps(meta, upto=k + 1) + [f"The claim of {wrong} is wrong; the correct number is {step['after']}."]
-    return text, str(step["after"]), expl
+    wrong = step["operand"] + rng.choice([-2, -1, 1, 2])
+    if wrong <= 0 or wrong == meta["result"]:
+        wrong = next(w for w in (step["operand"] + 3, step["operand"] + 4) if w != meta["result"])
+    verb = {"add": "adds", "sub": "takes away", "mul": "multiplies the count by", "div": "divides the count by"}[step["op"]]
+    text = (f"{_problem_text(meta)} A student claims that step {k + 1} {verb} {wrong}. Is the claim right? "
+            f"Justify the step and give the number step {k + 1} really uses.")
+    expl = [f"Step {k + 1}: {_step_sentence(meta, k)}",
+            f"{step['before']} {synthetic.SYMBOL[step['op']]} {step['operand']} = {step['after']}, so the claim of "
+            f"{wrong} is wrong; the step uses {step['operand']}."]
+    return text, str(step["operand"]), expl
 
 
 def _probe_inversion(meta, rng):
+    # the reverse problem: it states the original question's answer by construction (reveals_answer)
     prog = _as_program(meta)
     text = synthetic.reverse_text(prog)
     return text, str(meta["start"]), synthetic.reverse_rationale(prog).splitlines()[:-1]
 
 
 def _probe_causal_verification(meta, rng):
-    claimed = meta["result"] if rng.random() < 0.5 else meta["result"] + rng.choice([-2, -1, 1, 2])
-    if claimed < 0:
-        claimed = meta["result"] + 1
-    follows = claimed == meta["result"]
-    text = (f"{_problem_text(meta)} Does it follow from these steps that {meta['name']} now has {claimed} "
-            f"{meta['item']}? Answer yes or no.")
-    expl = _explain_steps(meta) + [f"The steps give {meta['result']}, so the conclusion {'follows' if follows else 'does not follow'}."]
+    # whether an intermediate count follows from the steps before it (never a claim about the final count)
+    steps = _intermediate_steps(meta)
+    if not steps:
+        return None
+    k = rng.choice(steps)
+    true_value = meta["steps"][k]["after"]
+    claimed = true_value if rng.random() < 0.5 else true_value + rng.choice([-2, -1, 1, 2])
+    if claimed < 0 or (claimed != true_value and claimed == meta["result"]):
+        claimed = true_value
+    follows = claimed == true_value
+    text = (f"{_problem_text(meta)} Does it follow from these steps that {meta['name']} has {claimed} "
+            f"{meta['item']} right after step {k + 1}? Answer yes or no.")
+    expl = _explain_steps(meta, upto=k + 1) + [
+        f"After step {k + 1} there are {true_value}, so the conclusion {'follows' if follows else 'does not follow'}."]
     return text, "yes" if follows else "no", expl
 
 

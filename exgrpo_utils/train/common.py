@@ -91,8 +91,23 @@ def run_cost(out_dir: Path, summary_name: str, seconds_this_call: float) -> dict
     return {"seconds": round(max(logged, seconds_this_call), 1), "peak_memory_mib": peak}
 
 
+TOKEN_KINDS = ("generated", "context", "update", "reference", "aux_sft")
+
+
+def token_kinds(log_history: Sequence[dict]) -> dict[str, int]:
+    """An RL run's tokens by kind, summed over its logged steps (``tokens/<kind>``, see
+    ``exgrpo.ExGRPOTrainer._log_tokens``); empty for trainers that do not log them."""
+    steps = [h for h in log_history if "tokens/update" in h]
+    return {k: int(round(sum(h.get(f"tokens/{k}", 0) for h in steps))) for k in TOKEN_KINDS} if steps else {}
+
+
 def trained_tokens(log_history: Sequence[dict]) -> int:
-    """Tokens the trainer processed (TRL's cumulative ``num_tokens``: prompt and completion)."""
+    """Every token a run trained on or generated: for RL the sum of ``token_kinds`` (sampled tokens,
+    the update's forward and backward, the reference pass, the aux SFT rows); for SFT and OPD TRL's
+    cumulative ``num_tokens`` (the tokens of the rows trained on)."""
+    kinds = token_kinds(log_history)
+    if kinds:
+        return sum(kinds.values())
     return int(max((h.get("num_tokens", 0) for h in log_history), default=0))
 
 
@@ -197,6 +212,7 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
         summary = {**{k: portable(v) for k, v in identity.items()}, "settings": asdict(settings), **built.summary,
                    "steps": trainer.state.global_step, **run_cost(out_dir, summary_name, time.time() - t0),
                    "resumed_from": portable(ckpt) if ckpt else None,
-                   "train_tokens": trained_tokens(trainer.state.log_history), "final": portable(final)}
+                   "train_tokens": trained_tokens(trainer.state.log_history),
+                   "train_token_kinds": token_kinds(trainer.state.log_history), "final": portable(final)}
         atomic_write_json(out_dir / summary_name, summary)
         return summary

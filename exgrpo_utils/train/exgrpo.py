@@ -18,6 +18,14 @@ Every loss-relevant TRL setting is written out in ``grpo_config`` (TRL's default
 between releases). Variants for the ablations: ``mode="grpo"`` (R_base only, each probe and each
 original question an independent single-turn sample), ``aux_lambda=0`` (no aux SFT), and a cold
 start (``init_model`` = the base student instead of the SFT output).
+
+Fair comparison of the two modes (kit design, the paper is silent): both draw the same original
+questions at every step (``QuestionBlockSampler``: one seeded order of questions; in grpo mode each
+question brings its block of rows, k probes and the question, sampled G times each); both use the
+same probes (``rl_records``: answer-revealing probes excluded unless ``revealing_probes="allow"``);
+grpo's aux SFT loss trains on the probe answers only, like Eq. 8; and every step logs the tokens of
+each kind a method spends (``tokens/*``: generated, context, update, reference, aux SFT), which
+sum to a run's ``train_tokens``.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ from ..data import prompts
 from ..data.example import Example
 from ..models.engine import SlotEngine, Turn, single_turn
 from ..models.registry import default_device, ensure_local, load_model
+from ..teach.inversion import reveals_answer
 from ..teach.rules import RuleSet, load_rules
 from . import rewards
 from .common import Built, lora_config, train_and_save, training_precision
@@ -63,7 +72,8 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         num_generations=settings.G, temperature=settings.temperature, top_p=1.0, top_k=0,
         max_completion_length=settings.max_final_tokens,
         # batch: whole groups on each process (the DSU bonus needs all G rollouts of a question)
-        per_device_train_batch_size=settings.G * settings.questions_per_step, gradient_accumulation_steps=1,
+        per_device_train_batch_size=settings.G * settings.questions_per_step * rows_per_question(settings),
+        gradient_accumulation_steps=1,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=settings.max_steps, save_steps=settings.save_steps, save_total_limit=3,
         logging_steps=1, seed=settings.seed, data_seed=settings.seed, bf16=bf16, use_cpu=device == "cpu",
@@ -77,24 +87,113 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
 # ---------------------------------------------------------------------------------------------
 # Data
 
+def probe_reveals(rec: dict, probe: dict) -> bool:
+    """A probe's ``reveals_answer`` flag (computed for probe datasets written before it existed)."""
+    if "reveals_answer" in probe:
+        return bool(probe["reveals_answer"])
+    return reveals_answer(Example.from_dict(rec["item"]), probe["probe"])
+
+
+def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> list[dict]:
+    """The questions RL trains on, each with the probes its dialogues (or grpo's probe rows) may use:
+    with ``revealing_probes="exclude"`` the probes that state the original answer are removed, and a
+    question left with none is not trained on (the count is printed)."""
+    if settings.revealing_probes not in ("exclude", "allow"):
+        raise ValueError(f"revealing_probes must be 'exclude' or 'allow', got {settings.revealing_probes!r}")
+    out, dropped, removed = [], 0, 0
+    for rec in records:
+        probes = [dict(p, reveals_answer=probe_reveals(rec, p)) for p in rec["probes"]]
+        if settings.revealing_probes == "exclude":
+            removed += sum(p["reveals_answer"] for p in probes)
+            probes = [p for p in probes if not p["reveals_answer"]]
+        if not probes:
+            dropped += 1
+            continue
+        out.append(dict(rec, probes=probes))
+    if removed or dropped:
+        log(f"RL data: {removed} answer-revealing probes left out (revealing_probes=exclude); "
+            f"{dropped} of {len(records)} questions have no probe left and are not trained on")
+    if not out:
+        raise ValueError("no training rows: no question has a probe the dialogues may use")
+    return out
+
+
+def rows_per_question(settings: ExGRPOSettings) -> int:
+    """Rows of one question's block: exgrpo 1 (the question; its dialogues are built in the rollout),
+    grpo k probes plus the question (``include_original_questions``)."""
+    return 1 if settings.mode == "exgrpo" else settings.k + int(settings.include_original_questions)
+
+
 def training_rows(records: Sequence[dict], rules: RuleSet, settings: ExGRPOSettings) -> list[dict]:
-    """Prompt rows for TRL. exgrpo: one row per question; grpo: one per probe (and per question)."""
+    """Prompt rows for TRL, in blocks of ``rows_per_question`` consecutive rows per question.
+
+    exgrpo: the question. grpo: k of its probes (a seeded draw without replacement, cycled when it
+    has fewer), each with its teacher answer as the aux SFT target, then the question (no aux target:
+    the aux loss trains on probe answers only, as Eq. 8 does)."""
     rows = []
     for rec in records:
         item = Example.from_dict(rec["item"])
+        question = {"prompt": prompts.messages_for(item), "question_id": rec["id"], "gold": item.answer,
+                    "answer_type": "", "target": ""}
         if settings.mode == "exgrpo":
-            rows.append({"prompt": prompts.messages_for(item), "question_id": rec["id"], "gold": item.answer,
-                         "answer_type": "", "target": ""})
+            rows.append(question)
             continue
-        for p in rec["probes"]:
+        if not rec["probes"]:
+            raise ValueError(f"question {rec['id']}: no probes for grpo's probe rows")
+        order = random.Random(f"grpo-probes:{settings.seed}:{rec['id']}").sample(range(len(rec["probes"])), len(rec["probes"]))
+        for j in range(settings.k):
+            p = rec["probes"][order[j % len(order)]]
             rows.append({"prompt": [{"role": "user", "content": rules.answer_prompt(p["probe"])}], "question_id": rec["id"],
                          "gold": p["teacher_answer"], "answer_type": p["answer_type"], "target": p["teacher_response"]})
         if settings.include_original_questions:
-            rows.append({"prompt": prompts.messages_for(item), "question_id": rec["id"], "gold": item.answer,
-                         "answer_type": "", "target": rec["teacher_cot"]})
+            rows.append(question)
     if not rows:
         raise ValueError("no training rows: the probe dataset has no kept questions")
     return rows
+
+
+def question_blocks(question_ids: Sequence[str]) -> list[list[int]]:
+    """Row indices grouped by question (consecutive rows of one question form its block)."""
+    blocks: list[list[int]] = []
+    for i, q in enumerate(question_ids):
+        if blocks and question_ids[blocks[-1][0]] == q:
+            blocks[-1].append(i)
+        else:
+            blocks.append([i])
+    return blocks
+
+
+class QuestionBlockSampler:
+    """Row indices for TRL: questions in one seeded order, ``questions`` per generation batch, each
+    question's block of rows in order and every row ``G`` times in a row (a GRPO group), the batch
+    repeated ``repeat`` times (TRL's reuse of a generation). The order depends on the seed and the
+    number of questions only, so exgrpo and grpo runs with the same seed and data see the same
+    questions at every step. Each pass over the data draws a new order; an incomplete last batch is
+    left out."""
+
+    def __init__(self, blocks: Sequence[Sequence[int]], *, G: int, questions: int, repeat: int = 1, seed: int = 0):
+        sizes = {len(b) for b in blocks}
+        if len(sizes) > 1:
+            raise ValueError(f"question blocks of different sizes {sorted(sizes)}: every question needs the same rows")
+        if questions < 1 or len(blocks) < questions:
+            raise ValueError(f"{len(blocks)} questions cannot fill batches of {questions} questions")
+        self.blocks, self.G, self.questions, self.repeat = [list(b) for b in blocks], G, questions, repeat
+        import torch
+
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed)
+
+    def __iter__(self):
+        import torch
+
+        order = torch.randperm(len(self.blocks), generator=self.generator).tolist()
+        for start in range(0, len(order) - self.questions + 1, self.questions):
+            batch = [row for q in order[start:start + self.questions] for row in self.blocks[q] for _ in range(self.G)]
+            for _ in range(self.repeat):
+                yield from batch
+
+    def __len__(self) -> int:
+        return (len(self.blocks) // self.questions) * self.questions * len(self.blocks[0]) * self.G * self.repeat
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +367,7 @@ class DialogueRollout:
     def __call__(self, prompt_list, trainer) -> dict:
         groups = self.plans_for(prompt_list, trainer.state.global_step)
         dialogues, teacher, meta = [], [], []
+        revealing = {"A": 0, "B": 0}  # dialogues that contain a probe stating the original answer
         for rec, plans in groups:
             item = Example.from_dict(rec["item"])
             question = prompts.messages_for(item)[-1]["content"]
@@ -276,6 +376,9 @@ class DialogueRollout:
                 dialogues.append([self.rules.answer_prompt(p["probe"]) for p in probes] + [question])
                 teacher.append([p["teacher_response"] for p in probes])
                 meta.append((rec["id"], plan.scenario))
+                revealing[plan.scenario] += any(probe_reveals(rec, p) for p in probes)
+        _log_metric(trainer, "exgrpo/revealing_dialogues_A", revealing["A"])
+        _log_metric(trainer, "exgrpo/revealing_dialogues_B", revealing["B"])
         sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.eos_id) if getattr(trainer, "use_vllm", False) else None
         with _eval_mode(trainer) as model:
             out = rollout_dialogues(model, self.tokenizer, self.layout, dialogues,
@@ -315,6 +418,13 @@ class SingleTurnRollout:
                 "logprobs": None}
 
 
+def _log_metric(trainer, key: str, value: float) -> None:
+    """Add one value to the trainer's metrics of this step (TRL logs their mean)."""
+    metrics = getattr(trainer, "_metrics", None)
+    if metrics is not None:
+        metrics["train"][key].append(value)
+
+
 def rollout_seed(settings: ExGRPOSettings, trainer) -> int:
     """The sampling seed of one step's rollouts: fixed by the run's seed, the step and the process, so a
     resumed run samples what an uninterrupted one would."""
@@ -334,9 +444,7 @@ def _eval_mode(trainer):
         yield model
     finally:
         model.train(was_training)
-        metrics = getattr(trainer, "_metrics", None)
-        if metrics is not None:
-            metrics["train"]["timing/rollout_s"].append(time.perf_counter() - t0)
+        _log_metric(trainer, "timing/rollout_s", time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +505,20 @@ def make_trainer_class():
             self.aux_lambda, self.aux_source, self.layout = aux_lambda, aux_source, layout
             self._aux_batch: list[DialogueTokens] = []
 
+        def _get_train_sampler(self, dataset=None):
+            dataset = self.train_dataset if dataset is None else dataset
+            blocks = question_blocks(dataset["question_id"])
+            per_question = self.num_generations * len(blocks[0])
+            if self.args.generation_batch_size % per_question:
+                raise ValueError(f"a generation batch of {self.args.generation_batch_size} rows does not hold whole "
+                                 f"questions ({per_question} rows each)")
+            return QuestionBlockSampler(blocks, G=self.num_generations,
+                                        questions=self.args.generation_batch_size // per_question,
+                                        repeat=self.num_iterations * self.args.steps_per_generation, seed=self.args.seed)
+
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
+            self._log_tokens(output)
             if self.aux_lambda > 0:
                 if self.aux_source is not None:  # exgrpo: the rollout built the teacher-forced dialogues
                     self._aux_batch = list(self.aux_source.last_aux)
@@ -410,7 +530,23 @@ def make_trainer_class():
                             seen.add(key)
                             batch.append(teacher_forced(self.layout, [(x["prompt"][-1]["content"], x["target"])]))
                     self._aux_batch = batch
+            if self.aux_lambda > 0:
+                _log_metric(self, "tokens/aux_sft", sum(len(d.full_ids) for d in self._aux_batch))
             return output
+
+        def _log_tokens(self, output) -> None:
+            """This step's tokens by kind (this process): ``generated`` (sampled by the policy),
+            ``context`` (dialogue turns the policy reads but did not write), ``update`` (prompt and
+            completion through the policy's forward and backward), ``reference`` (the KL's reference
+            pass), ``aux_sft`` (Eq. 8's teacher-forced rows, logged after the aux batch is built)."""
+            prompt = int(output["prompt_mask"].sum())
+            completion = int(output["completion_mask"].sum())
+            tool = output.get("tool_mask")
+            generated = int((output["completion_mask"] * tool).sum()) if tool is not None else completion
+            _log_metric(self, "tokens/generated", generated)
+            _log_metric(self, "tokens/context", completion - generated)
+            _log_metric(self, "tokens/update", prompt + completion)
+            _log_metric(self, "tokens/reference", prompt + completion if output.get("ref_per_token_logps") is not None else 0)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -494,20 +630,21 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
         base_path = prepare_init(init_model, out_dir)
         model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
         tok.padding_side = "left"
-        rows = training_rows(probe_records, rule_set, settings)
+        records = rl_records(probe_records, settings)
+        rows = training_rows(records, rule_set, settings)
         if settings.mode == "exgrpo":
-            rollout = DialogueRollout(probe_records, rule_set, settings, tok)
+            rollout = DialogueRollout(records, rule_set, settings, tok)
         elif settings.rollout_backend == "fast" and not settings.use_vllm:
             rollout = SingleTurnRollout(rows, settings, tok)
         else:  # TRL's own generation (transformers generate, or its vLLM engine)
             rollout = None
         trainer = make_trainer_class()(
-            model=model, reward_funcs=[ExGRPOReward(probe_records, settings)],
+            model=model, reward_funcs=[ExGRPOReward(records, settings)],
             args=grpo_config(settings, out_dir, device=device, bf16=bf16), train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tok, peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
             rollout_func=rollout, aux_lambda=settings.aux_lambda,
             aux_source=rollout if settings.mode == "exgrpo" else None, layout=ChatLayout(tok))
-        return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows)})
+        return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows), "questions": len(records)})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return train_and_save(out_dir=out_dir, summary_name="rl_summary.json", settings=settings,

@@ -56,8 +56,14 @@ class ExGRPOSettings:
                                    "rollouts of a step together, each dialogue's KV cache kept across turns) or "
                                    "generate (transformers generate, one turn of every dialogue at a time, the "
                                    "dialogue re-encoded each turn; grpo mode: TRL's own generation)")
+    revealing_probes: str = setting("exclude", "probes that state the original question's answer "
+                                    "(reveals_answer): exclude (kit default: the DSU bonus then rewards the "
+                                    "dialogue's structure, not copying an answer it was shown) or allow (Table 3's "
+                                    "other row); applies to both modes")
     include_original_questions: bool = setting(True, "mode grpo: the original questions are samples too")
-    questions_per_step: int = setting(1, "questions per optimisation step (a batch is G x this)")
+    questions_per_step: int = setting(1, "original questions per optimisation step, in both modes: exgrpo samples "
+                                      "G dialogues of each; grpo samples G answers to each question and to k of its "
+                                      "probes (so both modes see the same questions at every step)")
     learning_rate: float = setting(1e-5, "learning rate (constant)")
     max_steps: int = setting(1000, "optimisation steps")
     save_steps: int = setting(50, "checkpoint interval in steps (a rerun resumes from the last)", "speed only")

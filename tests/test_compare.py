@@ -1,0 +1,77 @@
+"""The reproduction's comparison with the committed reference, and the paired tests it uses."""
+import json
+
+import pytest
+
+from exgrpo_utils.common.layout import RunLayout
+from exgrpo_utils.evaluate import stats
+from exgrpo_utils.report import compare
+
+
+@pytest.mark.parametrize("b, c, p", [(0, 0, 1.0), (5, 0, 2 / 32), (0, 5, 2 / 32), (10, 2, 2 * (1 + 12 + 66) / 4096),
+                                     (1, 1, 1.0), (20, 20, 1.0)])
+def test_mcnemar_exact_hand_computed(b, c, p):
+    assert stats.mcnemar_exact(b, c) == pytest.approx(p)
+
+
+def test_paired_bootstrap_difference_interval_and_p():
+    same = [[1, 0, 1]] * 20 + [[0, 0, 0]] * 20
+    r = stats.paired_bootstrap(same, same)
+    assert r["diff"] == 0 and r["p"] == 1.0 and r["low"] == r["high"] == 0
+    worse = [[0]] * 100
+    better = [[1]] * 40 + [[0]] * 60
+    r = stats.paired_bootstrap(worse, better, seed=1)
+    assert r["diff"] == pytest.approx(0.4) and 0.28 < r["low"] < 0.4 < r["high"] < 0.52 and r["p"] < 0.01
+    mixed = stats.paired_bootstrap([[0, 1]] * 10, [[1, 1]] * 10)  # per item 0.5 -> 1.0 over two seeds
+    assert mixed["diff"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same non-empty items"):
+        stats.paired_bootstrap([[1]], [[1], [0]])
+
+
+def _write(root, folder, model, dataset, rows, dtype="float32"):
+    d = root / "runs" / "cpu" / folder / model
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{dataset}.jsonl").write_text("".join(json.dumps({"id": i, "extracted_flexible": a, "correct_flexible": ok}) + "\n"
+                                                for i, (a, ok) in rows.items()))
+    (d / "config.json").write_text(json.dumps({"dtype": dtype}))
+
+
+def _machine(root, cpu):
+    (root / "runs" / "cpu" / "00_setup.json").write_text(json.dumps({"environment": {"cpu_model": cpu, "cpu_threads": 2}}))
+
+
+def test_compare_pairs_items_and_judges_each_cell_against_its_noise(tmp_path):
+    ref, rep = tmp_path / "ref", tmp_path / "rep"
+    base = {f"i{k}": (str(k), k % 2 == 0) for k in range(40)}
+    _write(ref, "eval_arith", "sft", "arith", base)
+    _write(rep, "eval_arith", "sft", "arith", base)  # identical
+    _write(ref, "eval_arith", "sft", "arith_rev", base)
+    _write(rep, "eval_arith", "sft", "arith_rev", {**base, "i0": ("x", False), "i1": ("one", True)})  # one each way
+    _write(ref, "eval", "zero-shot", "gsm8k", {f"i{k}": ("1", True) for k in range(30)})
+    _write(rep, "eval", "zero-shot", "gsm8k", {f"i{k}": ("2", False) for k in range(30)})  # all 30 flipped
+    _write(ref, "eval", "zero-shot", "csqa", {"i0": ("A", True)})  # not in the reproduction yet
+    _machine(ref, "CPU A")
+    _machine(rep, "CPU B")
+    result = compare.compare(RunLayout.of("cpu", ref), RunLayout.of("cpu", rep))
+    cells = {(c["model"], c["dataset"]): c for c in result["cells"]}
+    assert cells[("sft", "arith")]["verdict"] == "identical" and cells[("sft", "arith")]["same_answer"] == 40
+    rev = cells[("sft", "arith_rev")]
+    assert rev["verdict"] == "within noise" and rev["same_answer"] == 38 and rev["p_value"] == 1.0
+    assert (rev["only_reference_right"], rev["only_reproduction_right"]) == (1, 1)
+    gsm = cells[("zero-shot", "gsm8k")]
+    assert gsm["verdict"] == "differs" and gsm["acc_reference"] == 1.0 and gsm["acc_reproduction"] == 0.0
+    assert result["counts"] == {"identical": 1, "within noise": 1, "differs": 1}
+    assert result["only_reference"] == ["eval/zero-shot/csqa"]
+    assert result["reference"]["cpu"] == "CPU A" and result["reproduction"]["cpu"] == "CPU B"
+    text = compare.to_markdown(result)
+    assert "CPU A" in text and "CPU B" in text and "| differs |" in text
+
+
+def test_compare_cli_writes_the_report_and_refuses_a_missing_run(tmp_path, capsys):
+    ref, rep = tmp_path / "ref", tmp_path / "rep"
+    _write(ref, "eval_arith", "sft", "arith", {"a": ("1", True)})
+    assert compare.main(["--reference", str(ref), "--reproduction", str(rep)]) == 2
+    assert "does not exist" in capsys.readouterr().out
+    _write(rep, "eval_arith", "sft", "arith", {"a": ("1", True)})
+    assert compare.main(["--reference", str(ref), "--reproduction", str(rep)]) == 0
+    assert (rep / "runs" / "cpu" / "comparison.md").exists() and "1 identical" in capsys.readouterr().out
