@@ -28,11 +28,11 @@ def test_paired_bootstrap_difference_interval_and_p():
         stats.paired_bootstrap([[1]], [[1], [0]])
 
 
-def _write(root, folder, model, dataset, rows, dtype="float32"):
+def _write(root, folder, model, dataset, rows, dtype="float32", prompt="Q {}"):
     d = root / "runs" / "cpu" / folder / model
     d.mkdir(parents=True, exist_ok=True)
-    (d / f"{dataset}.jsonl").write_text("".join(json.dumps({"id": i, "extracted_flexible": a, "correct_flexible": ok}) + "\n"
-                                                for i, (a, ok) in rows.items()))
+    (d / f"{dataset}.jsonl").write_text("".join(json.dumps({"id": i, "prompt": prompt.format(i), "extracted_flexible": a,
+                                                            "correct_flexible": ok}) + "\n" for i, (a, ok) in rows.items()))
     (d / "config.json").write_text(json.dumps({"dtype": dtype}))
 
 
@@ -60,7 +60,7 @@ def test_compare_pairs_items_and_judges_each_cell_against_its_noise(tmp_path):
     assert (rev["only_reference_right"], rev["only_reproduction_right"]) == (1, 1)
     gsm = cells[("zero-shot", "gsm8k")]
     assert gsm["verdict"] == "differs" and gsm["acc_reference"] == 1.0 and gsm["acc_reproduction"] == 0.0
-    assert result["counts"] == {"identical": 1, "within noise": 1, "differs": 1}
+    assert result["counts"] == {"identical": 1, "within noise": 1, "differs": 1, "items differ": 0}
     assert result["only_reference"] == ["eval/zero-shot/csqa"]
     assert result["reference"]["cpu"] == "CPU A" and result["reproduction"]["cpu"] == "CPU B"
     text = compare.to_markdown(result)
@@ -75,3 +75,13 @@ def test_compare_cli_writes_the_report_and_refuses_a_missing_run(tmp_path, capsy
     _write(rep, "eval_arith", "sft", "arith", {"a": ("1", True)})
     assert compare.main(["--reference", str(ref), "--reproduction", str(rep)]) == 0
     assert (rep / "runs" / "cpu" / "comparison.md").exists() and "1 identical" in capsys.readouterr().out
+
+
+def test_items_asked_other_questions_are_not_compared(tmp_path):
+    ref, rep = tmp_path / "ref", tmp_path / "rep"
+    rows = {f"i{k}": (str(k), True) for k in range(5)}
+    _write(ref, "eval_arith", "sft", "arith", rows)
+    _write(rep, "eval_arith", "sft", "arith", {k: ("9", False) for k in rows}, prompt="another question {}")
+    result = compare.compare(RunLayout.of("cpu", ref), RunLayout.of("cpu", rep))
+    assert result["cells"][0]["verdict"] == "items differ" and result["counts"]["items differ"] == 1
+    assert "not comparable" in compare.to_markdown(result)

@@ -5,7 +5,8 @@ For every evaluation both runs hold (``eval_arith/<run id>/<dataset>.jsonl`` and
 ``eval/<method>/<dataset>.jsonl``), it pairs the items by id and reports both accuracies, how many
 items got the same extracted answer, and an exact McNemar test on the items only one run got right.
 A cell's verdict is ``identical`` (every answer the same), ``within noise`` (answers differ but
-p >= ``alpha``: no evidence the two runs' accuracies differ) or ``differs`` (p < ``alpha``). The
+p >= ``alpha``: no evidence the two runs' accuracies differ), ``differs`` (p < ``alpha``) or
+``items differ`` (the same item ids were asked other questions or prompts: not comparable). The
 report names both runs' CPU and generation dtype, since the numbers are identical only on the same
 kind of machine with the same settings (README, "Reproducing the numbers").
 
@@ -23,6 +24,7 @@ from ..common.layout import RunLayout
 from ..evaluate.stats import mcnemar_exact
 
 ALPHA = 0.05
+VERDICTS = ("identical", "within noise", "differs", "items differ")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,9 @@ class Cell:
     verdict: str
 
 
-def _items(path: Path) -> dict[str, tuple[str | None, bool]]:
-    return {r["id"]: (r.get("extracted_flexible"), bool(r.get("correct_flexible"))) for _, r in iter_jsonl(path)}
+def _items(path: Path) -> dict[str, tuple[str | None, bool, str]]:
+    return {r["id"]: (r.get("extracted_flexible"), bool(r.get("correct_flexible")), r.get("prompt", ""))
+            for _, r in iter_jsonl(path)}
 
 
 def eval_files(layout: RunLayout) -> dict[tuple[str, str, str], Path]:
@@ -55,6 +58,10 @@ def eval_files(layout: RunLayout) -> dict[tuple[str, str, str], Path]:
 def compare_cell(key: tuple[str, str, str], ref: Path, rep: Path, alpha: float = ALPHA) -> Cell:
     a, b = _items(ref), _items(rep)
     ids = sorted(a.keys() & b.keys())
+    if any(a[i][2] != b[i][2] for i in ids):  # same ids, other questions (or prompts): nothing to pair
+        n = len(ids)
+        return Cell(*key, n, sum(a[i][1] for i in ids) / max(n, 1), sum(b[i][1] for i in ids) / max(n, 1),
+                    sum(a[i][0] == b[i][0] for i in ids), 0, 0, float("nan"), "items differ")
     same = sum(a[i][0] == b[i][0] for i in ids)
     only_a = sum(a[i][1] and not b[i][1] for i in ids)
     only_b = sum(b[i][1] and not a[i][1] for i in ids)
@@ -84,7 +91,7 @@ def compare(reference: RunLayout, reproduction: RunLayout, alpha: float = ALPHA)
             "alpha": alpha, "cells": [asdict(c) for c in cells],
             "only_reference": ["/".join(k) for k in sorted(ref.keys() - rep.keys())],
             "only_reproduction": ["/".join(k) for k in sorted(rep.keys() - ref.keys())],
-            "counts": {v: sum(c.verdict == v for c in cells) for v in ("identical", "within noise", "differs")}}
+            "counts": {v: sum(c.verdict == v for c in cells) for v in VERDICTS}}
 
 
 def to_markdown(result: dict) -> str:
@@ -94,7 +101,9 @@ def to_markdown(result: dict) -> str:
              f"- reproduction: {rep['root']} (CPU {rep['cpu']}, {rep['threads']} threads; generation dtype {rep['generation_dtype']})",
              f"- {len(result['cells'])} evaluations in both: {counts['identical']} identical item by item, "
              f"{counts['within noise']} differ within noise (exact McNemar p >= {result['alpha']}), "
-             f"{counts['differs']} differ (p < {result['alpha']})"]
+             f"{counts['differs']} differ (p < {result['alpha']})"
+             + (f"; {counts['items differ']} not comparable: the same item ids hold other questions or prompts "
+                "(the data or the prompt changed)" if counts["items differ"] else "")]
     if result["only_reference"] or result["only_reproduction"]:
         lines.append(f"- only in the reference: {len(result['only_reference'])}; only in the reproduction: "
                      f"{len(result['only_reproduction'])} (e.g. not run yet)")
