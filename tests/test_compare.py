@@ -60,7 +60,7 @@ def test_compare_pairs_items_and_judges_each_cell_against_its_noise(tmp_path):
     assert (rev["only_reference_right"], rev["only_reproduction_right"]) == (1, 1)
     gsm = cells[("zero-shot", "gsm8k")]
     assert gsm["verdict"] == "differs" and gsm["acc_reference"] == 1.0 and gsm["acc_reproduction"] == 0.0
-    assert result["counts"] == {"identical": 1, "within noise": 1, "differs": 1, "items differ": 0}
+    assert result["counts"] == {"identical": 1, "within noise": 1, "differs": 1, "not comparable": 0}
     assert result["only_reference"] == ["eval/zero-shot/csqa"]
     assert result["reference"]["cpu"] == "CPU A" and result["reproduction"]["cpu"] == "CPU B"
     text = compare.to_markdown(result)
@@ -83,5 +83,37 @@ def test_items_asked_other_questions_are_not_compared(tmp_path):
     _write(ref, "eval_arith", "sft", "arith", rows)
     _write(rep, "eval_arith", "sft", "arith", {k: ("9", False) for k in rows}, prompt="another question {}")
     result = compare.compare(RunLayout.of("cpu", ref), RunLayout.of("cpu", rep))
-    assert result["cells"][0]["verdict"] == "items differ" and result["counts"]["items differ"] == 1
+    assert result["cells"][0]["verdict"] == "not comparable" and result["counts"]["not comparable"] == 1
     assert "not comparable" in compare.to_markdown(result)
+
+
+def test_no_common_item_is_not_comparable_and_partial_runs_are_flagged(tmp_path):
+    ref, rep = tmp_path / "ref", tmp_path / "rep"
+    _write(ref, "eval_arith", "sft", "arith", {"a": ("1", True), "b": ("2", True)})
+    _write(rep, "eval_arith", "sft", "arith", {"c": ("1", True)})
+    _write(ref, "eval_arith", "sft", "arith_rev", {"a": ("1", True), "b": ("2", True)})
+    _write(rep, "eval_arith", "sft", "arith_rev", {"a": ("1", True)})  # unfinished
+    result = compare.compare(RunLayout.of("cpu", ref), RunLayout.of("cpu", rep))
+    cells = {c["dataset"]: c for c in result["cells"]}
+    assert cells["arith"]["verdict"] == "not comparable" and cells["arith"]["n"] == 0
+    assert cells["arith_rev"]["verdict"] == "identical" and (cells["arith_rev"]["n"], cells["arith_rev"]["n_reference"]) == (1, 2)
+    assert "part of their items only" in compare.to_markdown(result)
+
+
+def test_paired_comparisons_pair_items_over_common_seeds(tmp_path):
+    from exgrpo_utils.report import paper_tables
+
+    layout = RunLayout.of("cpu", tmp_path)
+    # exgrpo right on items 0-29 at both seeds, sft-grpo on items 0-9; 100 items; sft-grpo has a third seed
+    for key, right, seeds in (("exgrpo", 30, (0, 1)), ("sft-grpo", 10, (0, 1, 2))):
+        for seed in seeds:
+            rid = key if seed == 0 else f"{key}-s{seed}"
+            _write(tmp_path, "eval_arith", rid, "arith", {f"i{k}": (str(k), k < right) for k in range(100)})
+    table = paper_tables.paired_comparisons([layout], pairs=(("exgrpo", "sft-grpo"), ("exgrpo", "skd")), datasets=("arith",))
+    row = table.iloc[0]
+    assert row["seeds"] == 2 and row["items"] == 100 and row["method %"] == 30 and row["baseline %"] == 10
+    assert row["difference"] == pytest.approx(20) and row["low"] > 0 and row["verdict"] == "method better"
+    assert (row["only method right"], row["only baseline right"]) == (20, 0)  # the first seed's items, once each
+    assert row["McNemar p"] == pytest.approx(stats.mcnemar_exact(20, 0))
+    assert table.iloc[1]["verdict"] == "not run in these results"
+    assert "< 0.001" in paper_tables.comparisons_markdown(table)

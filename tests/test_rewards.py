@@ -297,6 +297,21 @@ def test_exgrpo_and_grpo_see_the_same_questions_at_every_step():
     assert other_seed != _questions_per_step(ExGRPOSettings(G=4, k=2, seed=3), recs, steps=5)
 
 
+def test_question_block_sampler_orders_each_pass_by_its_epoch():
+    """Each pass over the data draws its own order, fixed by (seed, pass): a trainer resuming in pass 2
+    sets epoch 2 on a fresh sampler and gets what the uninterrupted run drew in its third pass."""
+    blocks = [[i] for i in range(8)]
+    running = exgrpo.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
+    passes = [list(running) for _ in range(3)]
+    assert len({tuple(p) for p in passes}) == 3 and all(sorted(p) == list(range(8)) for p in passes)
+    resumed = exgrpo.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
+    resumed.set_epoch(2)
+    assert list(resumed) == passes[2]
+    again = exgrpo.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
+    again.set_epoch(0)
+    assert list(again) == passes[0]
+
+
 def test_question_block_sampler_refuses_uneven_blocks():
     with pytest.raises(ValueError, match="different sizes"):
         exgrpo.QuestionBlockSampler([[0, 1], [2]], G=2, questions=1)

@@ -82,8 +82,8 @@ def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence
     observed = sum(d) / n
     rng = random.Random(seed)
     boots = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    lo = boots[int((1 - z_level) / 2 * n_boot)]
-    hi = boots[min(n_boot - 1, int((1 + z_level) / 2 * n_boot))]
+    cut = int((1 - z_level) / 2 * n_boot)  # order statistics symmetric about the middle
+    lo, hi = boots[cut], boots[n_boot - 1 - cut]
     below = sum(x <= 0 for x in boots) / n_boot
     above = sum(x >= 0 for x in boots) / n_boot
     p = 1.0 if observed == 0 and all(x == 0 for x in d) else min(1.0, 2 * min(below, above))

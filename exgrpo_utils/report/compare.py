@@ -6,7 +6,7 @@ For every evaluation both runs hold (``eval_arith/<run id>/<dataset>.jsonl`` and
 items got the same extracted answer, and an exact McNemar test on the items only one run got right.
 A cell's verdict is ``identical`` (every answer the same), ``within noise`` (answers differ but
 p >= ``alpha``: no evidence the two runs' accuracies differ), ``differs`` (p < ``alpha``) or
-``items differ`` (the same item ids were asked other questions or prompts: not comparable). The
+``not comparable`` (no common item, or the same item ids were asked other questions or prompts). The
 report names both runs' CPU and generation dtype, since the numbers are identical only on the same
 kind of machine with the same settings (README, "Reproducing the numbers").
 
@@ -24,7 +24,7 @@ from ..common.layout import RunLayout
 from ..evaluate.stats import mcnemar_exact
 
 ALPHA = 0.05
-VERDICTS = ("identical", "within noise", "differs", "items differ")
+VERDICTS = ("identical", "within noise", "differs", "not comparable")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ class Cell:
     evaluation: str  # "eval_arith" or "eval"
     model: str  # run id or method label
     dataset: str
-    n: int  # items in both runs
+    n: int  # items in both runs (compared)
+    n_reference: int
+    n_reproduction: int
     acc_reference: float
     acc_reproduction: float
     same_answer: int
@@ -58,18 +60,16 @@ def eval_files(layout: RunLayout) -> dict[tuple[str, str, str], Path]:
 def compare_cell(key: tuple[str, str, str], ref: Path, rep: Path, alpha: float = ALPHA) -> Cell:
     a, b = _items(ref), _items(rep)
     ids = sorted(a.keys() & b.keys())
-    if any(a[i][2] != b[i][2] for i in ids):  # same ids, other questions (or prompts): nothing to pair
-        n = len(ids)
-        return Cell(*key, n, sum(a[i][1] for i in ids) / max(n, 1), sum(b[i][1] for i in ids) / max(n, 1),
-                    sum(a[i][0] == b[i][0] for i in ids), 0, 0, float("nan"), "items differ")
+    n = len(ids)
+    acc_a, acc_b = sum(a[i][1] for i in ids) / max(n, 1), sum(b[i][1] for i in ids) / max(n, 1)
     same = sum(a[i][0] == b[i][0] for i in ids)
+    if not ids or any(a[i][2] != b[i][2] for i in ids):  # no common item, or the same ids asked other prompts
+        return Cell(*key, n, len(a), len(b), acc_a, acc_b, same, 0, 0, float("nan"), "not comparable")
     only_a = sum(a[i][1] and not b[i][1] for i in ids)
     only_b = sum(b[i][1] and not a[i][1] for i in ids)
     p = mcnemar_exact(only_a, only_b)
-    n = len(ids)
     verdict = "identical" if same == n else ("within noise" if p >= alpha else "differs")
-    return Cell(*key, n, sum(a[i][1] for i in ids) / max(n, 1), sum(b[i][1] for i in ids) / max(n, 1), same,
-                only_a, only_b, p, verdict)
+    return Cell(*key, n, len(a), len(b), acc_a, acc_b, same, only_a, only_b, p, verdict)
 
 
 def machine(layout: RunLayout) -> dict:
@@ -102,8 +102,12 @@ def to_markdown(result: dict) -> str:
              f"- {len(result['cells'])} evaluations in both: {counts['identical']} identical item by item, "
              f"{counts['within noise']} differ within noise (exact McNemar p >= {result['alpha']}), "
              f"{counts['differs']} differ (p < {result['alpha']})"
-             + (f"; {counts['items differ']} not comparable: the same item ids hold other questions or prompts "
-                "(the data or the prompt changed)" if counts["items differ"] else "")]
+             + (f"; {counts['not comparable']} not comparable (no common item, or the same item ids hold other "
+                "questions or prompts: the data or the prompt changed)" if counts["not comparable"] else "")]
+    partial = [c for c in result["cells"] if c["n"] < max(c["n_reference"], c["n_reproduction"])]
+    if partial:
+        lines.append(f"- {len(partial)} evaluations compared on part of their items only (the runs hold different "
+                     "numbers of items, e.g. other limits or an unfinished run): the n column says how many")
     if result["only_reference"] or result["only_reproduction"]:
         lines.append(f"- only in the reference: {len(result['only_reference'])}; only in the reproduction: "
                      f"{len(result['only_reproduction'])} (e.g. not run yet)")

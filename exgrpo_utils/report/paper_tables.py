@@ -168,22 +168,23 @@ PAIRED_DATASETS = ("arith", "arith_rev")
 MAX_SEEDS = 10
 
 
-def item_scores(layouts: Sequence[RunLayout], key: str, dataset: str) -> dict[int, dict[str, int]]:
-    """Per seed, each test item's score (1 right, 0 wrong) of method ``key`` on ``dataset``, read
-    from the evaluation records (a later layout's run replaces an earlier one's)."""
-    out: dict[int, dict[str, int]] = {}
+def item_scores(layouts: Sequence[RunLayout], key: str, dataset: str) -> dict[int, dict[str, tuple[int, str]]]:
+    """Per seed, each test item's (score, prompt) (score 1 right, 0 wrong) of method ``key`` on
+    ``dataset``, read from the evaluation records (a later layout's run replaces an earlier one's)."""
+    out: dict[int, dict[str, tuple[int, str]]] = {}
     for seed in range(MAX_SEEDS):
         for lay in layouts:
             path = lay.task_eval_dir(run_id(key, seed)) / f"{dataset}.jsonl"
             if path.exists():
-                out[seed] = {r["id"]: int(bool(r.get("correct_flexible"))) for _, r in iter_jsonl(path)}
+                out[seed] = {r["id"]: (int(bool(r.get("correct_flexible"))), r.get("prompt", "")) for _, r in iter_jsonl(path)}
     return out
 
 
 def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets=PAIRED_DATASETS, alpha: float = 0.05):
-    """Method against baseline, item by item: over the seeds both ran and the items both scored, the
-    accuracy difference with a 95% paired-bootstrap interval (items resampled with all their seeds)
-    and its p-value, and the exact McNemar test on the pooled (item, seed) pairs."""
+    """Method against baseline, item by item: over the seeds both ran and the items both scored with
+    the same prompt, the accuracy difference with a 95% paired-bootstrap interval (items resampled
+    with all their seeds) and its p-value, and the exact McNemar test on the first common seed's items
+    (one pair per item: pooling an item's seeds would count correlated pairs as independent)."""
     rows = []
     for a, b in pairs:
         for ds in datasets:
@@ -194,11 +195,14 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets=PAIR
             if not items:
                 rows.append({**row, "items": 0, "verdict": "not run in these results"})
                 continue
-            first = [[sb[s][i] for s in seeds] for i in items]
-            second = [[sa[s][i] for s in seeds] for i in items]
+            if any(sa[s][i][1] != sb[s][i][1] for s in seeds for i in items):
+                rows.append({**row, "items": 0, "verdict": "not comparable: the items were asked with other prompts"})
+                continue
+            first = [[sb[s][i][0] for s in seeds] for i in items]
+            second = [[sa[s][i][0] for s in seeds] for i in items]
             boot = paired_bootstrap(first, second)
-            only_a = sum(x and not y for xs, ys in zip(second, first) for x, y in zip(xs, ys))
-            only_b = sum(y and not x for xs, ys in zip(second, first) for x, y in zip(xs, ys))
+            only_a = sum(x[0] and not y[0] for x, y in zip(second, first))
+            only_b = sum(y[0] and not x[0] for x, y in zip(second, first))
             n = len(items) * len(seeds)
             p_mcnemar = mcnemar_exact(only_a, only_b)
             better = boot["low"] > 0 and p_mcnemar < alpha
@@ -206,14 +210,15 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets=PAIR
             rows.append({**row, "items": len(items), "method %": 100 * sum(map(sum, second)) / n,
                          "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * boot["diff"],
                          "low": 100 * boot["low"], "high": 100 * boot["high"], "bootstrap p": boot["p"],
-                         "only method right": only_a, "only baseline right": only_b, "McNemar p": p_mcnemar,
+                         "only method right": only_a, "only baseline right": only_b, "McNemar seed": seeds[0],
+                         "McNemar p": p_mcnemar,
                          "verdict": "method better" if better else ("baseline better" if worse else "no difference shown")})
     return pd.DataFrame(rows)
 
 
 def comparisons_markdown(table) -> str:
     lines = ["| method | baseline | dataset | seeds | items | method % | baseline % | difference [95%] | "
-             "bootstrap p | McNemar p | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "bootstrap p | McNemar p (first seed) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
         if not r.get("items"):
             lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | 0 | – | – | – | – | – | "
@@ -221,7 +226,7 @@ def comparisons_markdown(table) -> str:
             continue
         lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | {r['items']} | "
                      f"{r['method %']:.1f} | {r['baseline %']:.1f} | {r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | "
-                     f"{r['bootstrap p']:.3g} | {r['McNemar p']:.3g} | {r['verdict']} |")
+                     f"{r['bootstrap p']:.3g} | {r['McNemar p']:.3g} | {r['verdict']} |".replace("| 0 | ", "| < 0.001 | "))
     return "\n".join(lines) + "\n"
 
 

@@ -166,10 +166,11 @@ def question_blocks(question_ids: Sequence[str]) -> list[list[int]]:
 class QuestionBlockSampler:
     """Row indices for TRL: questions in one seeded order, ``questions`` per generation batch, each
     question's block of rows in order and every row ``G`` times in a row (a GRPO group), the batch
-    repeated ``repeat`` times (TRL's reuse of a generation). The order depends on the seed and the
-    number of questions only, so exgrpo and grpo runs with the same seed and data see the same
-    questions at every step. Each pass over the data draws a new order; an incomplete last batch is
-    left out."""
+    repeated ``repeat`` times (TRL's reuse of a generation). The order depends on the seed, the pass
+    over the data (``set_epoch``) and the number of questions only, so exgrpo and grpo runs with the
+    same seed and data see the same questions at every step, and a run resumed in a later pass gets
+    that pass's order (the trainer calls ``set_epoch`` for the pass it resumes in). An incomplete last
+    batch is left out."""
 
     def __init__(self, blocks: Sequence[Sequence[int]], *, G: int, questions: int, repeat: int = 1, seed: int = 0):
         sizes = {len(b) for b in blocks}
@@ -178,15 +179,18 @@ class QuestionBlockSampler:
         if questions < 1 or len(blocks) < questions:
             raise ValueError(f"{len(blocks)} questions cannot fill batches of {questions} questions")
         self.blocks, self.G, self.questions, self.repeat = [list(b) for b in blocks], G, questions, repeat
-        import torch
+        self.seed, self.epoch = seed, 0
 
-        self.generator = torch.Generator()
-        self.generator.manual_seed(seed)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
         import torch
 
-        order = torch.randperm(len(self.blocks), generator=self.generator).tolist()
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + 1_000_003 * self.epoch)  # pass 0: the run's seed itself
+        order = torch.randperm(len(self.blocks), generator=generator).tolist()
+        self.epoch += 1  # the next pass, unless the trainer sets it
         for start in range(0, len(order) - self.questions + 1, self.questions):
             batch = [row for q in order[start:start + self.questions] for row in self.blocks[q] for _ in range(self.G)]
             for _ in range(self.repeat):
