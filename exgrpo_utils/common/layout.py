@@ -94,9 +94,13 @@ class RunLayout:
         return self.train_dir(rid) / TRAIN_LOG
 
     # -- evaluation -----------------------------------------------------------------------------
+    @property
+    def task_eval_root(self) -> Path:
+        return self.root / "eval_arith"
+
     def task_eval_dir(self, rid: str) -> Path:
         """The quick evaluation on the training task and its OOD pair."""
-        return self.root / "eval_arith" / rid
+        return self.task_eval_root / rid
 
     @property
     def suite_root(self) -> Path:

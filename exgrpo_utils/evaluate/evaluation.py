@@ -187,6 +187,12 @@ class DatasetScore:
         self.ci_low, self.ci_high = wilson_interval(self.correct, self.n)
 
 
+def item_records(out_path: str | Path) -> dict[str, dict]:
+    """The finished per-item records of one evaluation file, by item id (what the reports pair items
+    on); a torn last line of an interrupted run is left out, as a resume would."""
+    return {r["id"]: r for r in read_log_jsonl(out_path)}
+
+
 def score_records(dataset: str, records: Iterable[dict]) -> DatasetScore:
     records = list(records)
     return DatasetScore(dataset=dataset, n=len(records),

@@ -19,8 +19,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..common.files import atomic_write_text, iter_jsonl
+from ..common.files import atomic_write_text
 from ..common.layout import RunLayout
+from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact
 
 ALPHA = 0.05
@@ -45,15 +46,15 @@ class Cell:
 
 
 def _items(path: Path) -> dict[str, tuple[str | None, bool, str]]:
-    return {r["id"]: (r.get("extracted_flexible"), bool(r.get("correct_flexible")), r.get("prompt", ""))
-            for _, r in iter_jsonl(path)}
+    return {i: (r.get("extracted_flexible"), bool(r.get("correct_flexible")), r.get("prompt", ""))
+            for i, r in item_records(path).items()}
 
 
 def eval_files(layout: RunLayout) -> dict[tuple[str, str, str], Path]:
     out = {}
-    for folder in ("eval_arith", "eval"):
-        for path in sorted((layout.root / folder).glob("*/*.jsonl")):
-            out[(folder, path.parent.name, path.stem)] = path
+    for root in (layout.task_eval_root, layout.suite_root):
+        for path in sorted(root.glob("*/*.jsonl")):
+            out[(root.name, path.parent.name, path.stem)] = path
     return out
 
 

@@ -17,9 +17,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..common.files import atomic_write_text, iter_jsonl, read_train_log
+from ..common.files import atomic_write_text, read_train_log
 from ..common.layout import TRAIN_LOG, RunLayout, run_id
 from ..data.datasets import HELD_IN, OOD
+from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact, mean_interval, paired_bootstrap, seed_interval, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
 from ..experiments.runs import collect
@@ -176,7 +177,8 @@ def item_scores(layouts: Sequence[RunLayout], key: str, dataset: str) -> dict[in
         for lay in layouts:
             path = lay.task_eval_dir(run_id(key, seed)) / f"{dataset}.jsonl"
             if path.exists():
-                out[seed] = {r["id"]: (int(bool(r.get("correct_flexible"))), r.get("prompt", "")) for _, r in iter_jsonl(path)}
+                out[seed] = {i: (int(bool(r.get("correct_flexible"))), r.get("prompt", ""))
+                             for i, r in item_records(path).items()}
     return out
 
 

@@ -534,7 +534,6 @@ def make_trainer_class():
                             seen.add(key)
                             batch.append(teacher_forced(self.layout, [(x["prompt"][-1]["content"], x["target"])]))
                     self._aux_batch = batch
-            if self.aux_lambda > 0:
                 _log_metric(self, "tokens/aux_sft", sum(len(d.full_ids) for d in self._aux_batch))
             return output
 
