@@ -71,9 +71,12 @@ def main() -> int:
         # EI per item: CoT, 10 probe writes, 10 probe answers, 10 Eq. 1 rechecks
         ei_in = (q + 10 * probe_prompt + 10 * answer_prompt + 10 * (answer_prompt + cot + q) + 31 * chat_overhead)
         ei_out = cot + 10 * probe + 10 * cot + 10 * cot
-        # baselines' data per item: rephrase, new question, backward question (+ a CoT each), second CoT
-        bl_in = 3 * (q + 60) + 4 * q + 7 * chat_overhead
-        bl_out = 3 * q + 4 * cot
+        # baselines' data per item (10 calls): rephrase, new question, backward question, decomposition
+        # (about 60 instruction tokens each; a decomposition writes about 60 tokens); CoTs for the rephrased
+        # question, the new question (greedy and sampled), the backward question, a second CoT of Q, and the
+        # decomposition's solution (the question plus its sub-questions)
+        bl_in = 4 * (q + 60) + 5 * q + (q + 60 + 40) + 10 * chat_overhead
+        bl_out = 3 * q + 60 + 6 * cot
         kept = n_items * args.kept_questions
         sft_tokens = kept * args.epochs * (args.kept_probes * (answer_prompt + cot) + q + cot)
         rl_gen = args.rl_questions * args.G * (args.k + 1) * cot  # policy tokens: k probe answers + final answer

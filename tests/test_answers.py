@@ -122,3 +122,32 @@ def test_meta_answer_type_for_probe_items():
     assert answers.is_correct(probe, "The answer is 7.")
     with pytest.raises(KeyError, match="answer_type"):
         answers.is_correct(Example("q", "unknown", "?", "1"), "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Free probe answers: their type and gold (Eq. 2's Lambda and grpo-mode probe rewards use them)
+
+@pytest.mark.parametrize("answer, kind, gold", [
+    ("42", "number", "42"), ("Yes", "yesno", "Yes"), ("no.", "yesno", "no."),
+    ("B", "letter", "B"), ("(C)", "letter", "C"), ("(B) the moon", "letter", "B"), ("D) evaporation", "letter", "D"),
+    ("A.", "letter", "A"), ("\\text{(E)}", "letter", "E"),
+    ("A cat", "text", "A cat"), ("Because the ice melts", "text", "Because the ice melts"), ("Z", "text", "Z"),
+])
+def test_free_probe_answers_get_their_type_and_gold(answer, kind, gold):
+    from exgrpo_utils.data.answers import infer_answer_type, probe_gold
+
+    assert infer_answer_type(answer) == kind and probe_gold(answer) == gold
+
+
+def test_a_letter_probe_answer_is_matched_as_a_letter_not_a_string():
+    """Before: the teacher's "(B) the moon" was the gold string, and a student answering "The answer is (B)." scored 0."""
+    from exgrpo_utils.teach.inversion import probe_example
+
+    item = Example("q1", "arc_challenge", "Which body orbits the Earth? (A) the sun (B) the moon", "B", choices=("the sun", "the moon"))
+    probe = probe_example(item, "why", "Which option names the Earth's satellite?", "(B) the moon")
+    assert probe.answer == "B" and probe.meta["answer_type"] == "letter"
+    assert answers.is_correct(probe, "The moon orbits the Earth. The answer is (B).")
+    assert answers.is_correct(probe, "B")
+    assert not answers.is_correct(probe, "The answer is (A).")
+    far = probe_example(item, "why", "Which?", "G")  # a letter past E still extracts
+    assert answers.is_correct(far, "The answer is G.") and not answers.is_correct(far, "The answer is F.")

@@ -39,6 +39,7 @@ def test_program_augmentations_are_exact(tmp_path):
         # RevThink's backward question asks for the start; its reasoning ends there
         assert str(ex.meta["start"]) == answers.extract(Example("b", "arith_rev", "", ""), rec["backward"]["cot"], "flexible")
         assert f"Now {ex.meta['pronoun']} has {ex.answer} " in rec["backward"]["question"]
+        assert rec["dropped"] == {}  # the exact teacher passes every check
     assert len(baselines.load_baseline_data(tmp_path / "bl.jsonl")) == len(items)
 
 
@@ -50,7 +51,7 @@ def test_question_aug_never_uses_test_programs(tmp_path):
 
 def test_baseline_rows_per_method(tmp_path):
     items, recs = _baseline_records(tmp_path, n=4)
-    per_item = {"skd": 1, "dss": 2, "rephrase": 2, "question_aug": 2, "answer_aug": 2, "revthink": 3}
+    per_item = {"skd": 1, "dss": 2, "rephrase": 2, "question_aug": 2, "answer_aug": 2, "revthink": 3, "divide_conquer": 1}
     for b, k in per_item.items():
         rows = baselines.baseline_rows(recs, b)
         assert len(rows) == k * len(items), b

@@ -127,7 +127,7 @@ def test_teacher_forced_dialogue_masks_exactly_the_assistant_tokens(layout):
     trained = [t for t, m in zip(d.completion_ids, d.mask) if m]
     expected = []
     for _, a in turns:
-        expected += layout.encode(a) + [tok.eos_token_id]
+        expected += layout.encode(a) + [layout.turn_end_id]
     assert trained == expected  # every assistant token, its EOS, and nothing else
     last_only = teacher_forced(layout, turns, train_last_only=True)
     assert [t for t, m in zip(last_only.completion_ids, last_only.mask) if m] == layout.encode(turns[-1][1]) + [tok.eos_token_id]
@@ -156,37 +156,93 @@ def test_rollout_keeps_generated_tokens_and_masks_context(layout, student):
 
 
 class FakeVLLMGeneration:
-    """Stands in for TRL's VLLMGeneration: answers every context with fixed tokens, records budgets."""
+    """Stands in for TRL's VLLMGeneration.generate (1.16: returns prompt ids, completion ids, and per
+    token a list of top-n logprobs, the sampled token's first): answers every context with fixed
+    tokens and logprobs, records budgets and the stop tokens it was given."""
 
-    def __init__(self, eos_id, reply):
-        self.max_completion_length, self.temperature = 999, 0.7
-        self.eos_id, self.reply, self.calls = eos_id, reply, []
+    def __init__(self, reply, logprobs=None):
+        self.max_completion_length, self.temperature, self.generation_kwargs = 999, 0.7, {"stop_token_ids": [7]}
+        self.reply, self.logprobs, self.calls = reply, logprobs, []
 
     def generate(self, prompts, images, num_generations):
         assert images is None and num_generations == 1
-        self.calls.append((len(prompts), self.max_completion_length, self.temperature))
+        self.calls.append((len(prompts), self.max_completion_length, self.temperature,
+                           tuple(self.generation_kwargs["stop_token_ids"])))
         completions = [self.reply[: self.max_completion_length] for _ in prompts]
-        return prompts, completions, None, None
+        lps = None if self.logprobs is None else [[[x] for x in self.logprobs[: self.max_completion_length]] for _ in prompts]
+        return prompts, completions, lps, None
 
 
 def test_vllm_turn_sampler_drives_the_dialogue(layout):
-    """The vLLM path of the rollouts: one engine call per turn with that turn's budget, EOS cut, settings restored."""
+    """The vLLM path of the rollouts: one engine call per turn with that turn's budget and the
+    template's stop tokens, cut at the stop token, settings restored, logprobs kept per policy token."""
     from exgrpo_utils.train.exgrpo import VLLMTurnSampler, rollout_dialogues
 
     tok = layout.tok
     answer = layout.encode("The answer is 5.")
-    engine = FakeVLLMGeneration(layout.eos_id, answer + [layout.eos_id] + answer)  # text after EOS must be cut
-    sampler = VLLMTurnSampler(engine, layout.eos_id)
+    reply = answer + [layout.turn_end_id] + answer  # text after the end of the turn must be cut
+    engine = FakeVLLMGeneration(reply, [-0.5 - j for j in range(len(reply))])
+    sampler = VLLMTurnSampler(engine, layout.stop_ids)
     dialogues = [["Probe one?", "Question?"], ["Question?"]]
     out = rollout_dialogues(None, tok, layout, dialogues, None, temperature=1.0, max_probe_tokens=64,
                             max_final_tokens=32, sampler=sampler)
     assert [f for _, f in out] == ["The answer is 5.", "The answer is 5."]
     # turn 1: one probe answer (budget 64) and one final answer (budget 32); turn 2: the other final answer
-    assert engine.calls == [(1, 64, 1.0), (1, 32, 1.0), (1, 32, 1.0)]
-    assert (engine.max_completion_length, engine.temperature) == (999, 0.7)
+    stops = tuple(sorted({7, *layout.stop_ids}))
+    assert engine.calls == [(1, 64, 1.0, stops), (1, 32, 1.0, stops), (1, 32, 1.0, stops)]
+    assert (engine.max_completion_length, engine.temperature, engine.generation_kwargs) == (999, 0.7, {"stop_token_ids": [7]})
     full = out[0][0]
-    assert sum(full.mask) == 2 * (len(answer) + 1)  # two policy turns, each ending at its EOS
+    assert sum(full.mask) == 2 * (len(answer) + 1)  # two policy turns, each ending at its stop token
+    assert len(full.logprobs) == len(full.completion_ids)
+    turn = [-0.5 - j for j in range(len(answer) + 1)]
+    assert [lp for lp, m in zip(full.logprobs, full.mask) if m] == turn + turn
+    assert all(lp is None for lp, m in zip(full.logprobs, full.mask) if not m)  # context: no sampler logprob
     assert sampler([], temperature=1.0, max_new_tokens=8) == []
+    no_lp = VLLMTurnSampler(FakeVLLMGeneration(reply), layout.stop_ids)([[1, 2]], temperature=1.0, max_new_tokens=3)
+    assert no_lp == [(reply[:3], None)]  # an engine that reports no logprobs: none kept
+
+
+GEMMA_LIKE = ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+              "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def gemma_like(student_path):
+    """The student's tokenizer with a Gemma-style template: turns end with <end_of_turn>, not EOS."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.eos_token = "<|endoftext|>"
+    tok.chat_template = GEMMA_LIKE
+    return tok
+
+
+def test_turn_stop_ids_add_the_templates_end_of_turn_token(gemma_like, layout):
+    from exgrpo_utils.models.generation import cut_at_stop, turn_stop_ids
+
+    end = gemma_like.convert_tokens_to_ids("<end_of_turn>")
+    assert turn_stop_ids(gemma_like) == (gemma_like.eos_token_id, end)
+    assert turn_stop_ids(layout.tok) == (layout.tok.eos_token_id,)  # ChatML whose EOS is <|im_end|>: one token
+    assert cut_at_stop([5, 6, end, 9, 0], (0, end)) == [5, 6, end]
+    assert cut_at_stop([5, 6, 3, 3], (0, end), pad_id=3) == [5, 6]
+
+
+def test_gemma_like_dialogues_close_turns_with_end_of_turn(gemma_like):
+    """Teacher-forced targets and inserted teacher answers end with the template's own end-of-turn
+    token, and a generated turn that ended with it does not get a second one."""
+    layout = ChatLayout(gemma_like)
+    end = gemma_like.convert_tokens_to_ids("<end_of_turn>")
+    assert layout.turn_end_id == end and layout.stop_ids == (gemma_like.eos_token_id, end)
+    turns = [("Probe?", "It is 5."), ("Question?", "The answer is 7.")]
+    d = teacher_forced(layout, turns)
+    rendered = gemma_like.apply_chat_template([m for u, a in turns for m in ({"role": "user", "content": u},
+                                                                             {"role": "assistant", "content": a})],
+                                              tokenize=False)
+    assert gemma_like.decode(d.full_ids) == rendered.rstrip("\n")
+    after = layout.next_turn("Next?", ended_with=end)
+    assert after[0] != end and layout.next_turn("Next?", ended_with=None)[0] == end
+    assert layout.ended_with([4, end]) == end and layout.ended_with([4, 5]) is None
 
 
 def test_engine_rollouts_equal_the_lockstep_generate_rollouts(layout, student):

@@ -216,8 +216,8 @@ def extract_both(example: Example, completion: str) -> Extraction:
     text = (completion or "")[-MAX_SCORED_CHARS:]
     if kind == "yesno":
         s, f = _extract_yesno(text)
-    elif kind == "letter":
-        n = len(example.choices) if example.choices else 5
+    elif kind == "letter":  # a probe's letter answer has no option list: letters up to its gold, at least A-E
+        n = len(example.choices) if example.choices else max(5, LETTERS.find(example.answer.strip()) + 1)
         s, f = _extract_letter(text, n, example.choices)
     elif kind == "number":
         s, f = _extract_number(text)
@@ -247,13 +247,33 @@ def _extract_text(text: str) -> tuple[str | None, str | None]:
     return strict, strict
 
 
+_OPTION_ANSWER = re.compile(rf"\(([{LETTERS}])\)(?:\s.*)?|([{LETTERS}])(?:[.:]?|\)(?:\s.*)?)", re.DOTALL)
+
+
+def option_letter(answer: str) -> str | None:
+    """The option letter a free answer names: a bare letter ("B", "B."), "(B)" or "B)", either
+    optionally followed by the option's text ("(B) the moon"). None for anything else; "A cat" is
+    text, not option A."""
+    m = _OPTION_ANSWER.fullmatch(re.sub(r"\\text\{([^{}]*)\}", r"\1", answer or "").strip().strip("*").strip())
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def infer_answer_type(answer: str) -> str:
-    """The answer type of a free answer (a teacher's answer to a probe): number, yesno or text."""
+    """The answer type of a free answer (a teacher's answer to a probe): number, yesno, letter (an
+    option letter, :func:`option_letter`; its gold is the letter alone, :func:`probe_gold`) or text."""
     if parse_number(answer) is not None:
         return "number"
     if _norm_text(answer) in ("yes", "no"):
         return "yesno"
+    if option_letter(answer) is not None:
+        return "letter"
     return "text"
+
+
+def probe_gold(answer: str) -> str:
+    """The gold a probe's free answer is scored against: the option letter for a letter answer
+    ("(B) the moon" -> "B"), the answer itself otherwise."""
+    return option_letter(answer) if infer_answer_type(answer) == "letter" else answer
 
 
 def _letter_to_choice(value: str | None, choices: tuple[str, ...]) -> str | None:

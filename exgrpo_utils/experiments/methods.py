@@ -55,7 +55,8 @@ METHODS = _methods()
 
 GROUPS = {
     "core": ("zero-shot", "sft", "sft-grpo", "exgrpo"),
-    "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "opd", "exgrpo"),
+    "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd",
+                  "exgrpo"),
     "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-revealing"),
     "table4": ("rephrase", "sft-rule-counterfactual", "sft-rule-causal_verification", "sft-rule-explanatory_challenge", "sft"),
     "fraction": ("sft-p0.1", "exgrpo-p0.1", "sft-p0.25", "exgrpo-p0.25", "sft-p0.5", "exgrpo-p0.5", "sft", "exgrpo"),

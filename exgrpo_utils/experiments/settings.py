@@ -17,5 +17,5 @@ class ExperimentSettings:
     seeds: tuple[int, ...] = setting((0,), "training seeds (seed 0 of everything runs first)")
     seed0_only_groups: tuple[str, ...] = setting((), "groups run for seed 0 only (to fit a time budget)")
     suite_keys: tuple[str, ...] = setting(("zero-shot", "sft", "sft-grpo", "exgrpo", "skd", "dss", "rephrase",
-                                           "question-aug", "answer-aug", "revthink"),
+                                           "question-aug", "answer-aug", "revthink", "divide-conquer"),
                                           "methods also evaluated on the 12-dataset suite (seed 0)", "paper")

@@ -15,6 +15,36 @@ from .registry import ensure_local, load_model
 # torch, vllm are imported inside the functions that use them (heavy, or needed only on some paths).
 
 Messages = list[dict]
+_MARK = "EXGRPOTURNEND"
+
+
+def turn_stop_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids that end an assistant turn: the tokenizer's EOS, and the first token its chat template
+    writes after an assistant message when that is a special (added) token. ChatML (SmolLM2, Qwen2.5)
+    closes a turn with ``<|im_end|>``, which is not every such tokenizer's EOS; Gemma with
+    ``<end_of_turn>``, Llama 3 with ``<|eot_id|>``. Generation stops at any of them."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": _MARK}],
+                                         tokenize=False)
+    after = text.split(_MARK, 1)[1] if _MARK in text else ""
+    first = tokenizer(after, add_special_tokens=False)["input_ids"][:1]
+    added = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    if first and first[0] in added and first[0] not in ids:
+        ids.append(first[0])
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token and its chat template closes a turn with no special token: "
+                         "generation would have nothing to stop at")
+    return tuple(ids)
+
+
+def cut_at_stop(row: list[int], stop_ids: Sequence[int], pad_id: int | None = None) -> list[int]:
+    """``row`` up to and including its first stop token; without one, trailing padding dropped."""
+    for j, t in enumerate(row):
+        if t in stop_ids:
+            return row[: j + 1]
+    while row and pad_id is not None and row[-1] == pad_id and pad_id not in stop_ids:
+        row = row[:-1]
+    return row
 
 
 @dataclass(frozen=True)
@@ -47,6 +77,7 @@ class TransformersGenerator:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         if tokenizer.padding_side != "left":
             raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
+        self.stop_ids = turn_stop_ids(tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", device: str | None = None):
@@ -68,7 +99,7 @@ class TransformersGenerator:
         prompts = [self.render(m) for m in batch]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id)
+                      eos_token_id=list(self.stop_ids))
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             if sampling.seed is not None:
@@ -77,19 +108,12 @@ class TransformersGenerator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        results = []
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id) + 1]
-            else:  # trailing padding never appears without EOS, but be exact
-                while row and row[-1] == tok.pad_token_id:
-                    row = row[:-1]
-            results.append(self._completion(row))
-        return results
+        return [self._completion(cut_at_stop(row, self.stop_ids, tok.pad_token_id))
+                for row in out[:, enc["input_ids"].shape[1]:].tolist()]
 
     def _completion(self, row: list[int]) -> Completion:
-        """Generated ids, cut after EOS when there is one, as a Completion."""
-        finished = bool(row) and row[-1] == self.tokenizer.eos_token_id
+        """Generated ids, cut after the turn's stop token when there is one, as a Completion."""
+        finished = bool(row) and row[-1] in self.stop_ids
         return Completion(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row), finished)
 
 
@@ -114,7 +138,7 @@ class FastGenerator(TransformersGenerator):
                  batch_size: int | None = None) -> list[Completion]:
         tok = self.tokenizer
         ids = [tok(self.render(m), add_special_tokens=False)["input_ids"] for m in batch]
-        engine = SlotEngine(self.model, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+        engine = SlotEngine(self.model, stop_ids=list(self.stop_ids), pad_id=tok.pad_token_id,
                             slots=batch_size or self.batch_size)
 
         def done(i: int, row: list[int]) -> None:
@@ -152,7 +176,7 @@ class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm ext
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, seed=sampling.seed)
+                                top_p=sampling.top_p, seed=sampling.seed, stop_token_ids=list(turn_stop_ids(self.tokenizer)))
         outs = self.llm.generate([self.render(m) for m in batch], params, use_tqdm=False)
         return [Completion(o.outputs[0].text.strip(), len(o.outputs[0].token_ids),
                            o.outputs[0].finish_reason == "stop") for o in outs]

@@ -111,7 +111,7 @@ def to_markdown(result: dict) -> str:
                      "numbers of items, e.g. other limits or an unfinished run): the n column says how many")
     if result["only_reference"] or result["only_reproduction"]:
         lines.append(f"- only in the reference: {len(result['only_reference'])}; only in the reproduction: "
-                     f"{len(result['only_reproduction'])} (e.g. not run yet)")
+                     f"{len(result['only_reproduction'])} (e.g. the full set's extra seeds and ablations of `make reproduce-full`, or not run yet)")
     lines += ["", "| evaluation | model | dataset | n | reference % | reproduction % | same answer | "
               "only ref right | only repro right | McNemar p | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["cells"]:

@@ -41,8 +41,10 @@ PAPER_NAMES = {
                "sft-rule-explanatory_challenge": "SFT single rule (explanatory challenge)", "sft": "SFT all rules"},
 }
 TABLE_ROWS = {
-    "table1": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "opd", "sft", "sft-grpo", "exgrpo"),
-    "table2": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "opd", "sft", "sft-grpo", "exgrpo"),
+    "table1": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd", "sft",
+               "sft-grpo", "exgrpo"),
+    "table2": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd", "sft",
+               "sft-grpo", "exgrpo"),
     "table3": GROUPS["table3"],
     "table4": GROUPS["table4"],
 }

@@ -115,8 +115,9 @@ def reveals_answer(item: Example, probe: str) -> bool:
 
 def probe_example(item: Example, rule: str, probe: str, teacher_answer: str) -> Example:
     """A probe as a scorable item: its gold is the teacher's answer."""
-    return Example(id=f"{item.id}/{rule}", dataset=f"{item.dataset}-probe", question=probe, answer=teacher_answer,
-                   meta={"answer_type": answers.infer_answer_type(teacher_answer), "rule": rule})
+    return Example(id=f"{item.id}/{rule}", dataset=f"{item.dataset}-probe", question=probe,
+                   answer=answers.probe_gold(teacher_answer), meta={"answer_type": answers.infer_answer_type(teacher_answer),
+                                                                    "rule": rule})
 
 
 def run_pipeline(items: Sequence[Example], teacher, rules: RuleSet, *, student=None, config: EISettings = EISettings(),
@@ -166,7 +167,7 @@ def run_pipeline(items: Sequence[Example], teacher, rules: RuleSet, *, student=N
         if not parsed:
             entry["status"] = "malformed: no parseable answer"
             continue
-        entry["teacher_answer"] = d.gold if d.gold is not None else parsed
+        entry["teacher_answer"] = d.gold if d.gold is not None else answers.probe_gold(parsed)
         entry["answer_type"] = answers.infer_answer_type(entry["teacher_answer"])
         answered.append((rec, ex, entry))
 

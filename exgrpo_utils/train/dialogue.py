@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..models.generation import turn_stop_ids
+
 MARK = "EXGRPOTURNMARK"
 
 
@@ -48,12 +50,17 @@ class ChatLayout:
     """Turn boundaries of a tokenizer's chat template, found once with a marker string.
 
     Works for prefix-preserving templates (ChatML as in SmolLM2 and Qwen2.5, Gemma's turns): the
-    tokens after an assistant message are the same whatever that message said.
+    tokens after an assistant message are the same whatever that message said. ``stop_ids``: the
+    tokens that end a generated turn (EOS and the template's end-of-turn token,
+    :func:`~exgrpo_utils.models.generation.turn_stop_ids`); ``turn_end_id``: the one the template
+    writes after an assistant message (closes inserted teacher answers and teacher-forced targets).
     """
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.eos_id = tokenizer.eos_token_id
+        self.stop_ids = turn_stop_ids(tokenizer)
+        self.turn_end_id = self.stop_ids[-1]  # the template's end-of-turn token when it has one, else EOS
         probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": MARK},
                  {"role": "user", "content": MARK + "2"}]
         text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
@@ -71,12 +78,17 @@ class ChatLayout:
                                             add_generation_prompt=True)
         return self.encode(text)
 
-    def next_turn(self, user_text: str, *, assistant_ended_with_eos: bool) -> list[int]:
-        """Context tokens after an assistant answer: close its turn, open ``user_text``, open the reply."""
+    def next_turn(self, user_text: str, *, ended_with: int | None) -> list[int]:
+        """Context tokens after an assistant answer whose last token is ``ended_with``: close its turn
+        (unless that token already did), open ``user_text``, open the reply."""
         ids = self.encode(self._between + user_text + self._after_user)
-        if assistant_ended_with_eos and ids and ids[0] == self.eos_id:
-            ids = ids[1:]  # the generated EOS already closes the turn
+        if ended_with is not None and ended_with in self.stop_ids and ids and ids[0] == ended_with:
+            ids = ids[1:]  # the generated end-of-turn token already closes the turn
         return ids
+
+    def ended_with(self, generated: Sequence[int]) -> int | None:
+        """The stop token a generated turn ended with (None when the budget cut it off)."""
+        return generated[-1] if generated and generated[-1] in self.stop_ids else None
 
 
 @dataclass
@@ -84,10 +96,16 @@ class DialogueTokens:
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)  # 1 = trained tokens (policy or target), 0 = context
+    # the sampler's log-probability of each completion token (None: context, or not reported); TRL's
+    # vLLM importance-sampling correction reads them
+    logprobs: list[float | None] = field(default_factory=list)
 
-    def add(self, ids: Sequence[int], trained: bool) -> None:
+    def add(self, ids: Sequence[int], trained: bool, logprobs: Sequence[float | None] | None = None) -> None:
+        if logprobs is not None and len(logprobs) != len(ids):
+            raise ValueError(f"{len(logprobs)} logprobs for {len(ids)} tokens")
         self.completion_ids.extend(ids)
         self.mask.extend([1 if trained else 0] * len(ids))
+        self.logprobs.extend(logprobs if logprobs is not None else [None] * len(ids))
 
     @property
     def full_ids(self) -> list[int]:
@@ -101,7 +119,7 @@ def teacher_forced(layout: ChatLayout, turns: Sequence[tuple[str, str]], *, trai
     d = DialogueTokens(layout.first_prompt(turns[0][0]))
     for j, (_, answer) in enumerate(turns):
         is_last = j == len(turns) - 1
-        d.add(layout.encode(answer) + [layout.eos_id], trained=is_last or not train_last_only)
+        d.add(layout.encode(answer) + [layout.turn_end_id], trained=is_last or not train_last_only)
         if not is_last:
-            d.add(layout.next_turn(turns[j + 1][0], assistant_ended_with_eos=True), trained=False)
+            d.add(layout.next_turn(turns[j + 1][0], ended_with=layout.turn_end_id), trained=False)
     return d

@@ -44,6 +44,7 @@ from ..common.paths import portable
 from ..data import prompts
 from ..data.example import Example
 from ..models.engine import SlotEngine, Turn, single_turn
+from ..models.generation import cut_at_stop
 from ..models.registry import default_device, ensure_local, load_model
 from ..teach.inversion import reveals_answer
 from ..teach.rules import RuleSet, load_rules
@@ -56,8 +57,9 @@ from .settings import ExGRPOSettings
 # dialogue code above them is tested without a model).
 
 
-def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: bool):
-    """TRL GRPOConfig with every loss-relevant field explicit."""
+def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: bool, stop_ids: Sequence[int] = ()):
+    """TRL GRPOConfig with every loss-relevant field explicit. ``stop_ids``: the chat template's
+    end-of-turn tokens, added to vLLM's stop tokens (vLLM path only)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
@@ -79,6 +81,9 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         logging_steps=1, seed=settings.seed, data_seed=settings.seed, bf16=bf16, use_cpu=device == "cpu",
         gradient_checkpointing=False, report_to="none", remove_unused_columns=False,
         use_vllm=settings.use_vllm, vllm_mode=settings.vllm_mode,
+        # the rollouts return vLLM's per-token logprobs (context tokens: none, so no correction there)
+        vllm_importance_sampling_correction=True,
+        generation_kwargs={"stop_token_ids": list(stop_ids)} if settings.use_vllm and stop_ids else None,
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         vllm_server_base_url=settings.vllm_server_base_url or None,
         log_completions=False, dataloader_num_workers=0, shuffle_dataset=True)
@@ -215,16 +220,17 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
     only its new context), sampled from a generator seeded with ``seed``. ``backend="generate"``: all
     rollouts in lockstep, one turn at a time, each turn re-encoding the dialogue so far through
     ``sampler(contexts, temperature=, max_new_tokens=)`` (default ``model.generate``; on GPUs
-    ``VLLMTurnSampler``, TRL's vLLM engine with the weights synced)."""
+    ``VLLMTurnSampler``, TRL's vLLM engine with the weights synced). A sampler returns, per context,
+    the generated ids and their log-probabilities (or None), which the rollouts keep per token."""
     if sampler is None and backend == "fast":
-        engine = SlotEngine(model, stop_ids=[layout.eos_id], pad_id=tokenizer.pad_token_id, slots=len(dialogues))
+        engine = SlotEngine(model, stop_ids=list(layout.stop_ids), pad_id=tokenizer.pad_token_id, slots=len(dialogues))
         jobs = [_dialogue_job(layout, tokenizer, turns, teacher_answers[i] if teacher_answers is not None else None,
                               max_probe_tokens, max_final_tokens) for i, turns in enumerate(dialogues)]
         return engine.run(jobs, temperature=temperature, seed=seed)
     if backend not in ("fast", "generate"):
         raise ValueError(f"rollout backend must be 'fast' or 'generate', got {backend!r}")
     if sampler is None:
-        sampler = lambda contexts, **kw: _sample(model, tokenizer, contexts, **kw)
+        sampler = lambda contexts, **kw: _sample(model, tokenizer, contexts, stop_ids=layout.stop_ids, **kw)
     states = [DialogueTokens(layout.first_prompt(turns[0])) for turns in dialogues]
     finals = [""] * len(dialogues)
     n_turns = max(len(t) for t in dialogues)
@@ -234,9 +240,9 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
         for i in active:
             is_final = t == len(dialogues[i]) - 1
             if not is_final and teacher_answers is not None:  # teacher answers inserted as context
-                ids = layout.encode(teacher_answers[i][t]) + [layout.eos_id]
+                ids = layout.encode(teacher_answers[i][t]) + [layout.turn_end_id]
                 states[i].add(ids, trained=False)
-                states[i].add(layout.next_turn(dialogues[i][t + 1], assistant_ended_with_eos=True), trained=False)
+                states[i].add(layout.next_turn(dialogues[i][t + 1], ended_with=layout.turn_end_id), trained=False)
             else:
                 to_generate.append((i, is_final))
         for is_final in (False, True):
@@ -245,13 +251,12 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
                 continue
             outs = sampler([states[i].full_ids for i in idx], temperature=temperature,
                            max_new_tokens=max_final_tokens if is_final else max_probe_tokens)
-            for i, gen in zip(idx, outs):
-                ended = bool(gen) and gen[-1] == layout.eos_id
-                states[i].add(gen, trained=True)
+            for i, (gen, logprobs) in zip(idx, outs):
+                states[i].add(gen, trained=True, logprobs=logprobs)
                 if is_final:
                     finals[i] = tokenizer.decode(gen, skip_special_tokens=True).strip()
                 else:
-                    states[i].add(layout.next_turn(dialogues[i][t + 1], assistant_ended_with_eos=ended), trained=False)
+                    states[i].add(layout.next_turn(dialogues[i][t + 1], ended_with=layout.ended_with(gen)), trained=False)
     return list(zip(states, finals))
 
 
@@ -264,8 +269,8 @@ def _dialogue_job(layout: ChatLayout, tokenizer, turns: list[str], teacher: list
     for t in range(len(turns)):
         is_final = t == len(turns) - 1
         if not is_final and teacher is not None:  # teacher answers inserted as context
-            ids = layout.encode(teacher[t]) + [layout.eos_id]
-            after = layout.next_turn(turns[t + 1], assistant_ended_with_eos=True)
+            ids = layout.encode(teacher[t]) + [layout.turn_end_id]
+            after = layout.next_turn(turns[t + 1], ended_with=layout.turn_end_id)
             state.add(ids, trained=False)
             state.add(after, trained=False)
             context += ids + after
@@ -274,7 +279,7 @@ def _dialogue_job(layout: ChatLayout, tokenizer, turns: list[str], teacher: list
         state.add(gen, trained=True)
         if is_final:
             return state, tokenizer.decode(gen, skip_special_tokens=True).strip()
-        context = layout.next_turn(turns[t + 1], assistant_ended_with_eos=gen[-1] == layout.eos_id)
+        context = layout.next_turn(turns[t + 1], ended_with=layout.ended_with(gen))
         state.add(context, trained=False)
     raise AssertionError("a dialogue ends with its final question")  # pragma: no cover
 
@@ -283,7 +288,7 @@ def rollout_single_turn(model, tokenizer, layout: ChatLayout, prompts_text: Sequ
                         temperature: float, seed: int = 0) -> list[DialogueTokens]:
     """Plain GRPO's samples through the same engine: one user turn each, every token a policy token."""
     starts = [layout.first_prompt(text) for text in prompts_text]
-    engine = SlotEngine(model, stop_ids=[layout.eos_id], pad_id=tokenizer.pad_token_id, slots=len(starts))
+    engine = SlotEngine(model, stop_ids=list(layout.stop_ids), pad_id=tokenizer.pad_token_id, slots=len(starts))
     outs = engine.run([single_turn(ids, b) for ids, b in zip(starts, budgets)], temperature=temperature, seed=seed)
     rollouts = []
     for ids, gen in zip(starts, outs):
@@ -293,8 +298,10 @@ def rollout_single_turn(model, tokenizer, layout: ChatLayout, prompts_text: Sequ
     return rollouts
 
 
-def _sample(model, tokenizer, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int) -> list[list[int]]:
-    """Sample one continuation per context (left-padded batch); each ends at EOS or the budget."""
+def _sample(model, tokenizer, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int,
+            stop_ids: Sequence[int]) -> list[tuple[list[int], None]]:
+    """Sample one continuation per context (left-padded batch); each ends at a stop token or the
+    budget. No log-probabilities (the policy computes its own)."""
     import torch
 
     pad = tokenizer.pad_token_id
@@ -305,41 +312,42 @@ def _sample(model, tokenizer, contexts: Sequence[list[int]], *, temperature: flo
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id, **kwargs)
-    result = []
-    for row in out[:, width:].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id) + 1]
-        else:
-            while row and row[-1] == pad and pad != tokenizer.eos_token_id:
-                row = row[:-1]
-        result.append(row)
-    return result
+                             eos_token_id=list(stop_ids), **kwargs)
+    return [(cut_at_stop(row, stop_ids, pad), None) for row in out[:, width:].tolist()]
 
 
 class VLLMTurnSampler:
     """One dialogue turn through the trainer's vLLM engine (``use_vllm=True``: TRL syncs the policy
     weights into vLLM before each ``rollout_func`` call; colocate and server modes both work through
-    ``VLLMGeneration.generate``). The turn's token budget is set for the call and restored after."""
+    ``VLLMGeneration.generate``). For the call, the turn's token budget and temperature are set and
+    the chat template's end-of-turn tokens join vLLM's stop tokens; all are restored after. Returns
+    each turn's ids, cut at its first stop token, with the sampled tokens' log-probabilities as vLLM
+    reports them (TRL's importance-sampling correction subtracts them from the policy's)."""
 
-    def __init__(self, vllm_generation, eos_id: int):
-        self.engine, self.eos_id = vllm_generation, eos_id
+    def __init__(self, vllm_generation, stop_ids: Sequence[int]):
+        self.engine, self.stop_ids = vllm_generation, tuple(stop_ids)
 
-    def __call__(self, contexts: Sequence[list[int]], *, temperature: float, max_new_tokens: int) -> list[list[int]]:
+    def __call__(self, contexts: Sequence[list[int]], *, temperature: float,
+                 max_new_tokens: int) -> list[tuple[list[int], list[float | None] | None]]:
         if not contexts:
             return []
-        saved = (self.engine.max_completion_length, self.engine.temperature)
-        self.engine.max_completion_length, self.engine.temperature = max_new_tokens, temperature
+        saved = (self.engine.max_completion_length, self.engine.temperature, self.engine.generation_kwargs)
+        kwargs = dict(saved[2] or {})
+        kwargs["stop_token_ids"] = sorted(set(kwargs.get("stop_token_ids") or ()) | set(self.stop_ids))
+        self.engine.max_completion_length, self.engine.temperature, self.engine.generation_kwargs = \
+            max_new_tokens, temperature, kwargs
         try:
-            _, completion_ids, _, _ = self.engine.generate(prompts=[list(c) for c in contexts], images=None, num_generations=1)
+            _, completion_ids, logprobs, _ = self.engine.generate(prompts=[list(c) for c in contexts], images=None,
+                                                                  num_generations=1)
         finally:
-            self.engine.max_completion_length, self.engine.temperature = saved
+            self.engine.max_completion_length, self.engine.temperature, self.engine.generation_kwargs = saved
         out = []
-        for row in completion_ids:
-            row = list(row)
-            if self.eos_id in row:
-                row = row[: row.index(self.eos_id) + 1]
-            out.append(row)
+        for i, row in enumerate(completion_ids):
+            row = cut_at_stop(list(row), self.stop_ids)
+            lps = None
+            if logprobs is not None and logprobs[i] is not None:  # (tokens, top-n) per row; [0] is the sampled token's
+                lps = [tok[0] if tok else None for tok in logprobs[i][: len(row)]]
+            out.append((row, lps))
         return out
 
 
@@ -383,7 +391,7 @@ class DialogueRollout:
                 revealing[plan.scenario] += any(probe_reveals(rec, p) for p in probes)
         _log_metric(trainer, "exgrpo/revealing_dialogues_A", revealing["A"])
         _log_metric(trainer, "exgrpo/revealing_dialogues_B", revealing["B"])
-        sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.eos_id) if getattr(trainer, "use_vllm", False) else None
+        sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.stop_ids) if getattr(trainer, "use_vllm", False) else None
         with _eval_mode(trainer) as model:
             out = rollout_dialogues(model, self.tokenizer, self.layout, dialogues,
                                     teacher if self.settings.probe_answers == "teacher" else None,
@@ -394,8 +402,12 @@ class DialogueRollout:
         self.last_aux = [teacher_forced(self.layout, [(self.rules.answer_prompt(rec["probes"][j]["probe"]),
                                                        rec["probes"][j]["teacher_response"]) for j in plans[0].probe_order])
                          for rec, plans in groups if plans[0].probe_order]
+        # TRL reads: prompt_ids, completion_ids, logprobs (per completion token; None entries become NaN
+        # and get no importance-sampling correction: the environment's context tokens), env_mask (1 =
+        # policy token), and passes every other key to the reward functions
         return {"prompt_ids": [d.prompt_ids for d, _ in out], "completion_ids": [d.completion_ids for d, _ in out],
-                "logprobs": None, "env_mask": [d.mask for d, _ in out], "final_text": [f for _, f in out],
+                "logprobs": [d.logprobs for d, _ in out] if sampler is not None else None,
+                "env_mask": [d.mask for d, _ in out], "final_text": [f for _, f in out],
                 "question_id": [q for q, _ in meta], "scenario": [s for _, s in meta]}
 
 
@@ -609,6 +621,35 @@ def prepare_init(init_model: str, out_dir: Path) -> str:
     return str(target)
 
 
+def build_trainer(*, init_model: str, probe_records: Sequence[dict], out_dir: Path, settings: ExGRPOSettings,
+                  rules: RuleSet) -> Built:
+    """The ExGRPO (or plain GRPO) trainer for ``train_exgrpo``, untrained."""
+    import datasets
+
+    device = default_device()
+    dtype, bf16 = training_precision(settings.bf16, device)
+    base_path = prepare_init(init_model, out_dir)
+    model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
+    tok.padding_side = "left"
+    layout = ChatLayout(tok)
+    records = rl_records(probe_records, settings)
+    rows = training_rows(records, rules, settings)
+    if settings.mode == "exgrpo":
+        rollout = DialogueRollout(records, rules, settings, tok)
+    elif settings.rollout_backend == "fast" and not settings.use_vllm:
+        rollout = SingleTurnRollout(rows, settings, tok)
+    else:  # TRL's own generation (transformers generate, or its vLLM engine)
+        rollout = None
+    trainer = make_trainer_class()(
+        model=model, reward_funcs=[ExGRPOReward(records, settings)],
+        args=grpo_config(settings, out_dir, device=device, bf16=bf16, stop_ids=layout.stop_ids),
+        train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
+        peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
+        rollout_func=rollout, aux_lambda=settings.aux_lambda,
+        aux_source=rollout if settings.mode == "exgrpo" else None, layout=layout)
+    return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows), "questions": len(records)})
+
+
 def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str | Path,
                  settings: ExGRPOSettings = ExGRPOSettings(), rules: RuleSet | None = None, resume: bool = True,
                  report_to: Sequence[str] = (), fresh: bool = False) -> dict:
@@ -626,28 +667,8 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
     data = digest({"probe_records": probe_records, "rules": rule_set.content, "prompt": prompts.PROMPT_VERSION})
 
     def build() -> Built:
-        import datasets
-
-        device = default_device()
-        dtype, bf16 = training_precision(settings.bf16, device)
-        base_path = prepare_init(init_model, out_dir)
-        model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
-        tok.padding_side = "left"
-        records = rl_records(probe_records, settings)
-        rows = training_rows(records, rule_set, settings)
-        if settings.mode == "exgrpo":
-            rollout = DialogueRollout(records, rule_set, settings, tok)
-        elif settings.rollout_backend == "fast" and not settings.use_vllm:
-            rollout = SingleTurnRollout(rows, settings, tok)
-        else:  # TRL's own generation (transformers generate, or its vLLM engine)
-            rollout = None
-        trainer = make_trainer_class()(
-            model=model, reward_funcs=[ExGRPOReward(records, settings)],
-            args=grpo_config(settings, out_dir, device=device, bf16=bf16), train_dataset=datasets.Dataset.from_list(rows),
-            processing_class=tok, peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
-            rollout_func=rollout, aux_lambda=settings.aux_lambda,
-            aux_source=rollout if settings.mode == "exgrpo" else None, layout=ChatLayout(tok))
-        return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows), "questions": len(records)})
+        return build_trainer(init_model=init_model, probe_records=probe_records, out_dir=out_dir, settings=settings,
+                             rules=rule_set)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     return train_and_save(out_dir=out_dir, summary_name="rl_summary.json", settings=settings,

@@ -1,0 +1,148 @@
+"""The vLLM rollout path of ExGRPO, on CPU: TRL 1.16's real trainer consumes what ``DialogueRollout``
+returns (prompt_ids, completion_ids, per-token logprobs, env_mask) with its importance-sampling
+correction on, after TRL's real LoRA weight sync (merge the adapter, rename, load, unmerge).
+
+vLLM itself needs a GPU; the stand-in below is TRL's ``VLLMGeneration`` class with its own
+``sync_weights`` and ``_iter_named_params`` left as they are, a fake ``llm`` whose model receives the
+synced tensors by name, and a ``generate`` that samples from those tensors and reports each sampled
+token's processed log-probability (after temperature) in vLLM's shape."""
+from types import SimpleNamespace
+
+import pytest
+
+from exgrpo_utils.teach.rules import load_rules
+from exgrpo_utils.train import exgrpo
+from exgrpo_utils.train.settings import ExGRPOSettings
+
+torch = pytest.importorskip("torch")
+
+
+class _EngineWeights:
+    """vLLM's ``model_runner.model``: ``load_weights([(name, tensor)])`` by the names vLLM expects."""
+
+    def __init__(self, hf_model):
+        self.hf, self.loaded = hf_model, []
+        self.params = dict(hf_model.named_parameters())
+
+    def load_weights(self, pairs):
+        for name, tensor in pairs:
+            if name not in self.params:
+                raise KeyError(f"vLLM has no parameter {name!r}")
+            with torch.no_grad():
+                self.params[name].copy_(tensor)
+            self.loaded.append(name)
+
+
+def _stand_in(policy, accelerator, engine_model):
+    from trl.generation.vllm_generation import DistributedBackend, VLLMGeneration
+
+    class StandInVLLM(VLLMGeneration):
+        def __init__(self):  # only what colocate sync_weights and generate read
+            self.mode, self.enable_sleep_mode, self.accelerator = "colocate", False, accelerator
+            self._dist, self.model = DistributedBackend(accelerator), policy
+            self.weights = _EngineWeights(engine_model)
+            runner = SimpleNamespace(model=self.weights)
+            self.llm = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(
+                driver_worker=SimpleNamespace(model_runner=runner))), reset_prefix_cache=lambda: None)
+            self.max_completion_length, self.temperature, self.generation_kwargs = 16, 1.0, {}
+            self.rng, self.stops_seen = torch.Generator().manual_seed(0), []
+
+        @torch.no_grad()
+        def generate(self, prompts, images, num_generations):
+            stop = set(self.generation_kwargs.get("stop_token_ids") or ())
+            self.stops_seen.append(tuple(sorted(stop)))
+            completions, logprobs = [], []
+            for prompt in prompts:
+                ids, out, lps = list(prompt), [], []
+                for _ in range(self.max_completion_length):
+                    logits = self.weights.hf(torch.tensor([ids])).logits[0, -1].float() / self.temperature
+                    logp = torch.log_softmax(logits, -1)
+                    t = int(torch.multinomial(logp.exp(), 1, generator=self.rng))
+                    out.append(t)
+                    lps.append([float(logp[t])])
+                    ids.append(t)
+                    if t in stop:
+                        break
+                completions.append(out)
+                logprobs.append(lps)
+            return prompts, completions, logprobs, None
+
+    return StandInVLLM()
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory, student_path):
+    """A randomly initialised model of the student's architecture (Llama) with its tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _trainer(tiny_student, records, tmp_path):
+    settings = ExGRPOSettings(G=2, k=1, max_steps=1, max_probe_tokens=6, max_final_tokens=6, lora=True, lora_r=4,
+                              lora_alpha=8, bf16=False, temperature=1.0)
+    built = exgrpo.build_trainer(init_model=tiny_student, probe_records=records, out_dir=tmp_path, settings=settings,
+                                 rules=load_rules())
+    trainer = built.trainer
+    with torch.no_grad():  # a LoRA update that moves the policy away from the base weights
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    return trainer, settings
+
+
+def _use_stand_in(trainer, tiny_student):
+    from transformers import AutoModelForCausalLM
+
+    engine = _stand_in(trainer.model, trainer.accelerator, AutoModelForCausalLM.from_pretrained(tiny_student).eval())
+    trainer.use_vllm, trainer.vllm_generation, trainer.vllm_importance_sampling_correction = True, engine, True
+    return engine
+
+
+def test_trl_consumes_the_dialogue_rollouts_with_synced_lora_weights_and_vllm_logprobs(tiny_student, arith_probe_records,
+                                                                                       tmp_path):
+    trainer, settings = _trainer(tiny_student, arith_probe_records, tmp_path)
+    engine = _use_stand_in(trainer, tiny_student)
+    trainer._last_loaded_step = -1  # TRL syncs before the step's rollout_func call
+    trainer.model.train()
+    inputs = [trainer.train_dataset[0]] * settings.G
+    out = trainer._generate_and_score_completions(inputs)
+
+    # the LoRA weight sync: every base weight loaded under the engine's names, no adapter tensor
+    assert engine.weights.loaded and not any("lora" in n or "base_layer" in n for n in engine.weights.loaded)
+    assert set(engine.weights.loaded) == set(engine.weights.params)
+    # every turn stopped on the template's end-of-turn tokens
+    layout = trainer.layout
+    assert engine.stops_seen and all(set(layout.stop_ids) <= set(s) for s in engine.stops_seen)
+    # TRL's contract: logprobs per completion token; policy tokens carry vLLM's, context tokens none
+    mask = out["completion_mask"] * out["tool_mask"]
+    sampling, old = out["sampling_per_token_logps"], out["old_per_token_logps"]
+    policy = mask.bool()
+    assert policy.sum() > 0
+    assert torch.isfinite(sampling[policy]).all()
+    context = out["completion_mask"].bool() & ~out["tool_mask"].bool()
+    assert context.sum() > 0 and torch.isnan(sampling[context]).all()  # environment turns: no correction
+    # the engine sampled from the merged LoRA weights: its logprobs are the policy's, token by token
+    assert (old[policy] - sampling[policy]).abs().max() < 1e-3
+    assert torch.isfinite(out["importance_sampling_ratio"]).all()
+    assert float((out["importance_sampling_ratio"] - 1).abs().max()) < 1e-2
+
+
+def test_without_the_weight_sync_the_logprobs_disagree(tiny_student, arith_probe_records, tmp_path):
+    """The check above can fail: an engine left on the base weights gives other logprobs."""
+    trainer, settings = _trainer(tiny_student, arith_probe_records, tmp_path)
+    engine = _use_stand_in(trainer, tiny_student)
+    trainer._last_loaded_step = trainer.state.global_step  # TRL believes the engine is current
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([trainer.train_dataset[0]] * settings.G)
+    assert not engine.weights.loaded
+    policy = (out["completion_mask"] * out["tool_mask"]).bool()
+    assert (out["old_per_token_logps"][policy] - out["sampling_per_token_logps"][policy]).abs().max() > 1e-2
