@@ -37,10 +37,10 @@ class FakeServer:
                 try:
                     if server.delay:
                         time.sleep(server.delay)
-                    self._act(action, body)
-                finally:
+                finally:  # counted out before the reply is sent: the client may send its next request at once
                     with server._lock:
                         server.in_flight -= 1
+                self._act(action, body)
 
             def _act(self, action, body):
                 kind = action[0]

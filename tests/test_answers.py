@@ -131,6 +131,7 @@ def test_meta_answer_type_for_probe_items():
     ("42", "number", "42"), ("Yes", "yesno", "Yes"), ("no.", "yesno", "no."),
     ("B", "letter", "B"), ("(C)", "letter", "C"), ("(B) the moon", "letter", "B"), ("D) evaporation", "letter", "D"),
     ("A.", "letter", "A"), ("\\text{(E)}", "letter", "E"),
+    ("A. It doubles", "letter", "A"), ("C: the moon", "letter", "C"), ("(b) the moon", "letter", "B"),
     ("A cat", "text", "A cat"), ("Because the ice melts", "text", "Because the ice melts"), ("Z", "text", "Z"),
 ])
 def test_free_probe_answers_get_their_type_and_gold(answer, kind, gold):
@@ -149,5 +150,8 @@ def test_a_letter_probe_answer_is_matched_as_a_letter_not_a_string():
     assert answers.is_correct(probe, "The moon orbits the Earth. The answer is (B).")
     assert answers.is_correct(probe, "B")
     assert not answers.is_correct(probe, "The answer is (A).")
+    first = probe_example(item, "why", "Which option is the sun?", "(A) the sun")
+    assert not answers.is_correct(first, "A satellite is what orbits. It is the moon.")  # the article is not option A
+    assert answers.is_correct(first, "A. The sun.") and answers.is_correct(first, "(A)")
     far = probe_example(item, "why", "Which?", "G")  # a letter past E still extracts
     assert answers.is_correct(far, "The answer is G.") and not answers.is_correct(far, "The answer is F.")

@@ -129,6 +129,13 @@ def test_new_question_check():
     assert bl.new_question_check(TOM, {**new, "cot": "It is 10.", "cot2": "10"}) == (None, bl.NO_FORMAT_ANSWER)
     assert bl.new_question_check(TOM, {**new, "question": TOM.question, "cot2": new["cot"]}) == (None, bl.RESTATED)
 
+    # a multiple-choice item with six options: a new question answered (F) is in format (letters up to F)
+    date = Example("d1", "date_understanding", "Which date? (A) a (B) b (C) c (D) d (E) e (F) f", "F",
+                   choices=("a", "b", "c", "d", "e", "f"))
+    mc = {"question": "Which day? (A) 1 (B) 2 (C) 3 (D) 4 (E) 5 (F) 6", "cot": "So it is 6. The answer is (F).",
+          "cot2": "The answer is (F)."}
+    assert bl.new_question_check(date, mc) == ("F", None)
+
 
 def test_wrong_teacher_cots_are_dropped_and_counted(tmp_path):
     chat, (tom, ann) = _llm_records(tmp_path)

@@ -146,3 +146,30 @@ def test_without_the_weight_sync_the_logprobs_disagree(tiny_student, arith_probe
     assert not engine.weights.loaded
     policy = (out["completion_mask"] * out["tool_mask"]).bool()
     assert (out["old_per_token_logps"][policy] - out["sampling_per_token_logps"][policy]).abs().max() > 1e-2
+
+
+def test_grpo_config_of_the_vllm_path(tmp_path):
+    """The vLLM path's config: per-token truncated importance sampling (a sequence-level mode would
+    mask whole multi-turn dialogues) and the template's end-of-turn tokens among vLLM's stop tokens."""
+    cfg = exgrpo.grpo_config(ExGRPOSettings(use_vllm=True), tmp_path, device="cpu", bf16=False, stop_ids=(2, 7))
+    assert cfg.vllm_importance_sampling_correction and cfg.vllm_importance_sampling_mode == "token_truncate"
+    assert cfg.vllm_importance_sampling_clip_max == 3.0 and cfg.generation_kwargs == {"stop_token_ids": [2, 7]}
+    assert exgrpo.grpo_config(ExGRPOSettings(), tmp_path, device="cpu", bf16=False, stop_ids=(2, 7)).generation_kwargs is None
+
+
+def test_trl_generation_paths_stop_on_the_turn_end_too(student_path):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from exgrpo_utils.models.generation import use_turn_stops
+
+    tok = AutoTokenizer.from_pretrained(student_path)
+    model = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=tok.eos_token_id))
+    assert use_turn_stops(model, tok) == (tok.eos_token_id,) and model.generation_config.eos_token_id == tok.eos_token_id
+    tok.add_special_tokens({"additional_special_tokens": ["<end_of_turn>"]})
+    tok.eos_token = "<|endoftext|>"
+    tok.chat_template = ("{% for m in messages %}<start>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<start>assistant\n{% endif %}")
+    end = tok.convert_tokens_to_ids("<end_of_turn>")
+    model = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=tok.eos_token_id))
+    assert use_turn_stops(model, tok) == (tok.eos_token_id, end)
+    assert model.generation_config.eos_token_id == sorted({tok.eos_token_id, end})

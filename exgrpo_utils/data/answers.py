@@ -146,12 +146,16 @@ def _extract_letter(text: str, n_options: int, options: tuple[str, ...] | None) 
             b = re.fullmatch(rf"\s*(?:\\text\{{)?\(?([{valid}])\)?\}}?\s*", boxed)
             flexible = b.group(1) if b else None
     if flexible is None:
-        bare = re.fullmatch(rf"\W*\(?([{valid}])\)?[.:)]?(?:\s.*)?", text.strip(), re.DOTALL)
+        if options:
+            bare = re.fullmatch(rf"\W*\(?([{valid}])\)?[.:)]?(?:\s.*)?", text.strip(), re.DOTALL)
+        else:  # a probe's letter answer, no option list: "A" alone or "(A)", "A)", "A.", "A:" before text, never "A cat"
+            bare = (re.fullmatch(rf"\W*\(?([{valid}])\)?[.:)]?\W*", text.strip())
+                    or re.fullmatch(rf"\W*(?:\(([{valid}])\)|([{valid}])[.:)])\s.*", text.strip(), re.DOTALL))
         paren = re.findall(rf"\(([{valid}])\)", text)
         if paren:
             flexible = paren[-1]
         elif bare:
-            flexible = bare.group(1)
+            flexible = next(g for g in bare.groups() if g)
     if flexible is None and options:
         flexible = _option_by_text(text, options)
     return strict, flexible
@@ -216,8 +220,10 @@ def extract_both(example: Example, completion: str) -> Extraction:
     text = (completion or "")[-MAX_SCORED_CHARS:]
     if kind == "yesno":
         s, f = _extract_yesno(text)
-    elif kind == "letter":  # a probe's letter answer has no option list: letters up to its gold, at least A-E
-        n = len(example.choices) if example.choices else max(5, LETTERS.find(example.answer.strip()) + 1)
+    elif kind == "letter":  # no option list (a probe's letter answer): letters up to its gold and meta n_options, at least A-E
+        gold = example.answer.strip()
+        n = len(example.choices) if example.choices else max(5, LETTERS.find(gold) + 1 if gold else 0,
+                                                               int((example.meta or {}).get("n_options") or 0))
         s, f = _extract_letter(text, n, example.choices)
     elif kind == "number":
         s, f = _extract_number(text)
@@ -247,15 +253,15 @@ def _extract_text(text: str) -> tuple[str | None, str | None]:
     return strict, strict
 
 
-_OPTION_ANSWER = re.compile(rf"\(([{LETTERS}])\)(?:\s.*)?|([{LETTERS}])(?:[.:]?|\)(?:\s.*)?)", re.DOTALL)
+_OPTION_ANSWER = re.compile(rf"\(([{LETTERS}{LETTERS.lower()}])\)(?:\s.*)?|([{LETTERS}])(?:[.:)](?:\s.*)?)?", re.DOTALL)
 
 
 def option_letter(answer: str) -> str | None:
-    """The option letter a free answer names: a bare letter ("B", "B."), "(B)" or "B)", either
-    optionally followed by the option's text ("(B) the moon"). None for anything else; "A cat" is
-    text, not option A."""
+    """The option letter a free answer names: a bare letter ("B"), or "(B)" (also "(b)"), "B)", "B."
+    or "B:", optionally followed by the option's text ("(B) the moon", "B. the moon"). None for
+    anything else; "A cat" is text, not option A."""
     m = _OPTION_ANSWER.fullmatch(re.sub(r"\\text\{([^{}]*)\}", r"\1", answer or "").strip().strip("*").strip())
-    return (m.group(1) or m.group(2)) if m else None
+    return (m.group(1) or m.group(2)).upper() if m else None
 
 
 def infer_answer_type(answer: str) -> str:

@@ -161,7 +161,9 @@ def backward_example(item: Example, question: str, value: str, qid: str = "") ->
 
 
 def _new_question_example(item: Example, question: str, answer: str = "") -> Example:
-    return Example(f"{item.id}:n", item.dataset, question, answer, None, meta={"answer_type": answers.answer_type(item)})
+    """A teacher-written question of the item's kind (its options, if any, are in its text)."""
+    return Example(f"{item.id}:n", item.dataset, question, answer, None,
+                   meta={"answer_type": answers.answer_type(item), "n_options": len(item.choices or ())})
 
 
 def solve_prompt(item: Example, subquestions: Sequence[str]) -> str:

@@ -216,10 +216,16 @@ class GeneratorBackend:
 
     @property
     def identity(self) -> dict:
-        """What the cache key records besides the model name: the weights' dtype."""
+        """What the cache key records besides the model name: the weights' dtype, and the stop tokens
+        where they are more than the tokenizer's EOS (the chat template's end-of-turn token)."""
         weights = getattr(self.generator, "model", None)
         dtype = getattr(weights, "dtype", None) or getattr(self.generator, "dtype", None)
-        return {"dtype": str(dtype)} if dtype is not None else {}
+        ident = {"dtype": str(dtype)} if dtype is not None else {}
+        stops = tuple(getattr(self.generator, "stop_ids", ()) or ())
+        eos = getattr(getattr(self.generator, "tokenizer", None), "eos_token_id", None)
+        if stops and stops != (eos,):
+            ident["stop_ids"] = list(stops)
+        return ident
 
     def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]:
         if getattr(self.generator, "streams", False):  # the kit's engine: every item in one call

@@ -37,6 +37,17 @@ def turn_stop_ids(tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def use_turn_stops(model, tokenizer) -> tuple[int, ...]:
+    """Make ``model.generation_config`` stop on :func:`turn_stop_ids` too (what TRL's own generation
+    paths and the GKD trainer read); unchanged when it already stops on exactly those."""
+    stops = turn_stop_ids(tokenizer)
+    current = model.generation_config.eos_token_id
+    current = set(current if isinstance(current, (list, tuple)) else [] if current is None else [current])
+    if current != set(stops):
+        model.generation_config.eos_token_id = sorted(current | set(stops))
+    return stops
+
+
 def cut_at_stop(row: list[int], stop_ids: Sequence[int], pad_id: int | None = None) -> list[int]:
     """``row`` up to and including its first stop token; without one, trailing padding dropped."""
     for j, t in enumerate(row):
@@ -165,6 +176,7 @@ class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm ext
         self.llm = LLM(model=ensure_local(name_or_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
         self.tokenizer = self.llm.get_tokenizer()
+        self.stop_ids = turn_stop_ids(self.tokenizer)
 
     def render(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -176,7 +188,7 @@ class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm ext
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, seed=sampling.seed, stop_token_ids=list(turn_stop_ids(self.tokenizer)))
+                                top_p=sampling.top_p, seed=sampling.seed, stop_token_ids=list(self.stop_ids))
         outs = self.llm.generate([self.render(m) for m in batch], params, use_tqdm=False)
         return [Completion(o.outputs[0].text.strip(), len(o.outputs[0].token_ids),
                            o.outputs[0].finish_reason == "stop") for o in outs]

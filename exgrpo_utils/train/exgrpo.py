@@ -44,7 +44,7 @@ from ..common.paths import portable
 from ..data import prompts
 from ..data.example import Example
 from ..models.engine import SlotEngine, Turn, single_turn
-from ..models.generation import cut_at_stop
+from ..models.generation import cut_at_stop, use_turn_stops
 from ..models.registry import default_device, ensure_local, load_model
 from ..teach.inversion import reveals_answer
 from ..teach.rules import RuleSet, load_rules
@@ -81,8 +81,12 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         logging_steps=1, seed=settings.seed, data_seed=settings.seed, bf16=bf16, use_cpu=device == "cpu",
         gradient_checkpointing=False, report_to="none", remove_unused_columns=False,
         use_vllm=settings.use_vllm, vllm_mode=settings.vllm_mode,
-        # the rollouts return vLLM's per-token logprobs (context tokens: none, so no correction there)
-        vllm_importance_sampling_correction=True,
+        # the rollouts return vLLM's per-token logprobs (context tokens: none, so no correction there);
+        # per-token ratios truncated at 3 (kit default): a sequence-level mode would multiply the ratios
+        # of every student token of a dialogue (k probe answers and the final answer) and mask whole
+        # dialogues, more often the longer they are
+        vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=3.0, vllm_importance_sampling_clip_min=None,
         generation_kwargs={"stop_token_ids": list(stop_ids)} if settings.use_vllm and stop_ids else None,
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         vllm_server_base_url=settings.vllm_server_base_url or None,
@@ -402,6 +406,9 @@ class DialogueRollout:
         self.last_aux = [teacher_forced(self.layout, [(self.rules.answer_prompt(rec["probes"][j]["probe"]),
                                                        rec["probes"][j]["teacher_response"]) for j in plans[0].probe_order])
                          for rec, plans in groups if plans[0].probe_order]
+        if sampler is not None:  # a policy token without vLLM's logprob gets no importance-sampling correction
+            _log_metric(trainer, "vllm/policy_tokens_without_logprob",
+                        sum(lp is None for d, _ in out for lp, m in zip(d.logprobs, d.mask) if m))
         # TRL reads: prompt_ids, completion_ids, logprobs (per completion token; None entries become NaN
         # and get no importance-sampling correction: the environment's context tokens), env_mask (1 =
         # policy token), and passes every other key to the reward functions
@@ -631,6 +638,7 @@ def build_trainer(*, init_model: str, probe_records: Sequence[dict], out_dir: Pa
     base_path = prepare_init(init_model, out_dir)
     model, tok = load_model(base_path, dtype=dtype, device=device, for_training=True)
     tok.padding_side = "left"
+    use_turn_stops(model, tok)  # TRL's own generation (grpo mode without the engine) stops on them too
     layout = ChatLayout(tok)
     records = rl_records(probe_records, settings)
     rows = training_rows(records, rules, settings)

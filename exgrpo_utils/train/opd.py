@@ -17,6 +17,7 @@ from typing import Sequence
 from ..common.fingerprint import digest
 from ..data import prompts
 from ..data.example import Example
+from ..models.generation import use_turn_stops
 from ..models.registry import default_device, load_model
 from .common import Built, lora_config, train_and_save, training_precision
 from .settings import OPDSettings
@@ -57,6 +58,7 @@ def train_opd(*, student: str, teacher: str, probe_records: Sequence[dict], out_
         if not tokenizers_match(tok, teacher_tok):
             raise ValueError(f"on-policy distillation needs one tokenizer: {teacher!r} and {student!r} differ")
         tok.padding_side = "right"
+        use_turn_stops(model, tok)  # the student's samples end at the chat template's end of turn too
         config = GKDConfig(
             output_dir=str(out_dir / "checkpoints"), lmbda=settings.lmbda, beta=settings.beta,
             temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, num_train_epochs=settings.epochs,
