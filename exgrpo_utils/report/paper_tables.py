@@ -220,6 +220,11 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets=PAIR
     return pd.DataFrame(rows)
 
 
+def _fmt_p(p: float) -> str:
+    """A p-value for the table; a bootstrap p of 0 means below the resolution of the resamples."""
+    return "< 0.001" if p == 0 else f"{p:.3g}"
+
+
 def comparisons_markdown(table) -> str:
     lines = ["| method | baseline | dataset | seeds | items | method % | baseline % | difference [95%] | "
              "bootstrap p | McNemar p (first seed) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -230,7 +235,7 @@ def comparisons_markdown(table) -> str:
             continue
         lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | {r['items']} | "
                      f"{r['method %']:.1f} | {r['baseline %']:.1f} | {r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | "
-                     f"{r['bootstrap p']:.3g} | {r['McNemar p']:.3g} | {r['verdict']} |".replace("| 0 | ", "| < 0.001 | "))
+                     f"{_fmt_p(r['bootstrap p'])} | {_fmt_p(r['McNemar p'])} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -58,7 +58,6 @@ class ChatLayout:
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
-        self.eos_id = tokenizer.eos_token_id
         self.stop_ids = turn_stop_ids(tokenizer)
         self.turn_end_id = self.stop_ids[-1]  # the template's end-of-turn token when it has one, else EOS
         probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": MARK},
