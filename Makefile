@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-gpu reproduce reproduce-full compare update-results update-results-full smoke test test-fast config-files lab bench bench-rl bench-sft clean-venv
+.PHONY: setup setup-gpu reproduce reproduce-full reproduce-paper-mini compare update-results update-results-full update-results-paper-mini smoke test test-fast config-files lab bench bench-rl bench-sft clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -36,6 +36,11 @@ reproduce-full: setup
 	EXGRPO_RESULTS_DIR=$(abspath $(REPRO_DIR)) $(PY) -m exgrpo_utils.runner --preset cpu-full
 	$(PY) -m exgrpo_utils.report.compare --reference results --reproduction $(REPRO_DIR) --run $(RUN)
 
+# the paper preset's code paths at toy scale (per-task protocol, LLM teacher over HTTP), into $(REPRO_DIR)/
+reproduce-paper-mini: setup
+	EXGRPO_RESULTS_DIR=$(abspath $(REPRO_DIR)) $(PY) -m exgrpo_utils.runner --preset paper-mini
+	$(PY) -m exgrpo_utils.report.compare --reference results --reproduction $(REPRO_DIR) --run paper-mini
+
 compare: setup
 	$(PY) -m exgrpo_utils.report.compare --reference results --reproduction $(REPRO_DIR) --run $(RUN)
 
@@ -45,6 +50,9 @@ update-results: setup
 
 update-results-full: update-results
 	$(PY) -m exgrpo_utils.runner --preset cpu-full
+
+update-results-paper-mini: setup
+	$(PY) -m exgrpo_utils.runner --preset paper-mini
 
 smoke: setup
 	$(PY) -m exgrpo_utils.runner --preset smoke --run-name smoke

@@ -1,10 +1,10 @@
 """The baselines' teacher checks (RevThink consistency, correctness filters) and Divide-or-Conquer, by hand."""
-import pandas as pd
 
+from exgrpo_utils.common.layout import RunLayout
 from exgrpo_utils.data import prompts, synthetic
 from exgrpo_utils.data.example import Example
 from exgrpo_utils.experiments import baselines as bl
-from exgrpo_utils.experiments import methods
+from exgrpo_utils.experiments import methods, runs
 from exgrpo_utils.models.cache import ChatResult
 from exgrpo_utils.report import paper_tables, reporting
 
@@ -214,7 +214,7 @@ def test_divide_conquer_is_a_registered_baseline():
     m = methods.METHODS["divide-conquer"]
     assert (m.label, m.kind, m.data) == ("Divide-or-Conquer", "sft", "divide_conquer")
     assert "divide-conquer" in methods.GROUPS["baselines"] and "divide-conquer" in paper_tables.TABLE_ROWS["table2"]
-    df = pd.DataFrame(columns=["run_id", "key", "dataset", "status", "accuracy", "correct", "n", "reason"])
+    df = runs.collect(RunLayout.of("empty", "/nonexistent"))  # no records: every column, no row
     t2 = paper_tables.build_table("table2", df, reporting.paper_results()).set_index("method")
     row = t2.loc["Divide-or-Conquer"]
     assert row["note"] == "not run in these results"

@@ -109,6 +109,11 @@ def test_paired_comparisons_pair_items_over_common_seeds(tmp_path):
         for seed in seeds:
             rid = key if seed == 0 else f"{key}-s{seed}"
             _write(tmp_path, "eval_arith", rid, "arith", {f"i{k}": (str(k), k < right) for k in range(100)})
+            rec = {"run_id": rid, "key": key, "label": key, "kind": "rl", "seed": seed, "train_dataset": "arith",
+                   "status": "ok", "reason": "", "train_tokens": 1, "train_seconds": 1.0, "accuracy": {"arith": right},
+                   "n": {"arith": 100}, "correct": {"arith": right}}
+            layout.record(rid).parent.mkdir(parents=True, exist_ok=True)
+            layout.record(rid).write_text(json.dumps(rec))
     table = paper_tables.paired_comparisons([layout], pairs=(("exgrpo", "sft-grpo"), ("exgrpo", "skd")), datasets=("arith",))
     row = table.iloc[0]
     assert row["seeds"] == 2 and row["items"] == 100 and row["method %"] == 30 and row["baseline %"] == 10

@@ -1,6 +1,7 @@
 """Baseline data, the experiment plan, seed statistics, the paper tables and the figure functions."""
 import json
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -152,12 +153,14 @@ def _records(tmp_path):
     for (key, seed), acc in rows.items():
         rid = run_id(key, seed)
         rec = {"run_id": rid, "key": key, "label": methods.METHODS[key].label, "kind": methods.METHODS[key].kind,
-               "seed": seed, "status": "ok", "reason": "", "train_tokens": 1000 * (1 + seed), "train_seconds": 1.0,
+               "seed": seed, "train_dataset": "arith", "status": "ok", "reason": "", "train_tokens": 1000 * (1 + seed),
+               "train_seconds": 1.0,
                "accuracy": {"arith": acc, "arith_rev": acc / 2}, "n": {"arith": 50, "arith_rev": 50},
                "correct": {"arith": int(acc / 2), "arith_rev": int(acc / 4)}}
         (run / "experiments").mkdir(parents=True, exist_ok=True)
         (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
-    skipped = {"run_id": "opd", "key": "opd", "label": "On-Policy Distillation", "kind": "opd", "seed": 0, "status": "skipped",
+    skipped = {"run_id": "opd", "key": "opd", "label": "On-Policy Distillation", "kind": "opd", "seed": 0,
+               "train_dataset": "arith", "status": "skipped",
                "reason": "skipped: no teacher", "train_tokens": 0, "train_seconds": 0.0, "accuracy": {}, "n": {}, "correct": {}}
     (run / "experiments" / "opd.json").write_text(json.dumps(skipped))
     return layout
@@ -225,14 +228,18 @@ def test_single_seed_average_gets_the_interval_of_a_mean(tmp_path):
     (run / "experiments").mkdir(parents=True)
     correct = {name: i % 4 for i, name in enumerate(HELD_IN)}
     acc = {name: 10.0 * k for name, k in correct.items()}
-    acc["held-in-avg8"] = sum(acc.values()) / len(HELD_IN)
-    rec = {"run_id": "sft", "key": "sft", "label": "SFT", "kind": "sft", "seed": 0, "status": "ok", "reason": "",
-           "train_tokens": 1, "train_seconds": 1.0, "accuracy": acc, "n": {k: 10 for k in acc}, "correct": correct}
+    suite = {"accuracy": {**acc, "held-in-avg8": sum(acc.values()) / len(HELD_IN)}, "n": {k: 10 for k in acc}, "correct": correct}
+    rec = {"run_id": "sft", "key": "sft", "label": "SFT", "kind": "sft", "seed": 0, "train_dataset": "arith", "status": "ok",
+           "reason": "", "train_tokens": 1, "train_seconds": 1.0, "accuracy": {"arith": 5.0}, "n": {"arith": 20},
+           "correct": {"arith": 1}, "suite": suite}
     (run / "experiments" / "sft.json").write_text(json.dumps(rec))
     df = paper_tables.load_records([layout])
-    s = paper_tables.cell_stats(df, "sft", "held-in-avg8")
+    s = paper_tables.cell_stats(df, "sft", HELD_IN, "suite")
     lo, hi = stats.mean_interval(list(correct.values()), [10] * 8)
-    assert (s["mean"], s["low"], s["high"], s["seeds"]) == (acc["held-in-avg8"], pytest.approx(100 * lo), pytest.approx(100 * hi), 1)
+    assert (s["mean"], s["low"], s["high"], s["seeds"]) == (pytest.approx(15.0), pytest.approx(100 * lo), pytest.approx(100 * hi), 1)
+    assert paper_tables.cell_stats(df, "sft", "gsm8k")["seeds"] == 0  # the suite's scores are not per-task cells
+    cols = paper_tables.table_columns("table1", df)
+    assert [c.title for c in cols] == ["arith (held-in)", "suite, one arith model: held-in avg8"]
 
 
 def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
@@ -243,7 +250,8 @@ def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
     (run / "experiments").mkdir(parents=True)
     for seed, k in ((0, 0), (1, 0), (2, 0)):  # three seeds at 0/50: the t-interval alone is [0, 0]
         rid = "sft" if seed == 0 else f"sft-s{seed}"
-        rec = {"run_id": rid, "key": "sft", "label": "SFT", "kind": "sft", "seed": seed, "status": "ok", "reason": "",
+        rec = {"run_id": rid, "key": "sft", "label": "SFT", "kind": "sft", "seed": seed, "train_dataset": "arith",
+               "status": "ok", "reason": "",
                "train_tokens": 1, "train_seconds": 1.0, "accuracy": {"arith": 0.0, "arith_rev": 2.0 * seed},
                "n": {"arith": 50, "arith_rev": 50}, "correct": {"arith": k, "arith_rev": seed}}
         (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
@@ -267,3 +275,130 @@ def test_a_reused_record_is_not_rewritten(tmp_path):
     assert not runs._same_record(path, {**rec, "accuracy": {"arith": 6.0}})
     path.write_text("{broken")
     assert not runs._same_record(path, rec)
+
+
+def _task_record(run, rid, key, seed, task, scores, **extra):
+    """A per-task record; ``scores``: {dataset: (correct, n)}."""
+    rec = {"run_id": rid, "key": key, "label": methods.METHODS[key].label, "kind": methods.METHODS[key].kind, "seed": seed,
+           "train_dataset": task, "status": "ok", "reason": "", "train_tokens": 100, "train_seconds": 1.0,
+           "accuracy": {d: 100 * k / n for d, (k, n) in scores.items()}, "n": {d: n for d, (_, n) in scores.items()},
+           "correct": {d: k for d, (k, _) in scores.items()}, **extra}
+    (run / "experiments").mkdir(parents=True, exist_ok=True)
+    (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
+
+
+def test_tables_follow_the_per_task_protocol(tmp_path):
+    """Held-in: each task's own model on its test set; OOD: the paired model; averages over those cells."""
+    from exgrpo_utils.report import reporting
+
+    layout = RunLayout.of("run", tmp_path)
+    _task_record(layout.root, "sft", "sft", 0, "strategyqa", {"strategyqa": (30, 50), "boolq": (20, 50)})
+    _task_record(layout.root, "arc_challenge--sft", "sft", 0, "arc_challenge", {"arc_challenge": (10, 50), "openbookqa": (40, 50)})
+    df = paper_tables.load_records([layout])
+    assert paper_tables.tasks_of(df) == ["strategyqa", "arc_challenge"] and paper_tables.ood_of(df) == ["boolq", "openbookqa"]
+    t1 = paper_tables.build_table("table1", df, reporting.paper_results()).set_index("method")
+    lo, hi = (100 * x for x in stats.mean_interval([30, 10], [50, 50]))
+    assert t1.loc["SFT (EI, all rules)", "ours: held-in avg over 2 (per-task models)"] == f"40.0 [{lo:.1f}, {hi:.1f}]"
+    lo, hi = (100 * x for x in stats.wilson_interval(10, 50))
+    assert t1.loc["SFT (EI, all rules)", "ours: arc_challenge (held-in)"] == f"20.0 [{lo:.1f}, {hi:.1f}]"
+    t2 = paper_tables.build_table("table2", df, reporting.paper_results()).set_index("method")
+    assert t2.loc["SFT (EI, all rules)", "ours: OOD avg over 2 (per-task models)"].startswith("60.0 [")
+    assert [c.title for c in paper_tables.table_columns("table3", df)] == [
+        "held-in avg over 2 (per-task models)", "OOD avg over 2 (per-task models)"]
+    # another run that trained strategyqa again replaces that task's record only
+    other = RunLayout.of("other", tmp_path)
+    _task_record(other.root, "strategyqa--sft", "sft", 0, "strategyqa", {"strategyqa": (45, 50), "boolq": (5, 50)})
+    df = paper_tables.load_records([layout, other])
+    got = df[(df["key"] == "sft") & (df["eval"] == "task")].set_index("dataset")
+    assert got.loc["strategyqa", "run"] == "other" and got.loc["arc_challenge", "run"] == "run" and len(got) == 4
+
+
+def test_paired_comparisons_pair_models_of_the_same_task(tmp_path):
+    layout = RunLayout.of("run", tmp_path)
+    for key, right in (("exgrpo", 30), ("sft", 10)):
+        for task, rid in (("strategyqa", key), ("arc_challenge", f"arc_challenge--{key}")):
+            sets = {"strategyqa": ("strategyqa", "boolq"), "arc_challenge": ("arc_challenge", "openbookqa")}[task]
+            _task_record(layout.root, rid, key, 0, task, {d: (right, 100) for d in sets})
+            for d in sets:
+                path = layout.task_eval_dir(rid) / f"{d}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps({"id": f"i{k}", "prompt": str(k), "correct_flexible": k < right}) + "\n"
+                                        for k in range(100)))
+    table = paper_tables.paired_comparisons([layout], pairs=(("exgrpo", "sft"),))
+    assert list(zip(table["train_dataset"], table["dataset"])) == [
+        ("strategyqa", "strategyqa"), ("strategyqa", "boolq"), ("arc_challenge", "arc_challenge"), ("arc_challenge", "openbookqa")]
+    assert (table["difference"].round(6) == 20).all() and (table["items"] == 100).all()
+
+
+def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
+    """Every (task, method, seed): run ids, the task's probes, warm-up from the same task, the task's
+    test set and its paired OOD sets; records carry train_dataset and never overwrite each other."""
+    from exgrpo_utils.common.runsettings import RunSettings
+    from exgrpo_utils.evaluate.settings import SuiteSettings, TaskEvalSettings
+    from exgrpo_utils.experiments.settings import ExperimentSettings
+    from exgrpo_utils.teach.settings import TeacherSettings
+    from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
+
+    layout = RunLayout.of("run", tmp_path)
+    for task in ("arith", "strategyqa"):
+        layout.probe_dataset(task).parent.mkdir(parents=True)
+        layout.probe_dataset(task).write_text("")
+    trained, evaluated = [], []
+
+    def fake_sft(*, model, probe_records=None, rows=None, settings, out_dir, **_):
+        trained.append(("sft", out_dir.name, probe_records))
+        return {"final": f"model:{out_dir.name}", "train_tokens": 10, "seconds": 1.0, "steps": 1, "data": "ei"}
+
+    def fake_rl(*, init_model, probe_records, settings, out_dir, **_):
+        trained.append(("rl", out_dir.name, init_model))
+        return {"final": f"model:{out_dir.name}", "train_tokens": 5, "seconds": 1.0, "steps": 1}
+
+    def fake_eval(settings, run, *, model, out_dir, label=""):
+        evaluated.append((out_dir.name, tuple(settings.datasets)))
+        rows = [{"dataset": d, "accuracy": 50.0, "n": 4} for d in settings.datasets]
+        return pd.DataFrame(rows + [{"dataset": "held-in-avg8", "accuracy": 50.0, "n": 4}])  # as summary_table adds
+
+    monkeypatch.setattr(runs, "train_sft", fake_sft)
+    monkeypatch.setattr(runs, "train_exgrpo", fake_rl)
+    monkeypatch.setattr(runs, "evaluate_on", fake_eval)
+    monkeypatch.setattr(runs, "load_probe_dataset", lambda path: [{"probe_of": path.parent.name}] if "csqa" not in str(path) else [])
+    monkeypatch.setattr(runs, "model_identity", lambda model: {"model": model})
+    monkeypatch.setattr(runs, "subsample_questions", lambda records, fraction, seed: records)
+    ctx = runs.Context(layout=layout, run=RunSettings(run_name="run", train_dataset="arith"), sft=SFTSettings(),
+                       rl=ExGRPOSettings(), teacher=TeacherSettings(teacher="program"), eval=TaskEvalSettings(),
+                       suite=SuiteSettings(), experiments=ExperimentSettings(tasks=("strategyqa", "arith")))
+    assert ctx.tasks == ("arith", "strategyqa")  # the run's own task first
+    records = runs.run_plan([("sft", 0), ("exgrpo", 0)], ctx, log=lambda *_: None)
+    assert [r["run_id"] for r in records] == ["sft", "strategyqa--sft", "exgrpo", "strategyqa--exgrpo"]
+    assert [r["train_dataset"] for r in records] == ["arith", "strategyqa", "arith", "strategyqa"]
+    assert ("rl", "strategyqa--exgrpo", "model:strategyqa--sft") in trained
+    assert ("sft", "strategyqa--sft", [{"probe_of": "strategyqa"}]) in trained
+    assert dict(evaluated)["strategyqa--sft"] == ("strategyqa", "boolq") and dict(evaluated)["sft"] == ("arith", "arith_rev")
+    assert records[3]["train_tokens"] == 15  # the warm-up of the same task counts
+    assert sorted(p.stem for p in layout.records_dir.glob("*.json")) == ["exgrpo", "sft", "strategyqa--exgrpo", "strategyqa--sft"]
+    df = runs.collect(layout)
+    assert set(df["train_dataset"]) == {"arith", "strategyqa"} and set(df["eval"]) == {"task"}
+    # a task where no question survived EI: its EI-trained methods are recorded as skipped, zero-shot still scored
+    recs = runs.run_plan([("zero-shot", 0), ("sft", 0), ("exgrpo", 0)], replace(ctx, experiments=ExperimentSettings(tasks=("csqa",))),
+                         log=lambda *_: None)
+    assert [(r["run_id"], r["status"]) for r in recs] == [("csqa--zero-shot", "ok"), ("csqa--sft", "skipped"),
+                                                          ("csqa--exgrpo", "skipped")]
+    assert "no csqa question survived" in recs[1]["reason"] and recs[0]["n"] == {"csqa": 4}
+    with pytest.raises(ValueError, match="not training tasks"):
+        runs.Context.from_params({**_params(), "exp_tasks": ["boolq"]})
+
+
+def _params():
+    from exgrpo_utils import config
+
+    return config.resolve(config.load_preset("cpu"), run_name="cpu")
+
+
+def test_run_ids_of_other_tasks_are_prefixed_and_parse_back():
+    from exgrpo_utils.common.layout import method_of, task_run_id
+
+    assert task_run_id("exgrpo", 1, "arith", "arith") == "exgrpo-s1"
+    assert task_run_id("sft-p0.1", 2, "strategyqa", "arith") == "strategyqa--sft-p0.1-s2"
+    for rid, want in (("strategyqa--sft-p0.1-s2", ("sft-p0.1", 2)), ("exgrpo", ("exgrpo", 0)),
+                      ("arc_challenge--sft-grpo-aux", ("sft-grpo-aux", 0)), ("sft-s1", ("sft", 1))):
+        assert method_of(rid) == want

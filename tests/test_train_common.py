@@ -167,14 +167,14 @@ def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(runs, "train_exgrpo", lambda **kw: seen.setdefault("init", kw["init_model"]) and {"final": "x"})
-    monkeypatch.setattr(runs.Context, "probe_records", lambda self: [])
+    monkeypatch.setattr(runs.Context, "probe_records", lambda self, task: [])
     ctx = runs.Context.__new__(runs.Context)
     object.__setattr__(ctx, "layout", RunLayout.of("r", tmp_path))
     run = RunSettings(student="s", train_dataset="arith", report_to=())
     for name, value in dict(run=run, sft=SFTSettings(), rl=ExGRPOSettings()).items():
         object.__setattr__(ctx, name, value)
     done = {"sft": {"final": "sft-seed-0"}, "sft-s1": {"final": "sft-seed-1"}}
-    runs._train_method(methods.METHODS["exgrpo"], 1, ctx, done)
+    runs._train_method(methods.METHODS["exgrpo"], 1, "arith", ctx, done)
     assert seen["init"] == "sft-seed-1"
     with pytest.raises(RuntimeError, match="exgrpo-s2 starts from sft-s2, which is not in this plan"):
-        runs._train_method(methods.METHODS["exgrpo"], 2, ctx, done)
+        runs._train_method(methods.METHODS["exgrpo"], 2, "arith", ctx, done)

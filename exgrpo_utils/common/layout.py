@@ -12,7 +12,8 @@
       paper/                               Tables 1-4, Figures 3-5 (06)
     results/executed/<name>/               executed notebooks, their parameters and timings (runner)
 
-``run_id`` is a method key for seed 0 and ``<key>-s<seed>`` otherwise (:func:`run_id`). The
+``run_id`` is a method key for seed 0 and ``<key>-s<seed>`` otherwise (:func:`run_id`), prefixed
+with ``<task>--`` for a task of notebook 05 other than the run's ``train_dataset``. The
 notebooks, the experiments layer and the training CLI use this class; no folder name is written
 anywhere else.
 """
@@ -31,6 +32,23 @@ TRAIN_LOG = "train_log.jsonl"  # inside every training folder: one JSON record p
 def run_id(key: str, seed: int) -> str:
     """The folder name of a (method key, seed) pair: the key for seed 0, ``<key>-s<seed>`` otherwise."""
     return key if seed == 0 else f"{key}-s{seed}"
+
+
+TASK_SEP = "--"  # between the task and the method in a run id of a task other than the run's train_dataset
+
+
+def task_run_id(key: str, seed: int, task: str, main_task: str) -> str:
+    """The run id of a (method, seed) pair trained on ``task``: :func:`run_id` for the run's own
+    ``train_dataset`` (shared with notebooks 02 and 03), ``<task>--<run_id>`` for its other tasks."""
+    rid = run_id(key, seed)
+    return rid if task == main_task else f"{task}{TASK_SEP}{rid}"
+
+
+def method_of(rid: str) -> tuple[str, int]:
+    """(method key, seed) of a run id made by :func:`run_id` or :func:`task_run_id`."""
+    rid = rid.split(TASK_SEP, 1)[-1]
+    key, _, seed = rid.rpartition("-s")
+    return (key, int(seed)) if key and seed.isdigit() else (rid, 0)
 
 
 def safe_label(label: str) -> str:

@@ -79,6 +79,14 @@ OOD = [n for n, s in DATASETS.items() if s.role == "ood"]
 PAPER_DATASETS = HELD_IN + OOD
 
 
+def task_eval_sets(task: str) -> list[str]:
+    """The test sets a model trained on ``task`` is scored on in the paper's protocol: the task's own
+    test set, then every OOD set paired with it (``paired_with``: BoolQ with StrategyQA, ...)."""
+    if task not in DATASETS:
+        raise ValueError(f"unknown dataset {task!r}; known: {', '.join(DATASETS)}")
+    return [task] + [n for n, s in DATASETS.items() if s.paired_with == task]
+
+
 class DataError(ValueError):
     """A source row or file that cannot be turned into an Example."""
 

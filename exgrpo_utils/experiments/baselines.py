@@ -43,7 +43,7 @@ from ..models.cache import CompletionCache
 from ..models.generation import SamplingConfig
 from ..teach.rules import load_rules
 from ..teach.settings import TeacherSettings
-from ..teach.teachers import build_teacher
+from ..teach.teachers import build_teacher, endpoint
 
 BASELINES = ("skd", "dss", "rephrase", "question_aug", "answer_aug", "revthink", "divide_conquer")
 LABELS = {"skd": "SKD", "dss": "Distilling Step-by-Step", "rephrase": "Rephrase Question",
@@ -503,39 +503,52 @@ def baseline_rows(records: Sequence[dict], baseline: str, *, fallback_original: 
     return rows
 
 
+def _ei_required_teacher_correct(ei_records_path: str | Path) -> bool:
+    """Whether the EI run beside ``ei_records.jsonl`` dropped items whose teacher CoT was wrong
+    (``ei_require_teacher_correct``, from its ``fingerprint.json``; True when there is none)."""
+    fp = Path(ei_records_path).with_name("fingerprint.json")
+    try:
+        return bool(json.loads(fp.read_text())["settings"].get("require_teacher_correct", True))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+
+
 def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
                           teacher: TeacherSettings = TeacherSettings(), cache_path: str = "") -> list[dict]:
     """Baseline data for the items of an EI run (``ei_records.jsonl``: same items, same teacher CoTs).
 
-    Items whose teacher CoT was wrong are left out, as in the EI pipeline. An existing file made by
+    Items whose teacher CoT was wrong are left out, as in the EI pipeline (kept when that EI run kept
+    them: ``ei_require_teacher_correct`` false, as with paper-mini's stand-in teacher). An existing file made by
     the same teacher from the same EI records with the same ``DATA_VERSION`` is reused; LLM teacher
     calls go through the completion cache, so a rerun after an interruption pays only for what it had
     not received."""
 
     out_path = Path(out_path)
     meta_path = out_path.with_suffix(".teacher.json")
-    ident = {"teacher": teacher.teacher, "teacher_model": teacher.teacher_model, "teacher_base_url": teacher.teacher_base_url,
+    every_item = not _ei_required_teacher_correct(ei_records_path)
+    ident = {"teacher": teacher.teacher, "teacher_model": teacher.teacher_model, "teacher_base_url": endpoint(teacher),
              "teacher_max_new_tokens": teacher.teacher_max_new_tokens, "source": Path(ei_records_path).name,
              "source_digest": file_digest(ei_records_path),  # other EI items: the data is made again, never reused
-             "data_version": DATA_VERSION}
+             "data_version": DATA_VERSION, **({"teacher_wrong_items": "kept, as in EI"} if every_item else {})}
     if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == ident:
         return load_baseline_data(out_path)
     items, cots = [], []
     for line, rec in iter_jsonl(ei_records_path):
         if "item" not in rec or "teacher_cot" not in rec:
             raise ValueError(f"{ei_records_path}: line {line}: not an EI record (needs 'item' and 'teacher_cot')")
-        if rec.get("teacher_correct"):
+        if rec.get("teacher_correct") or every_item:
             items.append(Example.from_dict(rec["item"]))
             cots.append(rec["teacher_cot"])
     if not items:
-        raise ValueError(f"{ei_records_path}: no item with a correct teacher CoT")
+        raise ValueError(f"{ei_records_path}: no item with a correct teacher CoT (ei_require_teacher_correct false "
+                         "in notebook 01 keeps the others, for the EI methods and the baselines alike)")
     if teacher.teacher == "program":
         augmenter = ProgramAugmenter()
     else:
         cache = CompletionCache(cache_path or cache_dir() / "completions.sqlite")
         t = build_teacher(teacher.teacher, load_rules(), model=teacher.teacher_model, base_url=teacher.teacher_base_url,
                           api_key_env=teacher.teacher_api_key_env, max_in_flight=teacher.teacher_max_in_flight,
-                          max_new_tokens=teacher.teacher_max_new_tokens, cache=cache)
+                          max_new_tokens=teacher.teacher_max_new_tokens, cache=cache, served=teacher.teacher_serve)
         augmenter = LLMAugmenter(t.chat, max_new_tokens=teacher.teacher_max_new_tokens)
     records = build_baseline_data(items, cots, augmenter, out_path)
 

@@ -90,7 +90,9 @@ class OpenAICompatibleBackend:
 
     def __init__(self, *, base_url: str, model: str, api_key_env: str | None = None, max_in_flight: int = 8,
                  timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, identity: dict | None = None):
+        """``identity``: what the cache key records instead of the URL (a server started on a free port
+        for one run is known by what it serves, not by its port)."""
         import httpx
 
         self.base_url = base_url.rstrip("/")
@@ -99,6 +101,7 @@ class OpenAICompatibleBackend:
         self.max_in_flight = max(1, int(max_in_flight))
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.extra_body = dict(extra_body or {})
+        self._identity = identity
         self.usage = UsageCounter()
         if api_key_env and not ENV_NAME_RE.fullmatch(api_key_env):  # never echo it: it may be the key itself
             raise TeacherConfigError(f"teacher_api_key_env must be the NAME of the environment variable that holds the "
@@ -112,7 +115,8 @@ class OpenAICompatibleBackend:
     @property
     def identity(self) -> dict:
         """What the cache key records besides the model name: the server."""
-        return {"base_url": self.base_url, **({"extra_body": self.extra_body} if self.extra_body else {})}
+        where = self._identity if self._identity is not None else {"base_url": self.base_url}
+        return {**where, **({"extra_body": self.extra_body} if self.extra_body else {})}
 
     def _headers(self) -> dict:
         headers = {"Content-Type": "application/json"}

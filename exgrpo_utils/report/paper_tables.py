@@ -1,25 +1,28 @@
 """The paper's Tables 1-4 and the data of Figures 3-5, from ``results/`` alone (notebook 06).
 
-Input: the long table of ``experiments.runs.collect`` (one row per method, seed and dataset) and the
-paper's reported numbers (``report.reporting.paper_results``). Our cells read ``mean [low, high]``: with
-several seeds the mean over seeds and a 95% Student-t interval over seeds, widened where needed to
-the item-level interval of all seeds' items pooled (seeds that agree exactly get no zero-width
-interval); with one seed the accuracy and its 95% Wilson interval over the test items. The paper
-reports averages over its 8 held-in (4 OOD) datasets for 7B students; our columns are the
-synthetic held-in ``arith``, its reverse ``arith_rev`` (OOD) and the averages over the 12
-datasets' CPU subsamples (seed 0 only), for the CPU student.
+Input: the long table of ``experiments.runs.collect`` (one row per task, method, seed, evaluation and
+dataset) and the paper's reported numbers (``report.reporting.paper_results``). The columns follow the
+paper's protocol: each training task's column is its own model on its test set, each OOD column the
+model of the task it is paired with (BoolQ <- StrategyQA, ...), and the held-in (OOD) average is the
+mean over those per-task cells; where the run scored one model on the 12-dataset suite
+(``exp_suite_keys``) that is a separate column, named as such. Our cells read ``mean [low, high]``:
+with several seeds the mean over seeds and a 95% Student-t interval over seeds, widened where needed
+to the item-level interval of all seeds' items pooled (seeds that agree exactly get no zero-width
+interval); with one seed the accuracy and its 95% Wilson interval over the test items (for an
+average, the interval of a mean of independent accuracies).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from ..common.files import atomic_write_text, read_train_log
-from ..common.layout import TRAIN_LOG, RunLayout, run_id
-from ..data.datasets import HELD_IN, OOD
+from ..common.layout import TRAIN_LOG, RunLayout, method_of
+from ..data.datasets import DATASETS, HELD_IN, OOD, task_eval_sets
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact, mean_interval, paired_bootstrap, seed_interval, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
@@ -27,7 +30,6 @@ from ..experiments.runs import collect
 from .reporting import to_markdown
 
 PAPER_STUDENTS = ("Qwen2.5-7B-Instruct", "Gemma-7B-it")
-AVERAGES = {"held-in-avg8": HELD_IN, "ood-avg4": OOD}
 
 # Our method key -> the paper's method name, per table.
 PAPER_NAMES = {
@@ -48,69 +50,96 @@ TABLE_ROWS = {
     "table3": GROUPS["table3"],
     "table4": GROUPS["table4"],
 }
-TABLE_COLUMNS = {  # our columns per table: dataset name in the records -> column title
-    "table1": {"arith": "arith (held-in)", "held-in-avg8": "12-dataset subsample: held-in avg8"},
-    "table2": {"arith_rev": "arith_rev (OOD)", "ood-avg4": "12-dataset subsample: OOD avg4"},
-    "table3": {"arith": "arith (held-in)", "arith_rev": "arith_rev (OOD)"},
-    "table4": {"arith": "arith (held-in)", "arith_rev": "arith_rev (OOD)"},
-}
 PAPER_SPLIT = {"table1": "held-in-avg8", "table2": "ood-avg4", "table3": "held-in-avg8", "table4": "held-in-avg8"}
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of ours: the mean over ``datasets`` of one evaluation (``task``: the per-task
+    protocol, ``suite``: one model on the 12-dataset suite)."""
+    title: str
+    datasets: tuple[str, ...]
+    source: str = "task"
+
+
 def load_records(layouts: Sequence[RunLayout]):
-    """``experiments.runs.collect`` over several runs; a run_id in a later run replaces an earlier one."""
+    """``experiments.runs.collect`` over several runs; a (task, method, seed) in a later run replaces
+    the same one in an earlier run (per-task records of different tasks never replace each other)."""
 
     frames = [collect(lay) for lay in layouts if lay.records_dir.is_dir()]
     if not frames:
         raise FileNotFoundError(f"no experiment records under {', '.join(str(lay.root) for lay in layouts)}: "
                                 "run notebook 05 first")
     df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(["run_id", "dataset"], keep="last").reset_index(drop=True)
+    return df.drop_duplicates(["train_dataset", "key", "seed", "eval", "dataset"], keep="last").reset_index(drop=True)
 
 
-def cell_stats(df, key: str, dataset: str) -> dict:
-    """Mean, interval and seeds of one method on one dataset (NaN when it has no result)."""
-    rows = df[(df["key"] == key) & (df["dataset"] == dataset) & (df["status"] == "ok")]
-    if rows.empty:
+def tasks_of(df) -> list[str]:
+    """The training tasks of the records, in the paper's order of datasets (``data.DATASETS``)."""
+    order = list(DATASETS)
+    return sorted(set(df.loc[df["status"] == "ok", "train_dataset"]), key=lambda t: (order.index(t) if t in order else len(order), t))
+
+
+def ood_of(df) -> list[str]:
+    """The OOD sets paired with the records' tasks (each scored with its paired task's model)."""
+    return [o for t in tasks_of(df) for o in task_eval_sets(t)[1:]]
+
+
+def _split(sets: Sequence[str], what: str, per_dataset: bool) -> list[Column]:
+    cols = [Column(f"{d} ({what})", (d,)) for d in sets] if per_dataset or len(sets) == 1 else []
+    if len(sets) > 1:
+        cols.append(Column(f"{what} avg over {len(sets)} (per-task models)", tuple(sets)))
+    return cols
+
+
+def table_columns(name: str, df) -> list[Column]:
+    """Our columns of one table for these records: Table 1 every training task and their average,
+    Table 2 every paired OOD set and their average, Tables 3-4 the held-in and OOD averages; Tables 1-2
+    add the 12-dataset suite's averages of one model where the run scored it."""
+    held, ood = tasks_of(df), ood_of(df)
+    suite = df[(df["eval"] == "suite") & (df["status"] == "ok")]
+    trained_on = ", ".join(dict.fromkeys(suite["train_dataset"]))
+    if name == "table1":
+        cols = _split(held, "held-in", True)
+        if set(HELD_IN) <= set(suite["dataset"]):
+            cols.append(Column(f"suite, one {trained_on} model: held-in avg8", tuple(HELD_IN), "suite"))
+        return cols
+    if name == "table2":
+        cols = _split(ood, "OOD", True)
+        if set(OOD) <= set(suite["dataset"]):
+            cols.append(Column(f"suite, one {trained_on} model: OOD avg4", tuple(OOD), "suite"))
+        return cols
+    return _split(held, "held-in", False) + _split(ood, "OOD", False)
+
+
+def _interval(parts, ks, ns):
+    """Wilson for one dataset, else the interval of a mean of independent accuracies (in %)."""
+    lo, hi = wilson_interval(ks[0], ns[0]) if len(parts) == 1 else mean_interval(ks, ns)
+    return 100 * lo, 100 * hi
+
+
+def cell_stats(df, key: str, datasets: str | Sequence[str], source: str = "task") -> dict:
+    """Mean, interval and seeds of one method on one dataset or the mean over several (NaN when it has
+    no result); a seed counts when it has every one of ``datasets``."""
+    parts = (datasets,) if isinstance(datasets, str) else tuple(datasets)
+    ok = df[(df["key"] == key) & (df["status"] == "ok") & (df["eval"] == source) & (df["dataset"].isin(parts))]
+    by_seed = [g for _, g in ok.groupby("seed") if sorted(g["dataset"]) == sorted(parts)]
+    if not by_seed:
         return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "seeds": 0}
-    if len(rows) == 1 and dataset in AVERAGES:  # one seed: the interval of a mean of independent accuracies
-        parts = df[(df["run_id"] == rows.iloc[0]["run_id"]) & (df["dataset"].isin(AVERAGES[dataset]))]
-        if len(parts) == len(AVERAGES[dataset]):
-            lo, hi = mean_interval([int(c) for c in parts["correct"]], [int(n) for n in parts["n"]])
-            return {"mean": float(rows.iloc[0]["accuracy"]), "low": 100 * lo, "high": 100 * hi, "seeds": 1}
-    if len(rows) == 1:
-        r = rows.iloc[0]
-        if r["correct"] is not None and not (isinstance(r["correct"], float) and math.isnan(r["correct"])) and r["n"]:
-            lo, hi = wilson_interval(int(r["correct"]), int(r["n"]))
-            return {"mean": float(r["accuracy"]), "low": 100 * lo, "high": 100 * hi, "seeds": 1}
-        return {"mean": float(r["accuracy"]), "low": float("nan"), "high": float("nan"), "seeds": 1}
-    m, lo, hi = seed_interval(rows["accuracy"].tolist())
-    pooled = _pooled_interval(df, rows, dataset)
+    means = [float(g["accuracy"].mean()) for g in by_seed]
+    rows = pd.concat(by_seed)
+    counted = not (rows["correct"].isna().any() or (rows["n"] <= 0).any())
+    pooled = None
+    if counted:  # per dataset, all seeds' items together
+        per = rows.groupby("dataset")[["correct", "n"]].sum().loc[list(parts)]
+        pooled = _interval(parts, [int(k) for k in per["correct"]], [int(n) for n in per["n"]])
+    if len(by_seed) == 1:
+        low, high = pooled if pooled else (float("nan"), float("nan"))
+        return {"mean": means[0], "low": low, "high": high, "seeds": 1}
+    m, lo, hi = seed_interval(means)
     if pooled is not None:  # never narrower than the item-level uncertainty (seeds that agree exactly)
         lo, hi = min(lo, pooled[0]), max(hi, pooled[1])
-    return {"mean": m, "low": max(0.0, lo), "high": min(100.0, hi), "seeds": len(rows)}  # accuracies are in [0, 100]
-
-
-def _pooled_interval(df, rows, dataset: str):
-    """The item-level 95% interval (in %) of several seeds' results pooled, or None without counts.
-
-    One dataset: Wilson over all seeds' items together. An average: ``mean_interval`` over the
-    pooled counts of its datasets. ``cell_stats`` reports the union of this and the t-interval over
-    seeds, so that seeds which agree exactly (say 0% three times) still get an honest width.
-    """
-    parts = [dataset] if dataset not in AVERAGES else list(AVERAGES[dataset])
-    ks, ns = [], []
-    for name in parts:
-        hit = df[df["run_id"].isin(rows["run_id"]) & (df["dataset"] == name) & (df["status"] == "ok")]
-        if len(hit) != len(rows) or hit["correct"].isna().any() or hit["n"].isna().any():
-            return None
-        ks.append(int(hit["correct"].sum()))
-        ns.append(int(hit["n"].sum()))
-    if dataset in AVERAGES:
-        lo, hi = mean_interval(ks, ns)
-    else:
-        lo, hi = wilson_interval(ks[0], ns[0])
-    return 100 * lo, 100 * hi
+    return {"mean": m, "low": max(0.0, lo), "high": min(100.0, hi), "seeds": len(by_seed)}  # accuracies are in [0, 100]
 
 
 def fmt(stats: dict) -> str:
@@ -133,18 +162,15 @@ def build_table(name: str, df, paper):
     """One paper table: a row per method, our cells (formatted) and the paper's numbers beside them."""
 
     rows = []
+    columns = table_columns(name, df)
     for key in TABLE_ROWS[name]:
         m = METHODS[key]
         row = {"method": m.label}
         status = df[df["key"] == key]["status"]
-        for ds, title in TABLE_COLUMNS[name].items():
-            row[f"ours: {title}"] = fmt(cell_stats(df, key, ds))
-        if len(status) and (status == "skipped").all():
-            row["note"] = df[df["key"] == key]["reason"].iloc[0]
-        elif status.empty:
-            row["note"] = "not run in these results"
-        else:
-            row["note"] = ""
+        for col in columns:
+            row[f"ours: {col.title}"] = fmt(cell_stats(df, key, col.datasets, col.source))
+        reasons = dict.fromkeys(df[(df["key"] == key) & (df["status"] == "skipped")]["reason"])
+        row["note"] = "not run in these results" if status.empty else "; ".join(reasons)
         for student in PAPER_STUDENTS:
             v = paper_value(paper, name, student, PAPER_NAMES[name].get(key), PAPER_SPLIT[name])
             row[f"paper: {student} ({PAPER_SPLIT[name]})"] = "–" if math.isnan(v) else f"{v:.2f}"
@@ -165,59 +191,66 @@ def write_tables(df, paper, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-# The paired comparisons the README reports: (method, baseline), each on the held-in and the reversed set.
+# The paired comparisons the README reports: (method, baseline), each on every task's test sets.
 PAIRED = (("exgrpo", "sft-grpo"), ("exgrpo", "sft"), ("sft", "zero-shot"), ("sft", "skd"))
-PAIRED_DATASETS = ("arith", "arith_rev")
-MAX_SEEDS = 10
 
 
-def item_scores(layouts: Sequence[RunLayout], key: str, dataset: str) -> dict[int, dict[str, tuple[int, str]]]:
-    """Per seed, each test item's (score, prompt) (score 1 right, 0 wrong) of method ``key`` on
-    ``dataset``, read from the evaluation records (a later layout's run replaces an earlier one's)."""
+def item_scores(layouts: Sequence[RunLayout], df, key: str, task: str, dataset: str) -> dict[int, dict[str, tuple[int, str]]]:
+    """Per seed, each test item's (score, prompt) (score 1 right, 0 wrong) of method ``key`` trained on
+    ``task`` on ``dataset``, read from the evaluation records of the run whose record ``df`` kept."""
+    by_name = {lay.name: lay for lay in layouts}
+    rows = df[(df["key"] == key) & (df["train_dataset"] == task) & (df["eval"] == "task") & (df["dataset"] == dataset)]
     out: dict[int, dict[str, tuple[int, str]]] = {}
-    for seed in range(MAX_SEEDS):
-        for lay in layouts:
-            path = lay.task_eval_dir(run_id(key, seed)) / f"{dataset}.jsonl"
-            if path.exists():
-                out[seed] = {i: (int(bool(r.get("correct_flexible"))), r.get("prompt", ""))
-                             for i, r in item_records(path).items()}
+    for r in rows.itertuples():
+        path = by_name[r.run].task_eval_dir(r.run_id) / f"{dataset}.jsonl"
+        if path.exists():
+            out[int(r.seed)] = {i: (int(bool(x.get("correct_flexible"))), x.get("prompt", ""))
+                                for i, x in item_records(path).items()}
     return out
 
 
-def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets=PAIRED_DATASETS, alpha: float = 0.05):
-    """Method against baseline, item by item: over the seeds both ran and the items both scored with
-    the same prompt, the accuracy difference with a 95% paired-bootstrap interval (items resampled
-    with all their seeds) and its p-value, and the exact McNemar test on the first common seed's items
-    (one pair per item: pooling an item's seeds would count correlated pairs as independent)."""
+def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets: Sequence[str] | None = None,
+                       alpha: float = 0.05):
+    """Method against baseline, item by item, on every task's test set and paired OOD sets (``datasets``:
+    only these), both trained on the same task: over the seeds both ran and the items both scored with
+    the same prompt, the accuracy difference with a 95% paired-bootstrap interval (items resampled with
+    all their seeds) and its p-value, and the exact McNemar test on the first common seed's items (one
+    pair per item: pooling an item's seeds would count correlated pairs as independent)."""
+    df = load_records(layouts)
     rows = []
-    for a, b in pairs:
-        for ds in datasets:
-            sa, sb = item_scores(layouts, a, ds), item_scores(layouts, b, ds)
-            seeds = sorted(sa.keys() & sb.keys())
-            row = {"method": METHODS[a].label, "baseline": METHODS[b].label, "dataset": ds, "seeds": len(seeds)}
-            items = sorted(set.intersection(*(set(sa[s]) & set(sb[s]) for s in seeds))) if seeds else []
-            if not items:
-                rows.append({**row, "items": 0, "verdict": "not run in these results"})
-                continue
-            if any(sa[s][i][1] != sb[s][i][1] for s in seeds for i in items):
-                rows.append({**row, "items": 0, "verdict": "not comparable: the items were asked with other prompts"})
-                continue
-            first = [[sb[s][i][0] for s in seeds] for i in items]
-            second = [[sa[s][i][0] for s in seeds] for i in items]
-            boot = paired_bootstrap(first, second)
-            only_a = sum(x[0] and not y[0] for x, y in zip(second, first))
-            only_b = sum(y[0] and not x[0] for x, y in zip(second, first))
-            n = len(items) * len(seeds)
-            p_mcnemar = mcnemar_exact(only_a, only_b)
-            better = boot["low"] > 0 and p_mcnemar < alpha
-            worse = boot["high"] < 0 and p_mcnemar < alpha
-            rows.append({**row, "items": len(items), "method %": 100 * sum(map(sum, second)) / n,
-                         "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * boot["diff"],
-                         "low": 100 * boot["low"], "high": 100 * boot["high"], "bootstrap p": boot["p"],
-                         "only method right": only_a, "only baseline right": only_b, "McNemar seed": seeds[0],
-                         "McNemar p": p_mcnemar,
-                         "verdict": "method better" if better else ("baseline better" if worse else "no difference shown")})
+    for task in tasks_of(df):
+        sets = [d for d in task_eval_sets(task) if datasets is None or d in datasets]
+        for a, b in pairs:
+            for ds in sets:
+                rows.append(_compare(layouts, df, a, b, task, ds, alpha))
     return pd.DataFrame(rows)
+
+
+def _compare(layouts, df, a: str, b: str, task: str, ds: str, alpha: float) -> dict:
+    sa, sb = item_scores(layouts, df, a, task, ds), item_scores(layouts, df, b, task, ds)
+    seeds = sorted(sa.keys() & sb.keys())
+    row = {"method": METHODS[a].label, "baseline": METHODS[b].label, "train_dataset": task, "dataset": ds,
+           "seeds": len(seeds)}
+    items = sorted(set.intersection(*(set(sa[s]) & set(sb[s]) for s in seeds))) if seeds else []
+    if not items:
+        return {**row, "items": 0, "verdict": "not run in these results"}
+    if any(sa[s][i][1] != sb[s][i][1] for s in seeds for i in items):
+        return {**row, "items": 0, "verdict": "not comparable: the items were asked with other prompts"}
+    first = [[sb[s][i][0] for s in seeds] for i in items]
+    second = [[sa[s][i][0] for s in seeds] for i in items]
+    boot = paired_bootstrap(first, second)
+    only_a = sum(x[0] and not y[0] for x, y in zip(second, first))
+    only_b = sum(y[0] and not x[0] for x, y in zip(second, first))
+    n = len(items) * len(seeds)
+    p_mcnemar = mcnemar_exact(only_a, only_b)
+    better = boot["low"] > 0 and p_mcnemar < alpha
+    worse = boot["high"] < 0 and p_mcnemar < alpha
+    return {**row, "items": len(items), "method %": 100 * sum(map(sum, second)) / n,
+            "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * boot["diff"],
+            "low": 100 * boot["low"], "high": 100 * boot["high"], "bootstrap p": boot["p"],
+            "only method right": only_a, "only baseline right": only_b, "McNemar seed": seeds[0],
+            "McNemar p": p_mcnemar,
+            "verdict": "method better" if better else ("baseline better" if worse else "no difference shown")}
 
 
 def _fmt_p(p: float) -> str:
@@ -246,30 +279,39 @@ def write_comparisons(table, out_dir: str | Path) -> Path:
     return out_dir / "comparisons.md"
 
 
-def fraction_points(df, dataset: str = "arith"):
-    """Figure 4's data: p, method (SFT or ExGRPO), mean and interval over seeds."""
+def headline(df) -> Column:
+    """The held-in column of Tables 3-4 (the one training task, or the per-task average): Figures 4-5's y axis."""
+    return table_columns("table3", df)[0]
 
+
+def fraction_points(df, column: Column | None = None):
+    """Figure 4's data: p, method (SFT or ExGRPO), mean and interval over seeds (on ``headline``)."""
+
+    column = column or headline(df)
     pairs = [(1.0, "sft", "SFT"), (1.0, "exgrpo", "ExGRPO")]
     for p in (0.1, 0.25, 0.5):
         pairs += [(p, f"sft-p{p}", "SFT"), (p, f"exgrpo-p{p}", "ExGRPO")]
     rows = []
     for p, key, method in pairs:
-        s = cell_stats(df, key, dataset)
+        s = cell_stats(df, key, column.datasets, column.source)
         if s["seeds"]:
             rows.append({"p": p, "method": method, "key": key, **s})
     return pd.DataFrame(rows).sort_values(["method", "p"]) if rows else pd.DataFrame(
         columns=["p", "method", "key", "mean", "low", "high", "seeds"])
 
 
-def token_points(df, dataset: str = "arith"):
-    """Figure 5's data: per method, mean training tokens and mean accuracy over seeds."""
+def token_points(df, column: Column | None = None):
+    """Figure 5's data: per method, mean training tokens (per task model, over seeds and tasks) and its
+    accuracy (on ``headline``)."""
 
+    column = column or headline(df)
     rows = []
-    ok = df[(df["status"] == "ok") & (df["dataset"] == dataset)]
+    ok = df[(df["status"] == "ok") & (df["eval"] == column.source) & (df["dataset"].isin(column.datasets))]
     for key, grp in ok.groupby("key", sort=False):
-        s = cell_stats(df, key, dataset)
-        rows.append({"key": key, "label": METHODS[key].label, "kind": METHODS[key].kind,
-                     "train_tokens": float(grp["train_tokens"].mean()), **s})
+        s = cell_stats(df, key, column.datasets, column.source)
+        if s["seeds"]:
+            rows.append({"key": key, "label": METHODS[key].label, "kind": METHODS[key].kind,
+                         "train_tokens": float(grp.drop_duplicates(["train_dataset", "seed"])["train_tokens"].mean()), **s})
     return pd.DataFrame(rows)
 
 
@@ -280,8 +322,7 @@ def reward_curves(layouts: Sequence[RunLayout], keys=("exgrpo",)):
     for lay in layouts:
         for path in sorted(lay.train_root.glob(f"*/{TRAIN_LOG}")):
             rid = path.parent.name
-            key = rid.rsplit("-s", 1)[0] if rid.rsplit("-s", 1)[-1].isdigit() else rid
-            if key not in keys:
+            if method_of(rid)[0] not in keys:
                 continue
             log = read_train_log(path)
             if "exgrpo/r_base" not in log.columns:

@@ -42,7 +42,7 @@ from ..models.generation import SamplingConfig
 from ..models.registry import model_identity
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
-from .teachers import build_teacher
+from .teachers import build_teacher, endpoint
 
 # Hugging Face datasets is imported inside load_probe_dataset, only for as_hf=True (heavy).
 
@@ -320,7 +320,7 @@ def run_ei(*, dataset: str, out_dir: str | Path, settings: EISettings = EISettin
     items = load(dataset, split, data_dir=data_dir, limit=settings.n_items, sample_seed=sample_seed)
     t = build_teacher(teacher.teacher, rule_set, model=teacher.teacher_model, base_url=teacher.teacher_base_url,
                       api_key_env=teacher.teacher_api_key_env, max_in_flight=teacher.teacher_max_in_flight,
-                      max_new_tokens=teacher.teacher_max_new_tokens, cache=cache)
+                      max_new_tokens=teacher.teacher_max_new_tokens, cache=cache, served=teacher.teacher_serve)
     student_chat = None
     if student:
         student_chat = CachedBackend(transformers_backend(student, dtype=dtype, batch_size=settings.student_batch_size),
@@ -331,7 +331,7 @@ def run_ei(*, dataset: str, out_dir: str | Path, settings: EISettings = EISettin
     atomic_write_json(Path(out_dir) / "fingerprint.json", {
         "stage": "ei", "dataset": dataset, "split": split, "items": digest([asdict(ex) for ex in items]),
         "rules": digest(rule_set.content), "settings": json.loads(json.dumps(asdict(settings), default=str)),
-        "teacher": {"kind": teacher.teacher, "model": teacher.teacher_model, "base_url": teacher.teacher_base_url},
+        "teacher": {"kind": teacher.teacher, "model": teacher.teacher_model, "base_url": endpoint(teacher)},
         "student": model_identity(student) if student else None, "student_dtype": dtype,
         "probe_dataset": file_digest(Path(out_dir) / "probe_dataset.jsonl")})
     usage = getattr(getattr(t, "chat", None), "usage", None)
@@ -363,4 +363,4 @@ def examples_per_rule(result: dict, n: int = 1):
             if seen[p["rule"]] < n:
                 seen[p["rule"]] += 1
                 rows.append({"rule": p["rule"], "probe": p["probe"], "teacher answer": p["teacher_answer"]})
-    return pd.DataFrame(rows).sort_values("rule", kind="stable")
+    return pd.DataFrame(rows, columns=["rule", "probe", "teacher answer"]).sort_values("rule", kind="stable")

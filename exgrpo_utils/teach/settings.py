@@ -18,6 +18,10 @@ class TeacherSettings:
                                  "alternative Llama-3-70B-Instruct behind vllm serve)", "paper")
     teacher_base_url: str = setting("https://generativelanguage.googleapis.com/v1beta/openai",
                                     "OpenAI-compatible endpoint of teacher openai", "run")
+    teacher_serve: bool = setting(False, "teacher openai only: serve teacher_model (a registry name or local checkpoint) "
+                                  "on loopback with the kit's OpenAI-compatible server for the notebook's teacher calls, "
+                                  "which then go over HTTP as to a remote API (paper-mini's stand-in teacher); "
+                                  "teacher_base_url is then unused", "run")
     teacher_api_key_env: str = setting("GEMINI_API_KEY", "NAME of the environment variable holding the API key "
                                        "(never the key itself)", "run")
     teacher_max_in_flight: int = setting(16, "concurrent requests to an HTTP teacher", "speed only")

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
-from typing import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator, Sequence
 
 from ..common.progress import progress
 from ..data import prompts, synthetic
 from ..data.example import LETTERS, Example
 from ..models.chat import CachedBackend, OpenAICompatibleBackend, TeacherConfigError, transformers_backend, vllm_backend
 from ..models.generation import SamplingConfig
+from ..models.local_server import serve_locally
 from .rules import Rule, RuleSet
 from .settings import TeacherSettings
 
@@ -349,12 +351,37 @@ PROBE_MAKERS = {
 }
 
 
+SERVED_IDENTITY = {"served_locally": "kit engine, float32"}  # the cache identity of a teacher_serve server
+
+
+def endpoint(settings: TeacherSettings) -> str:
+    """Where an openai teacher's answers come from, as recorded in provenance: its base URL, or (for
+    ``teacher_serve``) the locally served model, whatever port it ran on."""
+    return f"served locally: {settings.teacher_model}" if settings.teacher_serve else settings.teacher_base_url
+
+
+@contextmanager
+def serving(settings: TeacherSettings, log_path=None) -> Iterator[TeacherSettings]:
+    """The teacher settings to build from inside this block: ``settings`` as they are, or, with
+    ``teacher_serve``, pointing at the kit's OpenAI-compatible server on loopback serving
+    ``teacher_model`` (started here, stopped when the block ends)."""
+    if not settings.teacher_serve:
+        yield settings
+        return
+    if settings.teacher != "openai" or not settings.teacher_model:
+        raise TeacherConfigError("teacher_serve serves teacher_model over HTTP for teacher openai: set teacher: openai "
+                                 f"and teacher_model (got teacher {settings.teacher!r}, model {settings.teacher_model!r})")
+    with serve_locally(settings.teacher_model, log_path=log_path) as url:
+        yield replace(settings, teacher_base_url=url, teacher_api_key_env="")
+
+
 def build_teacher(kind: str, rules: RuleSet, *, model: str = "", base_url: str = "", api_key_env: str = "",
                   max_in_flight: int = TeacherSettings.teacher_max_in_flight,
                   max_new_tokens: int = TeacherSettings.teacher_max_new_tokens, cache=None, dtype: str = "auto",
-                  batch_size: int = 32):
+                  batch_size: int = 32, served: bool = False):
     """``kind``: "program" (synthetic arith, exact), "openai" (any OpenAI-compatible server),
-    "transformers" (local model) or "vllm" (GPU). LLM teachers go through ``cache`` when given."""
+    "transformers" (local model) or "vllm" (GPU). LLM teachers go through ``cache`` when given.
+    ``served``: the openai server is one of :func:`serving` (cached by what it serves, not its port)."""
 
     if kind == "program":
         return ProgramTeacher()
@@ -366,7 +393,7 @@ def build_teacher(kind: str, rules: RuleSet, *, model: str = "", base_url: str =
                                      "https://generativelanguage.googleapis.com/v1beta/openai (Gemini) or "
                                      "http://127.0.0.1:8000/v1 (vllm serve / transformers serve)")
         chat = OpenAICompatibleBackend(base_url=base_url, model=model, api_key_env=api_key_env or None,
-                                       max_in_flight=max_in_flight)
+                                       max_in_flight=max_in_flight, identity=SERVED_IDENTITY if served else None)
     elif kind == "transformers":
         chat = transformers_backend(model, dtype=dtype, batch_size=batch_size)
     elif kind == "vllm":
