@@ -169,7 +169,7 @@ def test_a_notebook_that_ran_makes_the_later_ones_run(tmp_path, monkeypatch):
     assert ran == []
 
 
-@pytest.mark.parametrize("preset", ["cpu"])
+@pytest.mark.parametrize("preset", ["cpu", "paper-mini"])
 def test_the_committed_run_is_finished_with_the_presets_parameters(preset):
     """The committed reference is current: `make update-results` would find every notebook finished
     (`make reproduce` recomputes it into reproduction/ and compares)."""
@@ -220,3 +220,22 @@ def test_paper_mini_smoke_runs_the_paper_protocol_end_to_end(tmp_path, monkeypat
     comparisons = (run / "paper" / "comparisons.csv").read_text()
     assert "openbookqa" in comparisons and "boolq" in comparisons
     assert not list(tmp_path.glob("exgrpo-serve-*"))
+
+
+def test_the_committed_paper_mini_run_follows_the_per_task_protocol():
+    """results/runs/paper-mini: every record says which task trained it, every scored set is that
+    task's test set or an OOD set paired with it, every task and OOD set is scored, Tables 1-4 exist."""
+    from exgrpo_utils.data.datasets import task_eval_sets
+
+    run = ROOT / "results" / "runs" / "paper-mini"
+    records = [json.loads(p.read_text()) for p in sorted((run / "experiments").glob("*.json"))]
+    tasks = config.resolve(config.load_preset("paper-mini"))["exp_tasks"]
+    assert {r["train_dataset"] for r in records} == set(tasks)
+    scored = set()
+    for rec in records:
+        assert set(rec["accuracy"]) <= set(task_eval_sets(rec["train_dataset"])), rec["run_id"]
+        assert rec["status"] == "ok" or rec["reason"], rec["run_id"]
+        scored |= set(rec["accuracy"])
+    assert scored == {d for t in tasks for d in task_eval_sets(t)}  # boolq, openbookqa, arith_rev with their tasks
+    for name in ("table1", "table2", "table3", "table4"):
+        assert (run / "paper" / f"{name}.md").exists(), name

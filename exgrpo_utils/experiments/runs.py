@@ -269,7 +269,8 @@ def collect(layout: RunLayout):
         rec = json.loads(path.read_text())
         if "train_dataset" not in rec:
             raise ValueError(f"{path}: a record without train_dataset (made before per-task records): rerun notebook 05 "
-                             "of this run; it reuses every finished training and evaluation and rewrites the records")
+                             "with the settings that made this record (for the committed cpu run: make update-results-full); "
+                             "it reuses every finished training and evaluation and rewrites the records")
         base = {"run": layout.name, **{k: rec[k] for k in BASE_COLUMNS}}
         if rec["status"] != "ok":
             rows.append({**base, "eval": "", "dataset": "", "n": 0, "correct": 0, "accuracy": float("nan")})
