@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.fingerprint import weights_digest
-from ..common.paths import cache_dir, resolve
+from ..common.paths import cache_dir, resolve, results_root
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
 
@@ -155,6 +155,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def adapter_base(adapter_dir: str | os.PathLike) -> str:
+    """The base model a PEFT adapter names (``base_model_name_or_path``). PEFT stores the absolute path
+    the base had when the adapter was trained; when the results folder or the cache directory has
+    moved since (a clone, another machine), that path is found again under the current results root
+    (``.../runs/<run>/...``) or cache directory (``.../models/<name>``)."""
+    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    path = Path(base)
+    if not path.is_absolute() or path.exists():
+        return base
+    parts = path.parts
+    for anchor, root in (("runs", results_root()), ("models", cache_dir())):
+        if anchor in parts:
+            moved = root.joinpath(*parts[len(parts) - 1 - parts[::-1].index(anchor):])
+            if moved.exists():
+                return str(moved)
+    return base
+
+
 def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = None, for_training: bool = False):
     """Load ``(model, tokenizer)``; a PEFT adapter directory is loaded onto its base model.
 
@@ -168,7 +186,7 @@ def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = N
     adapter_cfg = Path(source) / "adapter_config.json"
     base_source = source
     if adapter_cfg.exists():
-        base_source = ensure_local(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+        base_source = ensure_local(adapter_base(source))
     try:
         tok = AutoTokenizer.from_pretrained(source if (Path(source) / "tokenizer_config.json").exists() else base_source)
         model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch_dtype)
