@@ -304,13 +304,23 @@ def test_tables_follow_the_per_task_protocol(tmp_path):
     t2 = paper_tables.build_table("table2", df, reporting.paper_results()).set_index("method")
     assert t2.loc["SFT (EI, all rules)", "ours: OOD avg over 2 (per-task models)"].startswith("60.0 [")
     assert [c.title for c in paper_tables.table_columns("table3", df)] == [
-        "held-in avg over 2 (per-task models)", "OOD avg over 2 (per-task models)"]
+        "strategyqa (held-in)", "arc_challenge (held-in)", "held-in avg over 2 (per-task models)", "boolq (OOD)",
+        "openbookqa (OOD)", "OOD avg over 2 (per-task models)"]
+    assert paper_tables.headline(df).title == "held-in avg over 2 (per-task models)"
     # another run that trained strategyqa again replaces that task's record only
     other = RunLayout.of("other", tmp_path)
     _task_record(other.root, "strategyqa--sft", "sft", 0, "strategyqa", {"strategyqa": (45, 50), "boolq": (5, 50)})
     df = paper_tables.load_records([layout, other])
     got = df[(df["key"] == "sft") & (df["eval"] == "task")].set_index("dataset")
     assert got.loc["strategyqa", "run"] == "other" and got.loc["arc_challenge", "run"] == "run" and len(got) == 4
+    # whole records are replaced: a later run that skipped arc_challenge's SFT leaves no number of the earlier one
+    skipped = {"run_id": "arc_challenge--sft", "key": "sft", "label": "SFT", "kind": "sft", "seed": 0,
+               "train_dataset": "arc_challenge", "status": "skipped", "reason": "skipped: nothing to train on",
+               "train_tokens": 0, "train_seconds": 0.0, "accuracy": {}, "n": {}, "correct": {}}
+    (other.root / "experiments" / "arc_challenge--sft.json").write_text(json.dumps(skipped))
+    df = paper_tables.load_records([layout, other])
+    assert paper_tables.cell_stats(df, "sft", "arc_challenge")["seeds"] == 0
+    assert set(df[df["key"] == "sft"]["run"]) == {"other"}
 
 
 def test_paired_comparisons_pair_models_of_the_same_task(tmp_path):
@@ -384,8 +394,9 @@ def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
     assert [(r["run_id"], r["status"]) for r in recs] == [("csqa--zero-shot", "ok"), ("csqa--sft", "skipped"),
                                                           ("csqa--exgrpo", "skipped")]
     assert "no csqa question survived" in recs[1]["reason"] and recs[0]["n"] == {"csqa": 4}
-    with pytest.raises(ValueError, match="not training tasks"):
-        runs.Context.from_params({**_params(), "exp_tasks": ["boolq"]})
+    for bad in ("boolq", "arith_rev"):  # an OOD set, or another task's pair
+        with pytest.raises(ValueError, match="not training tasks"):
+            runs.Context.from_params({**_params(), "exp_tasks": [bad]})
 
 
 def _params():

@@ -84,3 +84,18 @@ def test_serving_needs_an_openai_teacher_and_records_a_stable_endpoint():
                              teacher_base_url="http://127.0.0.1:5555/v1")
     assert teachers.endpoint(served) == "served locally: smollm2-135m-instruct"
     assert teachers.endpoint(TeacherSettings()) == TeacherSettings().teacher_base_url
+
+
+@pytest.mark.parametrize("body", [{"messages": [{"role": "user", "content": "x"}], "seed": [1]},
+                                  {"messages": [{"role": "user", "content": 5}]},
+                                  {"messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
+                                  {"messages": []}, ["not", "an", "object"]])
+def test_bad_requests_are_refused_and_the_server_lives_on(server, body):
+    import httpx
+
+    url, _ = server
+    r = httpx.post(f"{url}/chat/completions", json=body, timeout=10)
+    assert r.status_code == 400 and "bad request" in r.json()["error"]["message"]
+    ok = OpenAICompatibleBackend(base_url=url, model="echo", max_retries=0).complete_one(
+        [{"role": "user", "content": "ok"}], SamplingConfig())
+    assert ok.text == "ko"

@@ -62,10 +62,10 @@ class Context:
                   rl=build(ExGRPOSettings, params), teacher=build(TeacherSettings, params),
                   eval=build(TaskEvalSettings, params), suite=build(SuiteSettings, params),
                   experiments=build(ExperimentSettings, params))
-        bad = [t for t in ctx.tasks if t not in DATASETS or DATASETS[t].role == "ood"]
+        bad = [t for t in ctx.tasks if t not in DATASETS or DATASETS[t].role == "ood" or DATASETS[t].paired_with]
         if bad:
-            raise ValueError(f"exp_tasks: {bad} are not training tasks (held-in or synthetic datasets: "
-                             f"{', '.join(n for n, s in DATASETS.items() if s.role != 'ood')})")
+            raise ValueError(f"exp_tasks: {bad} are not training tasks (held-in or synthetic datasets that are no "
+                             f"other task's OOD pair: {', '.join(n for n, s in DATASETS.items() if s.role != 'ood' and not s.paired_with)})")
         missing = [str(ctx.layout.probe_dataset(t)) for t in ctx.tasks if not ctx.layout.probe_dataset(t).exists()]
         if missing:
             raise FileNotFoundError(f"{', '.join(missing)} missing: run notebook 01 of this run first, with every task "
@@ -247,7 +247,8 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             old = _stored(record_path)
             # a record from before per-task records (no train_dataset) of the same model: its scores are
             # carried over from the same evaluation files, so the time of the run that made it is kept
-            legacy = old is not None and "train_dataset" not in old and old.get("model_fingerprint") == rec["model_fingerprint"]
+            legacy = (old is not None and "train_dataset" not in old and old.get("model_fingerprint") == rec["model_fingerprint"]
+                      and all(old.get(f, {}).get(d) == v for f in ("accuracy", "n") for d, v in rec[f].items()))
             rec["wall_seconds"] = old.get("wall_seconds") if legacy else round(time.time() - t0, 1)
             atomic_write_json(record_path, rec)
         log(f"{where}: " + ", ".join(f"{d} {a:.1f}" for d, a in rec["accuracy"].items()))

@@ -149,6 +149,8 @@ class Batcher:
             for sampling, items in groups.items():
                 try:
                     results = self.backend.complete([m for m, _ in items], sampling)
+                    if len(results) != len(items):
+                        raise RuntimeError(f"the backend returned {len(results)} results for {len(items)} requests")
                 except Exception as exc:  # every waiting request gets the error (HTTP 500), the server lives on
                     for _, fut in items:
                         fut.set_exception(exc)
@@ -157,11 +159,35 @@ class Batcher:
                     fut.set_result(res)
 
 
+REQUEST_TIMEOUT_S = 3600.0  # a request still unanswered after this gets HTTP 500 (the batch thread is stuck)
+
+
+def _number(body: dict, key: str, kind, default, low: float, high: float):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be in [{low}, {high}], got {value!r}")
+    return kind(value)
+
+
 def _sampling_of(body: dict) -> SamplingConfig:
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 1024
-    temperature = body.get("temperature")
-    return SamplingConfig(max_new_tokens=int(max_tokens), temperature=1.0 if temperature is None else float(temperature),
-                          top_p=float(body.get("top_p") or 1.0), seed=body.get("seed"))
+    """The request's sampling settings, checked (a bad value is the client's error, HTTP 400)."""
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return SamplingConfig(max_new_tokens=_number(body, key, int, 1024, 1, 1 << 20),
+                          temperature=_number(body, "temperature", float, 1.0, 0.0, 100.0),
+                          top_p=_number(body, "top_p", float, 1.0, 0.0, 1.0),
+                          seed=_number(body, "seed", int, None, -(1 << 63), (1 << 64) - 1))
+
+
+def _messages_of(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("messages must be a non-empty list of {role: str, content: str}")
+    return messages
 
 
 def make_server(backend, model_name: str, host: str = "127.0.0.1", port: int = 0, **batcher_options) -> ThreadingHTTPServer:
@@ -198,12 +224,13 @@ def make_server(backend, model_name: str, host: str = "127.0.0.1", port: int = 0
             if self.path.rstrip("/") != "/v1/chat/completions":
                 return self._error(404, f"no route {self.path}")
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                messages = body["messages"]
-                if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
-                                                             for m in messages):
-                    raise ValueError("messages must be a list of {role, content}")
-                sampling = _sampling_of(body)
+                length = int(self.headers.get("Content-Length") or 0)
+                if length < 0:
+                    raise ValueError("negative Content-Length")
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                messages, sampling = _messages_of(body), _sampling_of(body)
             except (ValueError, KeyError, TypeError) as exc:
                 return self._error(400, f"bad request: {exc}")
             if body.get("stream"):
@@ -211,12 +238,13 @@ def make_server(backend, model_name: str, host: str = "127.0.0.1", port: int = 0
             if body.get("model") not in (None, model_name):
                 return self._error(404, f"model {body.get('model')!r} not found; this server has {model_name!r}")
             try:
-                res = batcher.submit(messages, sampling).result()
+                res = batcher.submit(messages, sampling).result(timeout=REQUEST_TIMEOUT_S)
+                prompt_tokens = (len(tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                                             tokenize=False),
+                                               add_special_tokens=False)["input_ids"]) if tokenizer else 0)
             except Exception as exc:  # noqa: BLE001 - reported to the client, logged, the server goes on
                 sys.stderr.write(f"generation failed: {type(exc).__name__}: {exc}\n")
                 return self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
-            prompt_tokens = (len(tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
-                                           add_special_tokens=False)["input_ids"]) if tokenizer else 0)
             completion = res.completion_tokens or 0
             self._send(200, {
                 "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

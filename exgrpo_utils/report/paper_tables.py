@@ -60,6 +60,7 @@ class Column:
     title: str
     datasets: tuple[str, ...]
     source: str = "task"
+    task: str = ""  # only the models trained on this task ("": the task each dataset belongs to)
 
 
 def load_records(layouts: Sequence[RunLayout]):
@@ -71,7 +72,11 @@ def load_records(layouts: Sequence[RunLayout]):
         raise FileNotFoundError(f"no experiment records under {', '.join(str(lay.root) for lay in layouts)}: "
                                 "run notebook 05 first")
     df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates(["train_dataset", "key", "seed", "eval", "dataset"], keep="last").reset_index(drop=True)
+    # whole records: every row of a (task, method, seed) comes from the last run that has it
+    order = {lay.name: i for i, lay in enumerate(layouts)}
+    df["_order"] = df["run"].map(order)
+    last = df.groupby(["train_dataset", "key", "seed"])["_order"].transform("max")
+    return df[df["_order"] == last].drop(columns="_order").reset_index(drop=True)
 
 
 def tasks_of(df) -> list[str]:
@@ -97,19 +102,16 @@ def table_columns(name: str, df) -> list[Column]:
     Table 2 every paired OOD set and their average, Tables 3-4 the held-in and OOD averages; Tables 1-2
     add the 12-dataset suite's averages of one model where the run scored it."""
     held, ood = tasks_of(df), ood_of(df)
-    suite = df[(df["eval"] == "suite") & (df["status"] == "ok")]
-    trained_on = ", ".join(dict.fromkeys(suite["train_dataset"]))
-    if name == "table1":
-        cols = _split(held, "held-in", True)
-        if set(HELD_IN) <= set(suite["dataset"]):
-            cols.append(Column(f"suite, one {trained_on} model: held-in avg8", tuple(HELD_IN), "suite"))
+    if name in ("table1", "table2"):
+        sets, what, avg = (held, "held-in", "held-in avg8") if name == "table1" else (ood, "OOD", "ood-avg4")
+        cols = _split(sets, what, True)
+        suite = df[(df["eval"] == "suite") & (df["status"] == "ok")]
+        for task, rows in suite.groupby("train_dataset", sort=False):  # one model per column, never mixed
+            if set(HELD_IN if name == "table1" else OOD) <= set(rows["dataset"]):
+                cols.append(Column(f"suite, one {task} model: {avg}", tuple(HELD_IN if name == "table1" else OOD),
+                                   "suite", task))
         return cols
-    if name == "table2":
-        cols = _split(ood, "OOD", True)
-        if set(OOD) <= set(suite["dataset"]):
-            cols.append(Column(f"suite, one {trained_on} model: OOD avg4", tuple(OOD), "suite"))
-        return cols
-    return _split(held, "held-in", False) + _split(ood, "OOD", False)
+    return _split(held, "held-in", True) + _split(ood, "OOD", True)
 
 
 def _interval(parts, ks, ns):
@@ -118,11 +120,18 @@ def _interval(parts, ks, ns):
     return 100 * lo, 100 * hi
 
 
-def cell_stats(df, key: str, datasets: str | Sequence[str], source: str = "task") -> dict:
+def cell_stats(df, key: str, datasets: str | Sequence[str], source: str = "task", task: str = "") -> dict:
     """Mean, interval and seeds of one method on one dataset or the mean over several (NaN when it has
-    no result); a seed counts when it has every one of ``datasets``."""
+    no result); a seed counts when it has every one of ``datasets``. ``task``: only the models trained
+    on it (the suite's columns); otherwise each per-task dataset comes from the model of the task it
+    belongs to (its own, or the one it is paired with)."""
     parts = (datasets,) if isinstance(datasets, str) else tuple(datasets)
     ok = df[(df["key"] == key) & (df["status"] == "ok") & (df["eval"] == source) & (df["dataset"].isin(parts))]
+    if task:
+        ok = ok[ok["train_dataset"] == task]
+    elif source == "task":
+        ok = ok[pd.Series([d in task_eval_sets(t) for t, d in zip(ok["train_dataset"], ok["dataset"])], index=ok.index,
+                          dtype=bool)]
     by_seed = [g for _, g in ok.groupby("seed") if sorted(g["dataset"]) == sorted(parts)]
     if not by_seed:
         return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "seeds": 0}
@@ -168,7 +177,7 @@ def build_table(name: str, df, paper):
         row = {"method": m.label}
         status = df[df["key"] == key]["status"]
         for col in columns:
-            row[f"ours: {col.title}"] = fmt(cell_stats(df, key, col.datasets, col.source))
+            row[f"ours: {col.title}"] = fmt(cell_stats(df, key, col.datasets, col.source, col.task))
         reasons = dict.fromkeys(df[(df["key"] == key) & (df["status"] == "skipped")]["reason"])
         row["note"] = "not run in these results" if status.empty else "; ".join(reasons)
         for student in PAPER_STUDENTS:
@@ -279,16 +288,17 @@ def write_comparisons(table, out_dir: str | Path) -> Path:
     return out_dir / "comparisons.md"
 
 
-def headline(df) -> Column:
-    """The held-in column of Tables 3-4 (the one training task, or the per-task average): Figures 4-5's y axis."""
-    return table_columns("table3", df)[0]
+def headline(df) -> Column | None:
+    """Figures 4-5's y axis: the one training task's column, or the average over the tasks (None: no task)."""
+    held = _split(tasks_of(df), "held-in", False)
+    return held[-1] if held else None
 
 
 def fraction_points(df, column: Column | None = None):
     """Figure 4's data: p, method (SFT or ExGRPO), mean and interval over seeds (on ``headline``)."""
 
     column = column or headline(df)
-    pairs = [(1.0, "sft", "SFT"), (1.0, "exgrpo", "ExGRPO")]
+    pairs = [(1.0, "sft", "SFT"), (1.0, "exgrpo", "ExGRPO")] if column else []
     for p in (0.1, 0.25, 0.5):
         pairs += [(p, f"sft-p{p}", "SFT"), (p, f"exgrpo-p{p}", "ExGRPO")]
     rows = []
@@ -306,6 +316,8 @@ def token_points(df, column: Column | None = None):
 
     column = column or headline(df)
     rows = []
+    if column is None:
+        return pd.DataFrame(rows)
     ok = df[(df["status"] == "ok") & (df["eval"] == column.source) & (df["dataset"].isin(column.datasets))]
     for key, grp in ok.groupby("key", sort=False):
         s = cell_stats(df, key, column.datasets, column.source)
