@@ -360,6 +360,8 @@ def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
         return {"final": f"model:{out_dir.name}", "train_tokens": 10, "seconds": 1.0, "steps": 1, "data": "ei"}
 
     def fake_rl(*, init_model, probe_records, settings, out_dir, **_):
+        if settings.mode == "grpo":
+            raise runs.NoTrainingData("no training rows: no question has a probe the dialogues may use")
         trained.append(("rl", out_dir.name, init_model))
         return {"final": f"model:{out_dir.name}", "train_tokens": 5, "seconds": 1.0, "steps": 1}
 
@@ -394,6 +396,9 @@ def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
     assert [(r["run_id"], r["status"]) for r in recs] == [("csqa--zero-shot", "ok"), ("csqa--sft", "skipped"),
                                                           ("csqa--exgrpo", "skipped")]
     assert "no csqa question survived" in recs[1]["reason"] and recs[0]["n"] == {"csqa": 4}
+    # a training without rows (here: no probe the dialogues may use) is recorded as skipped too
+    recs = runs.run_plan([("sft", 0), ("sft-grpo", 0)], ctx, log=lambda *_: None)
+    assert recs[-1]["status"] == "skipped" and "a probe the dialogues may use" in recs[-1]["reason"]
     for bad in ("boolq", "arith_rev"):  # an OOD set, or another task's pair
         with pytest.raises(ValueError, match="not training tasks"):
             runs.Context.from_params({**_params(), "exp_tasks": [bad]})

@@ -34,6 +34,7 @@ from ..evaluate.settings import SuiteSettings, TaskEvalSettings
 from ..models.registry import model_identity
 from ..teach.inversion import load_probe_dataset
 from ..teach.settings import TeacherSettings
+from ..train.common import NoTrainingData
 from ..train.exgrpo import train_exgrpo
 from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, OPDSettings, SFTSettings
@@ -231,7 +232,11 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             model = ctx.run.student
         else:
             log(f"{where}: training")
-            summary = _train_method(m, seed, task, ctx, done)
+            try:
+                summary = _train_method(m, seed, task, ctx, done)
+            except NoTrainingData as exc:  # e.g. every kept question's probes state the answer (RL leaves those out)
+                out.append(_skipped(rec, record_path, f"skipped: {exc}", where, log))
+                continue
             done[rid] = summary
             model = summary["final"]
             rec["train_steps"] = summary.get("steps")

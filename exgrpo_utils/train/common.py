@@ -34,6 +34,11 @@ from .trainlog import JsonlLogCallback
 TRACKERS = ("tensorboard", "wandb", "trackio")
 
 
+class NoTrainingData(ValueError):
+    """A training has no rows to train on (no kept question, no usable probe); notebook 05 records the
+    method as skipped with this message instead of stopping the run."""
+
+
 @dataclass
 class Built:
     """What a stage hands to :func:`train_and_save`: its trainer, tokenizer and summary fields."""

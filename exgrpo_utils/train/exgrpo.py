@@ -49,7 +49,7 @@ from ..models.registry import default_device, ensure_local, load_model
 from ..teach.inversion import reveals_answer
 from ..teach.rules import RuleSet, load_rules
 from . import rewards
-from .common import Built, lora_config, train_and_save, training_precision
+from .common import Built, NoTrainingData, lora_config, train_and_save, training_precision
 from .dialogue import ChatLayout, DialogueTokens, plan_group, teacher_forced
 from .settings import ExGRPOSettings
 
@@ -123,7 +123,7 @@ def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> 
         log(f"RL data: {removed} answer-revealing probes left out (revealing_probes=exclude); "
             f"{dropped} of {len(records)} questions have no probe left and are not trained on")
     if not out:
-        raise ValueError("no training rows: no question has a probe the dialogues may use")
+        raise NoTrainingData("no training rows: no question has a probe the dialogues may use")
     return out
 
 
@@ -157,7 +157,7 @@ def training_rows(records: Sequence[dict], rules: RuleSet, settings: ExGRPOSetti
         if settings.include_original_questions:
             rows.append(question)
     if not rows:
-        raise ValueError("no training rows: the probe dataset has no kept questions")
+        raise NoTrainingData("no training rows: the probe dataset has no kept questions")
     return rows
 
 

@@ -19,7 +19,7 @@ from ..data import prompts
 from ..data.example import Example
 from ..models.registry import default_device, load_model
 from ..teach.rules import RuleSet, load_rules
-from .common import Built, lora_config, train_and_save, training_precision
+from .common import Built, NoTrainingData, lora_config, train_and_save, training_precision
 from .settings import SFTSettings
 
 # datasets, trl are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -91,7 +91,7 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
             train_rows = subsample_rows(rows, settings.data_fraction, settings.seed)
             n_questions = len({r["question_id"] for r in train_rows})
         if not train_rows:
-            raise ValueError("no SFT rows (no kept questions, or no probes of the chosen rules)")
+            raise NoTrainingData("no SFT rows (no kept questions, or no probes of the chosen rules)")
         device = default_device()
         dtype, bf16 = training_precision(settings.bf16, device)
         base, tok = load_model(model, dtype=dtype, device=device, for_training=True)
