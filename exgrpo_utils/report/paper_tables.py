@@ -103,7 +103,7 @@ def table_columns(name: str, df) -> list[Column]:
     add the 12-dataset suite's averages of one model where the run scored it."""
     held, ood = tasks_of(df), ood_of(df)
     if name in ("table1", "table2"):
-        sets, what, avg = (held, "held-in", "held-in avg8") if name == "table1" else (ood, "OOD", "ood-avg4")
+        sets, what, avg = (held, "held-in", "held-in avg8") if name == "table1" else (ood, "OOD", "OOD avg4")
         cols = _split(sets, what, True)
         suite = df[(df["eval"] == "suite") & (df["status"] == "ok")]
         for task, rows in suite.groupby("train_dataset", sort=False):  # one model per column, never mixed
