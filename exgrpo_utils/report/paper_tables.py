@@ -178,7 +178,9 @@ def build_table(name: str, df, paper):
         status = df[df["key"] == key]["status"]
         for col in columns:
             row[f"ours: {col.title}"] = fmt(cell_stats(df, key, col.datasets, col.source, col.task))
-        reasons = dict.fromkeys(df[(df["key"] == key) & (df["status"] == "skipped")]["reason"])
+        skipped = df[(df["key"] == key) & (df["status"] == "skipped")]
+        partly = (status == "ok").any()  # then say which task's run was skipped
+        reasons = dict.fromkeys(f"{t}: {r}" if partly else r for t, r in zip(skipped["train_dataset"], skipped["reason"]))
         row["note"] = "not run in these results" if status.empty else "; ".join(reasons)
         for student in PAPER_STUDENTS:
             v = paper_value(paper, name, student, PAPER_NAMES[name].get(key), PAPER_SPLIT[name])
