@@ -43,7 +43,7 @@ from ..models.cache import CompletionCache
 from ..models.generation import SamplingConfig
 from ..teach.rules import load_rules
 from ..teach.settings import TeacherSettings
-from ..teach.teachers import build_teacher, endpoint
+from ..teach.teachers import build_teacher, endpoint, serving
 
 BASELINES = ("skd", "dss", "rephrase", "question_aug", "answer_aug", "revthink", "divide_conquer")
 LABELS = {"skd": "SKD", "dss": "Distilling Step-by-Step", "rephrase": "Rephrase Question",
@@ -517,7 +517,8 @@ def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
                           teacher: TeacherSettings = TeacherSettings(), cache_path: str = "") -> list[dict]:
     """Baseline data for the items of an EI run (``ei_records.jsonl``: same items, same teacher CoTs).
 
-    Items whose teacher CoT was wrong are left out, as in the EI pipeline (kept when that EI run kept
+    With ``teacher_serve`` the loopback teacher server runs only while data is written (not when the
+    file is reused). Items whose teacher CoT was wrong are left out, as in the EI pipeline (kept when that EI run kept
     them: ``ei_require_teacher_correct`` false, as with paper-mini's stand-in teacher). An existing file made by
     the same teacher from the same EI records with the same ``DATA_VERSION`` is reused; LLM teacher
     calls go through the completion cache, so a rerun after an interruption pays only for what it had
@@ -543,14 +544,15 @@ def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
         raise ValueError(f"{ei_records_path}: no item with a correct teacher CoT (ei_require_teacher_correct false "
                          "in notebook 01 keeps the others, for the EI methods and the baselines alike)")
     if teacher.teacher == "program":
-        augmenter = ProgramAugmenter()
+        records = build_baseline_data(items, cots, ProgramAugmenter(), out_path)
     else:
         cache = CompletionCache(cache_path or cache_dir() / "completions.sqlite")
-        t = build_teacher(teacher.teacher, load_rules(), model=teacher.teacher_model, base_url=teacher.teacher_base_url,
-                          api_key_env=teacher.teacher_api_key_env, max_in_flight=teacher.teacher_max_in_flight,
-                          max_new_tokens=teacher.teacher_max_new_tokens, cache=cache, served=teacher.teacher_serve)
-        augmenter = LLMAugmenter(t.chat, max_new_tokens=teacher.teacher_max_new_tokens)
-    records = build_baseline_data(items, cots, augmenter, out_path)
+        with serving(teacher) as live:  # teacher_serve: the loopback server runs while the data is written
+            t = build_teacher(live.teacher, load_rules(), model=live.teacher_model, base_url=live.teacher_base_url,
+                              api_key_env=live.teacher_api_key_env, max_in_flight=live.teacher_max_in_flight,
+                              max_new_tokens=live.teacher_max_new_tokens, cache=cache, served=live.teacher_serve)
+            records = build_baseline_data(items, cots, LLMAugmenter(t.chat, max_new_tokens=live.teacher_max_new_tokens),
+                                          out_path)
 
     atomic_write_json(meta_path, ident)
     return records

@@ -295,15 +295,13 @@ def summary(table):
                             aggfunc="first").round(1)
 
 
-def prepare_baselines(ctx: Context, pairs: Sequence[tuple[str, int]], teacher: TeacherSettings | None = None):
+def prepare_baselines(ctx: Context, pairs: Sequence[tuple[str, int]]):
     """The baselines' teacher data of every task when ``pairs`` train a baseline (cached, reused when
-    unchanged); their statistics, one row per (task, baseline). ``teacher``: the settings to build the
-    teacher from (notebook 05 passes those of a locally served teacher)."""
+    unchanged); their statistics, one row per (task, baseline)."""
     if not any(METHODS[key].kind == "sft" and METHODS[key].data != "ei" for key, _ in pairs):
         return pd.DataFrame(columns=["train_dataset", "baseline"])
     frames = []
     for task in ctx.tasks:
-        data = prepare_baseline_data(ctx.layout.ei_records(task), ctx.layout.baseline_data(task),
-                                     teacher=teacher or ctx.teacher)
+        data = prepare_baseline_data(ctx.layout.ei_records(task), ctx.layout.baseline_data(task), teacher=ctx.teacher)
         frames.append(data_stats(data).assign(train_dataset=task))
     return pd.concat(frames, ignore_index=True)
