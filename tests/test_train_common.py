@@ -167,7 +167,7 @@ def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(runs, "train_exgrpo", lambda **kw: seen.setdefault("init", kw["init_model"]) and {"final": "x"})
-    monkeypatch.setattr(runs.Context, "probe_records", lambda self, task: [])
+    monkeypatch.setattr(runs.Context, "probe_records", lambda self, task: [{"id": "q"}])
     ctx = runs.Context.__new__(runs.Context)
     object.__setattr__(ctx, "layout", RunLayout.of("r", tmp_path))
     run = RunSettings(student="s", train_dataset="arith", report_to=())

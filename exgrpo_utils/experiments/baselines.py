@@ -43,7 +43,7 @@ from ..models.cache import CompletionCache
 from ..models.generation import SamplingConfig
 from ..teach.rules import load_rules
 from ..teach.settings import TeacherSettings
-from ..teach.teachers import build_teacher, endpoint, serving
+from ..teach.teachers import endpoint, teacher_session
 
 BASELINES = ("skd", "dss", "rephrase", "question_aug", "answer_aug", "revthink", "divide_conquer")
 LABELS = {"skd": "SKD", "dss": "Distilling Step-by-Step", "rephrase": "Rephrase Question",
@@ -547,11 +547,8 @@ def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
         records = build_baseline_data(items, cots, ProgramAugmenter(), out_path)
     else:
         cache = CompletionCache(cache_path or cache_dir() / "completions.sqlite")
-        with serving(teacher) as live:  # teacher_serve: the loopback server runs while the data is written
-            t = build_teacher(live.teacher, load_rules(), model=live.teacher_model, base_url=live.teacher_base_url,
-                              api_key_env=live.teacher_api_key_env, max_in_flight=live.teacher_max_in_flight,
-                              max_new_tokens=live.teacher_max_new_tokens, cache=cache, served=live.teacher_serve)
-            records = build_baseline_data(items, cots, LLMAugmenter(t.chat, max_new_tokens=live.teacher_max_new_tokens),
+        with teacher_session(teacher, load_rules(), cache=cache) as t:  # teacher_serve: its server meanwhile
+            records = build_baseline_data(items, cots, LLMAugmenter(t.chat, max_new_tokens=teacher.teacher_max_new_tokens),
                                           out_path)
 
     atomic_write_json(meta_path, ident)

@@ -91,6 +91,15 @@ class Context:
         return replace(self.eval, datasets=tuple(task_eval_sets(task)))
 
 
+def _training_records(ctx: Context, task: str) -> list[dict]:
+    """The task's probe records; :class:`NoTrainingData` when none survived notebook 01's filters."""
+    records = ctx.probe_records(task)
+    if not records:
+        raise NoTrainingData(f"no {task} question survived Explanatory Inversion's filters (notebook 01: Eq. 1 and "
+                             "Eq. 2), so there is nothing to train on")
+    return records
+
+
 def _train_method(m: Method, seed: int, task: str, ctx: Context, done: dict[str, dict]) -> dict:
     """Train (or reuse: the training folder's fingerprint decides) one SFT or RL method at one seed on one task."""
     out_dir = ctx.layout.train_dir(ctx.rid(m.key, seed, task))
@@ -98,7 +107,8 @@ def _train_method(m: Method, seed: int, task: str, ctx: Context, done: dict[str,
     if m.kind == "sft":
         settings = replace(ctx.sft, seed=seed, rules=tuple(m.rules), data_fraction=m.fraction * ctx.sft.data_fraction)
         if m.data == "ei":
-            summary = train_sft(model=ctx.run.student, probe_records=ctx.probe_records(task), settings=settings, **common)
+            summary = train_sft(model=ctx.run.student, probe_records=_training_records(ctx, task), settings=settings,
+                                **common)
         else:
             data = load_baseline_data(ctx.layout.baseline_data(task))
             summary = train_sft(model=ctx.run.student, rows=baseline_rows(data, m.data), settings=settings, **common)
@@ -109,6 +119,7 @@ def _train_method(m: Method, seed: int, task: str, ctx: Context, done: dict[str,
     # rl
     settings = replace(ctx.rl, seed=seed, mode=m.mode, aux_lambda=ctx.rl.aux_lambda if m.aux else 0.0,
                        revealing_probes=m.revealing_probes or ctx.rl.revealing_probes)
+    records = _training_records(ctx, task)
     if m.init == "base":
         init = ctx.run.student
     else:  # the warm-up of the same seed (sft-s1 for exgrpo-s1): plan() runs it first
@@ -117,7 +128,6 @@ def _train_method(m: Method, seed: int, task: str, ctx: Context, done: dict[str,
             raise RuntimeError(f"{ctx.rid(m.key, seed, task)} starts from {ctx.rid(m.init, seed, task)}, which is not in "
                                f"this plan; add the group that holds {m.init!r} for seed {seed}")
         init = warmup["final"]
-    records = ctx.probe_records(task)
     if m.init != "base":  # ExGRPO on the same questions as its SFT warm-up
         records = subsample_questions(records, FRACTION_OF.get(m.init, 1.0) * ctx.sft.data_fraction, seed)
     return train_exgrpo(init_model=init, probe_records=records, settings=settings, **common)
@@ -128,7 +138,7 @@ def _train_opd(seed: int, task: str, ctx: Context) -> dict:
     settings = OPDSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, lora=s.lora,
                            lora_r=s.lora_r, lora_alpha=s.lora_alpha, max_length=s.max_length, seed=seed,
                            max_new_tokens=ctx.rl.max_final_tokens)
-    return train_opd(student=ctx.run.student, teacher=ctx.teacher.teacher_model, probe_records=ctx.probe_records(task),
+    return train_opd(student=ctx.run.student, teacher=ctx.teacher.teacher_model, probe_records=_training_records(ctx, task),
                      out_dir=ctx.layout.train_dir(ctx.rid("opd", seed, task)), settings=settings, report_to=ctx.run.report_to,
                      fresh=ctx.run.fresh)
 
@@ -212,16 +222,12 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
         rec = {"run_id": rid, "key": key, "label": m.label, "kind": m.kind, "seed": seed, "train_dataset": task,
                "status": "ok", "reason": "", "train_tokens": 0, "train_seconds": 0.0}
         t0 = time.time()
-        if m.kind != "zero-shot" and (m.kind != "sft" or m.data == "ei") and not ctx.probe_records(task):
-            out.append(_skipped(rec, record_path, f"skipped: no {task} question survived Explanatory Inversion's "
-                                "filters (notebook 01: Eq. 1 and Eq. 2), so there is nothing to train on", where, log))
-            continue
         if m.kind == "opd":
             ok, reason = opd_status(ctx.teacher.teacher, ctx.teacher.teacher_model)
             if ok:
                 try:
                     summary = _train_opd(seed, task, ctx)
-                except ValueError as exc:  # e.g. the tokenizers differ
+                except ValueError as exc:  # e.g. the tokenizers differ, or no training data (NoTrainingData)
                     ok, reason = False, f"skipped: {exc}"
             if not ok:
                 out.append(_skipped(rec, record_path, reason, where, log))
@@ -234,7 +240,7 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
             log(f"{where}: training")
             try:
                 summary = _train_method(m, seed, task, ctx, done)
-            except NoTrainingData as exc:  # e.g. every kept question's probes state the answer (RL leaves those out)
+            except NoTrainingData as exc:  # no kept question, or every probe states the answer (RL leaves those out)
                 out.append(_skipped(rec, record_path, f"skipped: {exc}", where, log))
                 continue
             done[rid] = summary
@@ -259,6 +265,12 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log=print) -> li
         log(f"{where}: " + ", ".join(f"{d} {a:.1f}" for d, a in rec["accuracy"].items()))
         out.append(rec)
     return out
+
+
+def missing_records(ctx: Context, pairs: Sequence[tuple[str, int]]) -> list[str]:
+    """Run ids of the plan's (task, method, seed) triples that have no record."""
+    rids = [ctx.rid(key, seed, task) for task, key, seed in plan_triples(pairs, ctx.tasks)]
+    return [rid for rid in rids if not ctx.layout.record(rid).exists()]
 
 
 BASE_COLUMNS = ("run_id", "key", "label", "kind", "seed", "train_dataset", "status", "reason", "train_tokens",

@@ -99,17 +99,17 @@ def _split(sets: Sequence[str], what: str, per_dataset: bool) -> list[Column]:
 
 def table_columns(name: str, df) -> list[Column]:
     """Our columns of one table for these records: Table 1 every training task and their average,
-    Table 2 every paired OOD set and their average, Tables 3-4 the held-in and OOD averages; Tables 1-2
-    add the 12-dataset suite's averages of one model where the run scored it."""
+    Table 2 every paired OOD set and their average, Tables 3-4 both; Tables 1-2 add the 12-dataset
+    suite's average of each model the run scored on it."""
     held, ood = tasks_of(df), ood_of(df)
     if name in ("table1", "table2"):
-        sets, what, avg = (held, "held-in", "held-in avg8") if name == "table1" else (ood, "OOD", "OOD avg4")
+        sets, what, avg, suite_sets = ((held, "held-in", "held-in avg8", HELD_IN) if name == "table1"
+                                       else (ood, "OOD", "OOD avg4", OOD))
         cols = _split(sets, what, True)
         suite = df[(df["eval"] == "suite") & (df["status"] == "ok")]
         for task, rows in suite.groupby("train_dataset", sort=False):  # one model per column, never mixed
-            if set(HELD_IN if name == "table1" else OOD) <= set(rows["dataset"]):
-                cols.append(Column(f"suite, one {task} model: {avg}", tuple(HELD_IN if name == "table1" else OOD),
-                                   "suite", task))
+            if set(suite_sets) <= set(rows["dataset"]):
+                cols.append(Column(f"suite, one {task} model: {avg}", tuple(suite_sets), "suite", task))
         return cols
     return _split(held, "held-in", True) + _split(ood, "OOD", True)
 

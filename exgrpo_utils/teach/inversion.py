@@ -42,7 +42,7 @@ from ..models.generation import SamplingConfig
 from ..models.registry import model_identity
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
-from .teachers import build_teacher, endpoint
+from .teachers import endpoint, teacher_session
 
 # Hugging Face datasets is imported inside load_probe_dataset, only for as_hf=True (heavy).
 
@@ -318,14 +318,12 @@ def run_ei(*, dataset: str, out_dir: str | Path, settings: EISettings = EISettin
     if split not in spec.splits:  # TabMWP and ANLI have no train split here: probe their dev split
         split = "dev" if "dev" in spec.splits else split
     items = load(dataset, split, data_dir=data_dir, limit=settings.n_items, sample_seed=sample_seed)
-    t = build_teacher(teacher.teacher, rule_set, model=teacher.teacher_model, base_url=teacher.teacher_base_url,
-                      api_key_env=teacher.teacher_api_key_env, max_in_flight=teacher.teacher_max_in_flight,
-                      max_new_tokens=teacher.teacher_max_new_tokens, cache=cache, served=teacher.teacher_serve)
     student_chat = None
     if student:
         student_chat = CachedBackend(transformers_backend(student, dtype=dtype, batch_size=settings.student_batch_size),
                                      cache)
-    result = run_pipeline(items, t, rule_set, student=student_chat, config=settings, out_dir=out_dir)
+    with teacher_session(teacher, rule_set, cache=cache) as t:  # teacher_serve: its loopback server meanwhile
+        result = run_pipeline(items, t, rule_set, student=student_chat, config=settings, out_dir=out_dir)
     # Provenance: stage 1 always rebuilds its outputs (the completion cache makes that cheap), and
     # this records what they were made from; the trainings fingerprint the probe records themselves.
     atomic_write_json(Path(out_dir) / "fingerprint.json", {

@@ -375,6 +375,16 @@ def serving(settings: TeacherSettings, log_path=None) -> Iterator[TeacherSetting
         yield replace(settings, teacher_base_url=url, teacher_api_key_env="")
 
 
+@contextmanager
+def teacher_session(settings: TeacherSettings, rules: RuleSet, *, cache=None) -> Iterator["LLMTeacher | ProgramTeacher"]:
+    """The teacher of ``settings`` for this block (:func:`build_teacher`); with ``teacher_serve`` its
+    loopback server (:func:`serving`) runs while the block does."""
+    with serving(settings) as live:
+        yield build_teacher(live.teacher, rules, model=live.teacher_model, base_url=live.teacher_base_url,
+                            api_key_env=live.teacher_api_key_env, max_in_flight=live.teacher_max_in_flight,
+                            max_new_tokens=live.teacher_max_new_tokens, cache=cache, served=live.teacher_serve)
+
+
 def build_teacher(kind: str, rules: RuleSet, *, model: str = "", base_url: str = "", api_key_env: str = "",
                   max_in_flight: int = TeacherSettings.teacher_max_in_flight,
                   max_new_tokens: int = TeacherSettings.teacher_max_new_tokens, cache=None, dtype: str = "auto",
