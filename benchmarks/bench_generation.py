@@ -1,20 +1,24 @@
 """Generation throughput, side by side in one run: the kit's engine against plain transformers ``generate``.
 
     python benchmarks/bench_generation.py [--items 64] [--new-tokens 256] [--batch 32] [--slots 64]
-        [--dtype float32] [--dataset gsm8k]
+        [--dtype float32] [--dataset gsm8k] [--rounds 3]
 
 The workload is the issue's: the first ``--items`` test items of GSM8K with the kit's prompt, greedy,
 at most ``--new-tokens`` new tokens, the same weights and dtype for both. The reference is plain
 ``model.generate`` on left-padded batches of ``--batch`` (what lm-eval's hf backend runs, and the kit's
 ``backend=transformers``); the kit's engine (``backend=fast``, ``models.engine``) keeps ``--slots``
-sequences in flight. It prints generated tokens per second of each, their ratio, how many
-completions agree token for token, and both as a fraction of this CPU's roofline for the same
-tokens: the time the measured peak matmul rate and memory bandwidth allow with every item in flight
-(weights read once per decode step, each live row's keys and values once per step).
+sequences in flight. Both run ``--rounds`` times, alternating which goes first (the
+first run of a process pays allocator and cache warm-up, and this machine's speed drifts from minute
+to minute). It prints each run's generated tokens per second, the ratio of the medians and of each
+round, how many completions agree token for token, whether each path gave the same completions in
+every round, and each run as a fraction of this CPU's roofline for the same tokens: the time the
+measured peak matmul rate and memory bandwidth allow with every item in flight (weights read once per
+decode step, each live row's keys and values once per step).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from exgrpo_utils.data import prompts
@@ -66,6 +70,54 @@ def roofline_seconds(model, prompt_lens, gen_lens, batch: int, flops_peak: float
     return seconds
 
 
+def decode_breakdown(model, ids, *, eos: int, pad: int, slots: int, skip: int = 20, steps: int = 40,
+                     max_new_tokens: int | None = None) -> dict:
+    """Where a decode step of the engine spends its time: torch's profiler over ``steps`` decode steps
+    (after ``skip``, so every row is past its prompt), self time of the weight matmuls, of attention,
+    of every other op, and the rest of the wall time (Python: the model's modules and the engine)."""
+    import torch
+
+    class Profiled(SlotEngine):
+        decode_steps = 0
+        seconds = 0.0
+
+        def _extend(self, cache, rows, subset, sampling):
+            if subset is None:
+                Profiled.decode_steps += 1
+                if Profiled.decode_steps == skip + 1:
+                    self._prof.start()
+                    self._t0 = time.perf_counter()
+            super()._extend(cache, rows, subset, sampling)
+            if subset is None and skip < Profiled.decode_steps <= skip + steps:
+                self.shape.append((len(rows), cache.width))  # the width this step read
+            if subset is None and Profiled.decode_steps == skip + steps:
+                Profiled.seconds = time.perf_counter() - self._t0
+                self._prof.stop()
+
+    eng = Profiled(model, stop_ids=[eos], pad_id=pad, slots=slots)
+    eng._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    eng.shape = []
+    eng.run([single_turn(i, max_new_tokens or skip + steps + 1) for i in ids])
+    if len(eng.shape) < steps:
+        raise SystemExit(f"the breakdown needs {skip + steps} decode steps; the run stopped after {Profiled.decode_steps}")
+    parts = {"weight matmuls": 0.0, "attention": 0.0, "other ops": 0.0}
+    for ev in eng._prof.key_averages():
+        us = ev.self_cpu_time_total
+        if ev.key in ("aten::mm", "aten::addmm"):
+            parts["weight matmuls"] += us
+        elif "scaled_dot_product" in ev.key:
+            parts["attention"] += us
+        else:
+            parts["other ops"] += us
+    step_ms = 1e3 * Profiled.seconds / steps
+    out = {k: v / 1e3 / steps for k, v in parts.items()}
+    out["outside ops (Python)"] = max(0.0, step_ms - sum(out.values()))
+    out["step"] = step_ms
+    out["rows"] = sum(r for r, _ in eng.shape) / steps
+    out["width"] = sum(w for _, w in eng.shape) / steps
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -75,6 +127,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="plain generate's batch size")
     ap.add_argument("--slots", type=int, default=64, help="the engine's sequences in flight")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 (both paths use it)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="timed rounds of both paths, alternating which runs first; medians are reported")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the profile of the engine's decode step")
     args = ap.parse_args()
 
     import torch
@@ -111,25 +166,45 @@ def main() -> None:
                        do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
     SlotEngine(model, stop_ids=[eos], pad_id=tok.pad_token_id, slots=2).run([single_turn(i, 4) for i in ids[:2]])
 
-    rows = {}
-    outputs = {}
-    for name, fn, batch in (("transformers generate", plain, args.batch), ("kit engine", engine, args.slots)):
-        t = time.perf_counter()
-        outputs[name] = out = fn()
-        seconds = time.perf_counter() - t
-        n = sum(map(len, out))
-        ideal = roofline_seconds(model, list(map(len, ids)), list(map(len, out)), len(ids), flops_peak, bw_peak)
-        rows[name] = (n, seconds, n / seconds, ideal / seconds, batch)
-    print(f"{'path':<22} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'roofline':>8}")
-    for name, (n, seconds, rate, frac, batch) in rows.items():
-        print(f"{name:<22} {batch:>5} {n:>7} {seconds:>8.1f} {rate:>7.1f} {100 * frac:>7.0f}%")
-    ref, fast = outputs["transformers generate"], outputs["kit engine"]
+    paths = {"transformers generate": (plain, args.batch), "kit engine": (engine, args.slots)}
+    ref_name, fast_name = list(paths)
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    outputs: dict[str, list] = {name: [] for name in paths}
+    ratios = []
+    print(f"{'round':>5} {'path':<22} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'roofline':>8}")
+    for r in range(args.rounds):  # ABBA order: neither path always runs first (allocator and cache warm-up)
+        order = list(paths) if r % 2 == 0 else list(paths)[::-1]
+        for name in order:
+            fn, batch = paths[name]
+            t = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t
+            times[name].append(seconds)
+            outputs[name].append(out)
+            n = sum(map(len, out))
+            ideal = roofline_seconds(model, list(map(len, ids)), list(map(len, out)), len(ids), flops_peak, bw_peak)
+            print(f"{r + 1:>5} {name:<22} {batch:>5} {n:>7} {seconds:>8.1f} {n / seconds:>7.1f} {100 * ideal / seconds:>7.0f}%",
+                  flush=True)
+        speed = {name: sum(map(len, outputs[name][-1])) / times[name][-1] for name in paths}
+        ratios.append(speed[fast_name] / speed[ref_name])
+    rate = {name: sum(map(len, outputs[name][0])) / statistics.median(times[name]) for name in paths}
+    print(f"median tokens/s over {args.rounds} round(s): transformers generate {rate[ref_name]:.1f}, "
+          f"kit engine {rate[fast_name]:.1f}")
+    print(f"speed-up (kit engine / transformers generate, tokens/s, same run): {rate[fast_name] / rate[ref_name]:.2f}x "
+          f"of the medians; per round {', '.join(f'{x:.2f}x' for x in ratios)} (min {min(ratios):.2f}x)")
+    ref, fast = outputs[ref_name][0], outputs[fast_name][0]
     same = sum(a == b for a, b in zip(ref, fast))
     prefix = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in zip(ref, fast)]
-    print(f"speed-up (kit engine / transformers generate, same run): {rows['kit engine'][2] / rows['transformers generate'][2]:.2f}x")
     print(f"agreement: {same}/{len(ref)} completions identical token for token; mean common prefix "
           f"{sum(prefix) / max(1, sum(map(len, ref))):.1%} of the reference's tokens")
-
+    for name in paths:
+        stable = all(o == outputs[name][0] for o in outputs[name][1:])
+        print(f"rerun: {name} gave {'identical' if stable else 'DIFFERENT'} completions in every round")
+    if not args.no_breakdown:
+        b = decode_breakdown(model, ids, eos=eos, pad=tok.pad_token_id, slots=args.slots)
+        shares = ", ".join(f"{k} {b[k]:.1f} ms ({100 * b[k] / b['step']:.0f}%)"
+                           for k in ("weight matmuls", "attention", "other ops", "outside ops (Python)"))
+        print(f"engine decode step (profiled, {b['rows']:.1f} rows, {b['width']:.0f} positions): {b['step']:.1f} ms = {shares}")
 
 if __name__ == "__main__":
     main()

@@ -123,3 +123,42 @@ def test_without_a_seed_sampling_follows_torchs_global_generator():
     torch.manual_seed(11)
     assert run() == first
     assert run() != first  # the global generator moved on
+
+
+def _bench_generation():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_generation.py"
+    spec = importlib.util.spec_from_file_location("bench_generation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_roofline_on_a_hand_computed_case():
+    """10 float32 parameters, one layer, one head of width 2: 16 bytes of keys and values and 8 attention
+    FLOPs per context token. Prompt of 2, 2 generated tokens: prefill (2*10*2 + 8*2*2/2) FLOPs = 56;
+    decode steps at context 2 and 3: 36 and 44 FLOPs, 40 + 32 and 40 + 48 bytes."""
+    from types import SimpleNamespace
+
+    bench = _bench_generation()
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=1, num_key_value_heads=1, num_attention_heads=1,
+                                                   hidden_size=2, head_dim=2),
+                            parameters=lambda: iter([torch.zeros(10)]))
+    assert bench.roofline_seconds(model, [2], [2], 1, 100.0, 1000.0) == pytest.approx(0.56 + 0.36 + 0.44)  # compute-bound
+    assert bench.roofline_seconds(model, [2], [2], 1, 100.0, 100.0) == pytest.approx(0.56 + 0.72 + 0.88)  # memory-bound
+    # two items in one batch: one decode step reads the weights once for both rows
+    assert bench.roofline_seconds(model, [2, 2], [1, 1], 2, 100.0, 100.0) == pytest.approx(2 * 0.56 + (40 + 64) / 100)
+
+
+def test_benchmark_decode_breakdown_accounts_for_the_step():
+    bench = _bench_generation()
+    model = tiny()
+    jobs = prompts(6)
+    b = bench.decode_breakdown(model, jobs, eos=10_000, pad=0, slots=4, skip=2, steps=3)  # no stop: budgets end
+    assert b["weight matmuls"] > 0 and b["attention"] > 0 and b["other ops"] > 0 and b["outside ops (Python)"] >= 0
+    # the first 4 jobs fill the slots; decode step d reads up to the longest prompt + d: steps 3, 4, 5 profiled
+    assert b["rows"] == 4 and b["width"] == max(map(len, jobs[:4])) + 4
+    with pytest.raises(SystemExit, match="needs 9 decode steps"):
+        bench.decode_breakdown(model, jobs, eos=10_000, pad=0, slots=4, skip=4, steps=5, max_new_tokens=3)

@@ -130,7 +130,7 @@ class TransformersGenerator:
 
 class FastGenerator(TransformersGenerator):
     """The kit's engine (``models.engine.SlotEngine``): continuous batching over a slot KV cache, at
-    1.85-2.2x plain ``generate``'s tokens per second on the reference CPU
+    1.8-1.9x plain ``generate``'s tokens per second on the reference CPU
     (``benchmarks/bench_generation.py``).
     ``batch_size`` sequences are in flight at once; ``on_result(i, completion)`` fires as each ends."""
 
