@@ -42,6 +42,11 @@ def main() -> None:
     items = load("arith", "train", limit=max(8, (args.steps + 1) * args.questions))
     inversion.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
     records = inversion.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
+    import torch
+
+    from exgrpo_utils.models.registry import cpu_model
+
+    print(f"cpu: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print(f"model {args.model}; k={args.k} G={args.G} probe/final budgets {args.probe_tokens}/{args.final_tokens} "
           f"tokens, {args.questions} question(s) per step, {args.steps} timed steps after one warm-up step")
     print(f"{'backend':>8} {'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13} {'peak MiB':>9}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from bench_generation import machine_peaks  # this folder's generation benchmark: the same peak measurement
 
 from exgrpo_utils.data.datasets import load
+from exgrpo_utils.models.registry import cpu_model
 from exgrpo_utils.teach import inversion, rules, teachers
 from exgrpo_utils.train import sft
 from exgrpo_utils.train.settings import SFTSettings
@@ -56,6 +57,7 @@ def main() -> None:
     inversion.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
     records = inversion.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
     params = None
+    print(f"cpu: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print(f"model {args.model}; batch {args.batch}; {args.steps} steps per variant (2 warm-up steps dropped); "
           f"peak matmul {peak / 1e9:.0f} GFLOP/s (float32)")
     print(f"{'variant':<28} {'real tok/s':>10} {'padding':>8} {'roofline':>8}")
