@@ -77,31 +77,32 @@ def decode_breakdown(model, ids, *, eos: int, pad: int, slots: int, skip: int = 
     of every other op, and the rest of the wall time (Python: the model's modules and the engine)."""
     import torch
 
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    shape: list[tuple[int, int]] = []  # (rows, positions read) of each profiled step
+    clock = {"decode_steps": 0, "start": 0.0, "seconds": 0.0}
+
     class Profiled(SlotEngine):
-        decode_steps = 0
-        seconds = 0.0
-
         def _extend(self, cache, rows, subset, sampling):
-            if subset is None:
-                Profiled.decode_steps += 1
-                if Profiled.decode_steps == skip + 1:
-                    self._prof.start()
-                    self._t0 = time.perf_counter()
+            if subset is not None:  # prefill: not profiled
+                return super()._extend(cache, rows, subset, sampling)
+            clock["decode_steps"] += 1
+            profiled = skip < clock["decode_steps"] <= skip + steps
+            if clock["decode_steps"] == skip + 1:
+                prof.start()
+                clock["start"] = time.perf_counter()
             super()._extend(cache, rows, subset, sampling)
-            if subset is None and skip < Profiled.decode_steps <= skip + steps:
-                self.shape.append((len(rows), cache.width))  # the width this step read
-            if subset is None and Profiled.decode_steps == skip + steps:
-                Profiled.seconds = time.perf_counter() - self._t0
-                self._prof.stop()
+            if profiled:
+                shape.append((len(rows), cache.width))
+            if clock["decode_steps"] == skip + steps:
+                clock["seconds"] = time.perf_counter() - clock["start"]
+                prof.stop()
 
-    eng = Profiled(model, stop_ids=[eos], pad_id=pad, slots=slots)
-    eng._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-    eng.shape = []
-    eng.run([single_turn(i, max_new_tokens or skip + steps + 1) for i in ids])
-    if len(eng.shape) < steps:
-        raise SystemExit(f"the breakdown needs {skip + steps} decode steps; the run stopped after {Profiled.decode_steps}")
+    Profiled(model, stop_ids=[eos], pad_id=pad, slots=slots).run(
+        [single_turn(i, max_new_tokens or skip + steps + 1) for i in ids])
+    if len(shape) < steps:
+        raise SystemExit(f"the breakdown needs {skip + steps} decode steps; the run stopped after {clock['decode_steps']}")
     parts = {"weight matmuls": 0.0, "attention": 0.0, "other ops": 0.0}
-    for ev in eng._prof.key_averages():
+    for ev in prof.key_averages():
         us = ev.self_cpu_time_total
         if ev.key in ("aten::mm", "aten::addmm"):
             parts["weight matmuls"] += us
@@ -109,12 +110,12 @@ def decode_breakdown(model, ids, *, eos: int, pad: int, slots: int, skip: int = 
             parts["attention"] += us
         else:
             parts["other ops"] += us
-    step_ms = 1e3 * Profiled.seconds / steps
+    step_ms = 1e3 * clock["seconds"] / steps
     out = {k: v / 1e3 / steps for k, v in parts.items()}
     out["outside ops (Python)"] = max(0.0, step_ms - sum(out.values()))
     out["step"] = step_ms
-    out["rows"] = sum(r for r, _ in eng.shape) / steps
-    out["width"] = sum(w for _, w in eng.shape) / steps
+    out["rows"] = sum(r for r, _ in shape) / steps
+    out["width"] = sum(w for _, w in shape) / steps
     return out
 
 

@@ -300,11 +300,11 @@ def fraction_points(df, column: Column | None = None):
     """Figure 4's data: p, method (SFT or ExGRPO), mean and interval over seeds (on ``headline``)."""
 
     column = column or headline(df)
-    pairs = [(1.0, "sft", "SFT"), (1.0, "exgrpo", "ExGRPO")] if column else []
+    pairs = [(1.0, "sft", "SFT"), (1.0, "exgrpo", "ExGRPO")]
     for p in (0.1, 0.25, 0.5):
         pairs += [(p, f"sft-p{p}", "SFT"), (p, f"exgrpo-p{p}", "ExGRPO")]
     rows = []
-    for p, key, method in pairs:
+    for p, key, method in pairs if column else []:
         s = cell_stats(df, key, column.datasets, column.source)
         if s["seeds"]:
             rows.append({"p": p, "method": method, "key": key, **s})

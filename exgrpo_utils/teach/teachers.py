@@ -361,7 +361,7 @@ def endpoint(settings: TeacherSettings) -> str:
 
 
 @contextmanager
-def serving(settings: TeacherSettings, log_path=None) -> Iterator[TeacherSettings]:
+def serving(settings: TeacherSettings) -> Iterator[TeacherSettings]:
     """The teacher settings to build from inside this block: ``settings`` as they are, or, with
     ``teacher_serve``, pointing at the kit's OpenAI-compatible server on loopback serving
     ``teacher_model`` (started here, stopped when the block ends)."""
@@ -371,7 +371,7 @@ def serving(settings: TeacherSettings, log_path=None) -> Iterator[TeacherSetting
     if settings.teacher != "openai" or not settings.teacher_model:
         raise TeacherConfigError("teacher_serve serves teacher_model over HTTP for teacher openai: set teacher: openai "
                                  f"and teacher_model (got teacher {settings.teacher!r}, model {settings.teacher_model!r})")
-    with serve_locally(settings.teacher_model, log_path=log_path) as url:
+    with serve_locally(settings.teacher_model) as url:
         yield replace(settings, teacher_base_url=url, teacher_api_key_env="")
 
 
