@@ -4,7 +4,7 @@ import random
 import pytest
 
 from exgrpo_utils.data.datasets import Example
-from exgrpo_utils.train import exgrpo, rewards
+from exgrpo_utils.train import rewards, rl_data
 from exgrpo_utils.train.dialogue import ChatLayout, plan_group, teacher_forced
 from exgrpo_utils.train.settings import ExGRPOSettings
 
@@ -134,7 +134,7 @@ def test_teacher_forced_dialogue_masks_exactly_the_assistant_tokens(layout):
 
 
 def test_rollout_keeps_generated_tokens_and_masks_context(layout, student):
-    from exgrpo_utils.train.exgrpo import rollout_dialogues
+    from exgrpo_utils.train.rollouts import rollout_dialogues
 
     model, tok = student
     dialogues = [["What is 2 + 3?", "What is 4 + 4?", "What is 1 + 1?"], ["What is 1 + 1?"]]
@@ -176,7 +176,7 @@ class FakeVLLMGeneration:
 def test_vllm_turn_sampler_drives_the_dialogue(layout):
     """The vLLM path of the rollouts: one engine call per turn with that turn's budget and the
     template's stop tokens, cut at the stop token, settings restored, logprobs kept per policy token."""
-    from exgrpo_utils.train.exgrpo import VLLMTurnSampler, rollout_dialogues
+    from exgrpo_utils.train.rollouts import VLLMTurnSampler, rollout_dialogues
 
     tok = layout.tok
     answer = layout.encode("The answer is 5.")
@@ -248,7 +248,7 @@ def test_gemma_like_dialogues_close_turns_with_end_of_turn(gemma_like):
 def test_engine_rollouts_equal_the_lockstep_generate_rollouts(layout, student):
     """The kit's engine keeps each dialogue's cache across turns; greedy, it must give the tokens and
     masks of the lockstep path that re-encodes every dialogue with ``generate``, teacher turns too."""
-    from exgrpo_utils.train.exgrpo import rollout_dialogues, rollout_single_turn
+    from exgrpo_utils.train.rollouts import rollout_dialogues, rollout_single_turn
 
     model, tok = student
     dialogues = [["What is 2 + 3?", "What is 4 + 4?", "What is 1 + 1?"], ["What is 1 + 1?"], ["Why 7?", "Sum?"]]
@@ -268,7 +268,7 @@ def test_engine_rollouts_equal_the_lockstep_generate_rollouts(layout, student):
 
 
 def test_sampled_rollouts_repeat_for_a_seed(layout, student):
-    from exgrpo_utils.train.exgrpo import rollout_dialogues
+    from exgrpo_utils.train.rollouts import rollout_dialogues
 
     model, tok = student
     dialogues = [["What is 2 + 3?", "What is 1 + 1?"]] * 3
@@ -295,40 +295,40 @@ def _records(n=6, probes=3, reveal_first=True):
 
 def test_rl_records_leave_out_answer_revealing_probes_unless_allowed():
     recs = _records()
-    kept = exgrpo.rl_records(recs, ExGRPOSettings(), log=lambda *_: None)
+    kept = rl_data.rl_records(recs, ExGRPOSettings(), log=lambda *_: None)
     assert [len(r["probes"]) for r in kept] == [2] * 6 and all(not p["reveals_answer"] for r in kept for p in r["probes"])
-    allowed = exgrpo.rl_records(recs, ExGRPOSettings(revealing_probes="allow"), log=lambda *_: None)
+    allowed = rl_data.rl_records(recs, ExGRPOSettings(revealing_probes="allow"), log=lambda *_: None)
     assert [sum(p["reveals_answer"] for p in r["probes"]) for r in allowed] == [1] * 6
     only_revealing = [dict(r, probes=r["probes"][:1]) for r in recs]
     said = []
-    assert len(exgrpo.rl_records(only_revealing[:3] + recs[3:], ExGRPOSettings(), log=said.append)) == 3
+    assert len(rl_data.rl_records(only_revealing[:3] + recs[3:], ExGRPOSettings(), log=said.append)) == 3
     assert "3 of 6 questions have no probe left" in said[0]
     with pytest.raises(ValueError, match="revealing_probes"):
-        exgrpo.rl_records(recs, ExGRPOSettings(revealing_probes="maybe"))
+        rl_data.rl_records(recs, ExGRPOSettings(revealing_probes="maybe"))
 
 
 def test_grpo_rows_are_k_probes_then_the_question_and_aux_targets_are_probe_answers_only():
     from exgrpo_utils.teach.rules import load_rules
 
     settings = ExGRPOSettings(mode="grpo", k=4)
-    recs = exgrpo.rl_records(_records(n=2), settings, log=lambda *_: None)
-    rows = exgrpo.training_rows(recs, load_rules(), settings)
-    assert len(rows) == 2 * 5 and exgrpo.rows_per_question(settings) == 5
+    recs = rl_data.rl_records(_records(n=2), settings, log=lambda *_: None)
+    rows = rl_data.training_rows(recs, load_rules(), settings)
+    assert len(rows) == 2 * 5 and rl_data.rows_per_question(settings) == 5
     first = rows[:5]
     assert all(r["question_id"] == "q0" for r in first)
     assert [bool(r["target"]) for r in first] == [True] * 4 + [False]  # the question row trains no aux target
     assert first[-1]["answer_type"] == "" and first[-1]["gold"] == "5"
     assert {r["gold"] for r in first[:4]} == {"1", "2"}  # 2 probes left, cycled to fill k = 4
-    assert exgrpo.training_rows(recs, load_rules(), ExGRPOSettings(k=4)) == \
+    assert rl_data.training_rows(recs, load_rules(), ExGRPOSettings(k=4)) == \
         [r for r in rows if not r["target"]]  # exgrpo: the question rows alone
 
 
 def _questions_per_step(settings, recs, steps):
     from exgrpo_utils.teach.rules import load_rules
 
-    rows = exgrpo.training_rows(exgrpo.rl_records(recs, settings, log=lambda *_: None), load_rules(), settings)
-    per_q = exgrpo.rows_per_question(settings)
-    sampler = exgrpo.QuestionBlockSampler(exgrpo.question_blocks([r["question_id"] for r in rows]), G=settings.G,
+    rows = rl_data.training_rows(rl_data.rl_records(recs, settings, log=lambda *_: None), load_rules(), settings)
+    per_q = rl_data.rows_per_question(settings)
+    sampler = rl_data.QuestionBlockSampler(rl_data.question_blocks([r["question_id"] for r in rows]), G=settings.G,
                                           questions=settings.questions_per_step, seed=settings.seed)
     idx = list(sampler)
     batch = settings.G * settings.questions_per_step * per_q
@@ -357,19 +357,47 @@ def test_question_block_sampler_orders_each_pass_by_its_epoch():
     """Each pass over the data draws its own order, fixed by (seed, pass): a trainer resuming in pass 2
     sets epoch 2 on a fresh sampler and gets what the uninterrupted run drew in its third pass."""
     blocks = [[i] for i in range(8)]
-    running = exgrpo.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
+    running = rl_data.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
     passes = [list(running) for _ in range(3)]
     assert len({tuple(p) for p in passes}) == 3 and all(sorted(p) == list(range(8)) for p in passes)
-    resumed = exgrpo.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
+    resumed = rl_data.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
     resumed.set_epoch(2)
     assert list(resumed) == passes[2]
-    again = exgrpo.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
+    again = rl_data.QuestionBlockSampler(blocks, G=1, questions=2, seed=5)
     again.set_epoch(0)
     assert list(again) == passes[0]
 
 
 def test_question_block_sampler_refuses_uneven_blocks():
     with pytest.raises(ValueError, match="different sizes"):
-        exgrpo.QuestionBlockSampler([[0, 1], [2]], G=2, questions=1)
+        rl_data.QuestionBlockSampler([[0, 1], [2]], G=2, questions=1)
     with pytest.raises(ValueError, match="cannot fill"):
-        exgrpo.QuestionBlockSampler([[0], [1]], G=2, questions=3)
+        rl_data.QuestionBlockSampler([[0], [1]], G=2, questions=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# ExGRPOReward: the reward TRL calls, hand-computed
+
+def _reward_records():
+    return [{"id": "q1", "item": Example("q1", "arith", "1 + 1?", "2").to_dict(), "probes": []},
+            {"id": "q2", "item": Example("q2", "arith", "2 + 2?", "4").to_dict(), "probes": []}]
+
+
+def test_exgrpo_reward_groups_rollouts_by_question_and_adds_the_bonus_per_group():
+    logged = {}
+    reward = rewards.ExGRPOReward(_reward_records(), ExGRPOSettings(delta=0.5, nu=1.0))
+    # q1: A right, A wrong, B wrong, B wrong -> fires (0.5 > 0); q2: A right, A right, B right, B right -> 1 > 1 false
+    finals = ["The answer is 2.", "The answer is 3.", "5", "7", "The answer is 4.", "4", "4", "4"]
+    totals = reward(None, [""] * 8, ["q1", "q1", "q1", "q1", "q2", "q2", "q2", "q2"],
+                    log_metric=lambda k, v: logged.__setitem__(k, v), scenario=list("AABBAABB"), final_text=finals)
+    assert totals == [1.5, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert logged["exgrpo/bonus_fired"] == 0.5 and logged["exgrpo/p_full"] == 0.75 and logged["exgrpo/p_partial"] == 0.5
+    assert logged["exgrpo/r_base"] == 5 / 8 and logged["exgrpo/r_dsu"] == 0.5 / 8
+
+
+def test_grpo_reward_scores_each_row_against_its_own_gold():
+    reward = rewards.ExGRPOReward(_reward_records(), ExGRPOSettings(mode="grpo"))
+    completions = [[{"role": "assistant", "content": "It is 7."}], [{"role": "assistant", "content": "The answer is 2."}],
+                   "The answer is 3."]
+    totals = reward(None, completions, ["q1", "q1", "q2"], gold=["7", "", ""], answer_type=["number", "", ""])
+    assert totals == [1.0, 1.0, 0.0]  # a probe row against its teacher answer, question rows against the item

@@ -6,7 +6,7 @@ import pytest
 
 from exgrpo_utils.common.files import read_train_log
 from exgrpo_utils.teach import rules
-from exgrpo_utils.train import exgrpo, sft
+from exgrpo_utils.train import exgrpo, rl_data, sft
 from exgrpo_utils.train.common import run_cost
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
@@ -92,7 +92,7 @@ def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, s
 def test_plain_grpo_variant_trains_on_independent_probes(probe_records, tmp_path, student_path):
     settings = ExGRPOSettings(mode="grpo", k=2, G=2, max_probe_tokens=8, max_final_tokens=16, max_steps=1,
                               save_steps=10, aux_lambda=0.1)
-    rows = exgrpo.training_rows(exgrpo.rl_records(probe_records, settings), rules.load_rules(), settings)
+    rows = rl_data.training_rows(rl_data.rl_records(probe_records, settings), rules.load_rules(), settings)
     assert len(rows) == 3 * len(probe_records)  # k probes and the question, per question
     summary = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
                                   settings=settings)

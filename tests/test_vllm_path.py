@@ -173,3 +173,27 @@ def test_trl_generation_paths_stop_on_the_turn_end_too(student_path):
     model = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=tok.eos_token_id))
     assert use_turn_stops(model, tok) == (tok.eos_token_id, end)
     assert model.generation_config.eos_token_id == sorted({tok.eos_token_id, end})
+
+
+def test_the_aux_batch_comes_back_with_the_rollout(tiny_student, arith_probe_records, tmp_path):
+    """Eq. 8's teacher-forced dialogues reach the trainer in the rollout's own result (``Rollout.aux``):
+    one per question, its Scenario A probes with the teacher's answers as the only target tokens."""
+    trainer, settings = _trainer(tiny_student, arith_probe_records, tmp_path)
+    trainer.model.train()
+    calls = []
+    rollout = trainer.rollout
+
+    def recording(prompts, tr):
+        result = rollout(prompts, tr)
+        calls.append(result)
+        return result
+
+    trainer.rollout = recording
+    trainer._generate_and_score_completions([trainer.train_dataset[0]] * settings.G)
+    assert len(calls) == 1 and calls[0].aux and trainer._aux_batch is calls[0].aux
+    rec = next(r for r in arith_probe_records if r["id"] == trainer.train_dataset[0]["question_id"])
+    responses = {p["teacher_response"] for p in rec["probes"]}
+    layout = trainer.layout
+    for d in trainer._aux_batch:
+        target = [t for t, m in zip(d.completion_ids, d.mask) if m]
+        assert layout.tok.decode(target, skip_special_tokens=True).strip() in responses

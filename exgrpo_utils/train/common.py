@@ -101,7 +101,7 @@ TOKEN_KINDS = ("generated", "context", "update", "reference", "aux_sft")
 
 def token_kinds(log_history: Sequence[dict]) -> dict[str, int]:
     """An RL run's tokens by kind, summed over its logged steps (``tokens/<kind>``, see
-    ``exgrpo.ExGRPOTrainer._log_tokens``); empty for trainers that do not log them."""
+    ``exgrpo_trainer.ExGRPOTrainer._log_tokens``); empty for trainers that do not log them."""
     steps = [h for h in log_history if "tokens/update" in h]
     return {k: int(round(sum(h.get(f"tokens/{k}", 0) for h in steps))) for k in TOKEN_KINDS} if steps else {}
 

@@ -6,6 +6,10 @@
   P_full > ν · P_partial, else 0 (δ > 0, ν >= 1).
 * Eq. 6  R_total = R_base + r_dsu for a correct Scenario A rollout when Eq. 5 fires; otherwise R_base.
 * Eq. 7  group-normalised advantages over the G rollouts of a question: (R - mean) / (std + eps).
+
+``ExGRPOReward`` is the reward function TRL calls once per step with every rollout of the step: it
+scores each final answer (Eq. 4), groups the rollouts by question and applies Eq. 5-6 per group, and
+logs R_base, P_full, P_partial and how often the bonus fired. TRL then normalises per group (Eq. 7).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Sequence
 
 from ..data import answers
 from ..data.example import Example
+from .settings import ExGRPOSettings
 
 
 def r_base(example: Example, final_answer: str) -> float:
@@ -78,3 +83,51 @@ def exgrpo_group_rewards(base: Sequence[float], scenarios: Sequence[str], delta:
              "p_partial": sum(partial) / len(partial) if partial else float("nan"),
              "fired": dsu_fires(full, partial, nu) if full else False}
     return totals, stats
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+class ExGRPOReward:
+    """One reward function for TRL: R_total per rollout (Eq. 6), with R_base and DSU statistics logged.
+
+    exgrpo mode: ``final_text`` is each dialogue's final answer and ``scenario`` its "A"/"B"; the
+    rollouts of one question (consecutive or not) form its group. grpo mode: each sample is scored
+    against its own gold (a probe's teacher answer, or the question's), R_base only."""
+
+    __name__ = "exgrpo_reward"
+
+    def __init__(self, records: Sequence[dict], settings: ExGRPOSettings):
+        self.items = {r["id"]: Example.from_dict(r["item"]) for r in records}
+        self.settings = settings
+
+    def __call__(self, prompts, completions, question_id, log_metric=None, scenario=None, final_text=None,
+                 gold=None, answer_type=None, **kwargs) -> list[float]:
+        if self.settings.mode == "grpo":
+            base = self._grpo_base(completions, question_id, gold, answer_type)
+            if log_metric:
+                log_metric("exgrpo/r_base", _mean(base))
+            return base
+        base = [r_base(self.items[q], f) for q, f in zip(question_id, final_text)]
+        totals = [0.0] * len(base)
+        stats = []
+        for qid in dict.fromkeys(question_id):  # groups in order of appearance
+            idx = [i for i, q in enumerate(question_id) if q == qid]
+            group_totals, group_stats = exgrpo_group_rewards([base[i] for i in idx], [scenario[i] for i in idx],
+                                                             self.settings.delta, self.settings.nu)
+            for i, v in zip(idx, group_totals):
+                totals[i] = v
+            stats.append(group_stats)
+        if log_metric:
+            log_metric("exgrpo/r_base", _mean(base))
+            log_metric("exgrpo/bonus_fired", _mean([s["fired"] for s in stats]))
+            log_metric("exgrpo/p_full", _mean([s["p_full"] for s in stats]))
+            log_metric("exgrpo/p_partial", _mean([s["p_partial"] for s in stats]))
+            log_metric("exgrpo/r_dsu", _mean([t - b for t, b in zip(totals, base)]))
+        return totals
+
+    def _grpo_base(self, completions, question_id, gold, answer_type) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [r_base(Example(qid, "probe", "", g, meta={"answer_type": t}) if t else self.items[qid], text)
+                for qid, text, g, t in zip(question_id, texts, gold, answer_type)]

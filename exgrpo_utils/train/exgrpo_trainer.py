@@ -1,0 +1,120 @@
+"""The trainer of ExGRPO and plain GRPO: TRL's ``GRPOTrainer`` plus Eq. 8's auxiliary SFT loss.
+
+One step, in the order TRL runs it (``GRPOTrainer._generate_and_score_completions``, then
+``compute_loss``):
+
+1. rollout: ``ExGRPOTrainer.run_rollout`` calls the step's rollout (``rollouts.DialogueRollout`` or
+   ``rollouts.SingleTurnRollout``) and hands TRL its ``fields``; the teacher-forced dialogues of Eq. 8
+   come back in the same result (``Rollout.aux``) and are kept for this step's loss;
+2. reward: TRL calls ``rewards.ExGRPOReward`` (Eq. 4-6) on every rollout of the step;
+3. advantages: TRL normalises the rewards per group (Eq. 7, ``scale_rewards="group"``);
+4. loss: TRL's clipped surrogate with beta * KL to the reference (Eq. 7), plus lambda * ``aux_sft_loss``
+   (Eq. 8) in ``ExGRPOTrainer.compute_loss``.
+
+This module imports TRL at the top; ``train.exgrpo`` imports it only when a trainer is built.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from trl import GRPOTrainer
+
+from .dialogue import ChatLayout, DialogueTokens, teacher_forced
+from .rl_data import QuestionBlockSampler, question_blocks
+from .rollouts import Rollout, log_metric
+
+
+class ExGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose rollouts come from ``rollout`` (None: TRL's own single-turn generation), plus
+    Eq. 8's auxiliary SFT loss (weight ``aux_lambda``) on the teacher's probe answers, and a log of
+    the tokens each step spends by kind."""
+
+    def __init__(self, *args, rollout=None, aux_lambda: float = 0.0, layout: ChatLayout | None = None, **kwargs):
+        self.rollout = rollout
+        super().__init__(*args, rollout_func=self.run_rollout if rollout is not None else None, **kwargs)
+        self.aux_lambda, self.layout = aux_lambda, layout
+        self._rollout_aux: list[DialogueTokens] | None = None
+        self._aux_batch: list[DialogueTokens] = []
+
+    def run_rollout(self, prompts, trainer) -> dict:
+        """TRL's ``rollout_func``: the rollout's fields for TRL; its aux dialogues kept for the loss."""
+        result: Rollout = self.rollout(prompts, trainer)
+        self._rollout_aux = result.aux
+        return result.fields
+
+    def _get_train_sampler(self, dataset=None):
+        dataset = self.train_dataset if dataset is None else dataset
+        blocks = question_blocks(dataset["question_id"])
+        per_question = self.num_generations * len(blocks[0])
+        if self.args.generation_batch_size % per_question:
+            raise ValueError(f"a generation batch of {self.args.generation_batch_size} rows does not hold whole "
+                             f"questions ({per_question} rows each)")
+        return QuestionBlockSampler(blocks, G=self.num_generations,
+                                    questions=self.args.generation_batch_size // per_question,
+                                    repeat=self.num_iterations * self.args.steps_per_generation, seed=self.args.seed)
+
+    def _generate_and_score_completions(self, inputs):
+        self._rollout_aux = None
+        output = super()._generate_and_score_completions(inputs)
+        self._log_tokens(output)
+        if self.aux_lambda > 0:
+            # exgrpo: the dialogues the rollout built; grpo: each probe row's (prompt, teacher answer)
+            self._aux_batch = self._rollout_aux if self._rollout_aux is not None else probe_answer_batch(self.layout, inputs)
+            log_metric(self, "tokens/aux_sft", sum(len(d.full_ids) for d in self._aux_batch))
+        return output
+
+    def _log_tokens(self, output) -> None:
+        """This step's tokens by kind (this process): ``generated`` (sampled by the policy),
+        ``context`` (dialogue turns the policy reads but did not write), ``update`` (prompt and
+        completion through the policy's forward and backward), ``reference`` (the KL's reference
+        pass), ``aux_sft`` (Eq. 8's teacher-forced rows, logged after the aux batch is built)."""
+        prompt = int(output["prompt_mask"].sum())
+        completion = int(output["completion_mask"].sum())
+        tool = output.get("tool_mask")
+        generated = int((output["completion_mask"] * tool).sum()) if tool is not None else completion
+        log_metric(self, "tokens/generated", generated)
+        log_metric(self, "tokens/context", completion - generated)
+        log_metric(self, "tokens/update", prompt + completion)
+        log_metric(self, "tokens/reference", prompt + completion if output.get("ref_per_token_logps") is not None else 0)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.aux_lambda > 0 and self._aux_batch and model.training:
+            aux = aux_sft_loss(model, self._aux_batch, pad_id=self.processing_class.pad_token_id)
+            loss = loss + self.aux_lambda * aux / self.current_gradient_accumulation_steps
+            self._metrics["train"]["aux_sft_loss"].append(aux.item())
+        return loss
+
+
+def probe_answer_batch(layout: ChatLayout, inputs: Sequence[dict]) -> list[DialogueTokens]:
+    """grpo's aux SFT rows: each distinct probe row of the batch with its teacher answer (rows without a
+    target, the original questions, are left out: the aux loss trains on probe answers only)."""
+    seen, batch = set(), []
+    for x in inputs:
+        key = (x["question_id"], x["prompt"][-1]["content"])
+        if key not in seen and x.get("target"):
+            seen.add(key)
+            batch.append(teacher_forced(layout, [(x["prompt"][-1]["content"], x["target"])]))
+    return batch
+
+
+def aux_sft_loss(model, batch: Sequence[DialogueTokens], *, pad_id: int):
+    """Eq. 8: mean token NLL of the target (teacher answer) tokens of teacher-forced dialogues.
+
+    Kit default: a mean over target tokens rather than the paper's sum, so λ does not scale with length."""
+    width = max(len(d.full_ids) for d in batch)
+    device = next(model.parameters()).device
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, d in enumerate(batch):
+        full = d.full_ids
+        ids[b, : len(full)] = torch.tensor(full)
+        attn[b, : len(full)] = 1
+        offset = len(d.prompt_ids)
+        for j, (tok_id, m) in enumerate(zip(d.completion_ids, d.mask)):
+            if m:
+                labels[b, offset + j] = tok_id
+    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device))
+    return out.loss
