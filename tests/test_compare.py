@@ -44,9 +44,9 @@ def test_compare_pairs_items_and_judges_each_cell_against_its_noise(tmp_path):
     ref, rep = tmp_path / "ref", tmp_path / "rep"
     base = {f"i{k}": (str(k), k % 2 == 0) for k in range(40)}
     _write(ref, "eval_arith", "sft", "arith", base)
-    _write(rep, "eval_arith", "sft", "arith", base)  # identical
+    _write(rep, "eval_task", "sft", "arith", base)  # identical (a new run names the folder eval_task/)
     _write(ref, "eval_arith", "sft", "arith_rev", base)
-    _write(rep, "eval_arith", "sft", "arith_rev", {**base, "i0": ("x", False), "i1": ("one", True)})  # one each way
+    _write(rep, "eval_task", "sft", "arith_rev", {**base, "i0": ("x", False), "i1": ("one", True)})  # one each way
     _write(ref, "eval", "zero-shot", "gsm8k", {f"i{k}": ("1", True) for k in range(30)})
     _write(rep, "eval", "zero-shot", "gsm8k", {f"i{k}": ("2", False) for k in range(30)})  # all 30 flipped
     _write(ref, "eval", "zero-shot", "csqa", {"i0": ("A", True)})  # not in the reproduction yet
@@ -122,3 +122,13 @@ def test_paired_comparisons_pair_items_over_common_seeds(tmp_path):
     assert row["McNemar p"] == pytest.approx(stats.mcnemar_exact(20, 0))
     assert table.iloc[1]["verdict"] == "not run in these results"
     assert "< 0.001" in paper_tables.comparisons_markdown(table)
+
+
+def test_a_run_folder_keeps_its_legacy_task_evaluation_folder(tmp_path):
+    """Runs written before ``eval_task/`` hold the task evaluations in ``eval_arith/``: still read there."""
+    layout = RunLayout.of("cpu", tmp_path)
+    assert layout.task_eval_dir("sft") == tmp_path / "runs" / "cpu" / "eval_task" / "sft"
+    (tmp_path / "runs" / "cpu" / "eval_arith" / "sft").mkdir(parents=True)
+    assert layout.task_eval_dir("sft") == tmp_path / "runs" / "cpu" / "eval_arith" / "sft"
+    (tmp_path / "runs" / "cpu" / "eval_task").mkdir()
+    assert layout.task_eval_dir("sft").parent.name == "eval_task"

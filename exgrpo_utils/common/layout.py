@@ -4,7 +4,8 @@
       00_setup.json                        environment and dataset tour (notebook 00)
       ei/<dataset>/                        probe dataset, EI records, Eq. 1/Eq. 2 statistics (01)
       train/<run_id>/                      a training: log, checkpoints, final/, merged/, summary (02, 03, 05)
-      eval_arith/<run_id>/                 quick evaluation on the training task and its pair (02, 03, 05)
+      eval_task/<run_id>/                  evaluation on the training task and its paired OOD sets (02, 03, 05;
+                                           a run folder written before this name holds it as eval_arith/)
       eval/<label>/                        the 12-dataset suite (04, 05)
       baselines/<dataset>/baseline_data.jsonl   the baselines' teacher data (05)
       experiments/<run_id>.json            one record per (method, seed) (05)
@@ -26,7 +27,9 @@ from pathlib import Path
 from .paths import results_root
 
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-TRAIN_LOG = "train_log.jsonl"  # inside every training folder: one JSON record per logged step
+TRAIN_LOG = "train_log.jsonl"
+TASK_EVAL = "eval_task"  # every task's own evaluations (the training task and its paired OOD sets)
+LEGACY_TASK_EVAL = "eval_arith"  # the same folder's name in runs written before 2026-12  # inside every training folder: one JSON record per logged step
 
 
 def run_id(key: str, seed: int) -> str:
@@ -114,7 +117,10 @@ class RunLayout:
     # -- evaluation -----------------------------------------------------------------------------
     @property
     def task_eval_root(self) -> Path:
-        return self.root / "eval_arith"
+        """``eval_task/``; a run folder that holds the folder's earlier name ``eval_arith/`` (and no
+        ``eval_task/``) keeps reading and resuming there, so committed runs stay valid unchanged."""
+        current, legacy = self.root / TASK_EVAL, self.root / LEGACY_TASK_EVAL
+        return legacy if legacy.is_dir() and not current.exists() else current
 
     def task_eval_dir(self, rid: str) -> Path:
         """The quick evaluation on the training task and its OOD pair."""

@@ -1,8 +1,8 @@
 """Did a reproduction reproduce? Item-by-item comparison of two result roots (the committed
 reference and a new run of the same preset).
 
-For every evaluation both runs hold (``eval_arith/<run id>/<dataset>.jsonl`` and
-``eval/<method>/<dataset>.jsonl``), it pairs the items by id and reports both accuracies, how many
+For every evaluation both runs hold (``eval_task/<run id>/<dataset>.jsonl``, ``eval_arith/`` in runs
+written before that name, and ``eval/<method>/<dataset>.jsonl``), it pairs the items by id and reports both accuracies, how many
 items got the same extracted answer, and an exact McNemar test on the items only one run got right.
 A cell's verdict is ``identical`` (every answer the same), ``within noise`` (answers differ but
 p >= ``alpha``: no evidence the two runs' accuracies differ), ``differs`` (p < ``alpha``) or
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..common.files import atomic_write_text
-from ..common.layout import RunLayout
+from ..common.layout import TASK_EVAL, RunLayout
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact
 
@@ -30,7 +30,7 @@ VERDICTS = ("identical", "within noise", "differs", "not comparable")
 
 @dataclass(frozen=True)
 class Cell:
-    evaluation: str  # "eval_arith" or "eval"
+    evaluation: str  # "eval_task" (the task's own sets; eval_arith/ in older runs) or "eval" (the suite)
     model: str  # run id or method label
     dataset: str
     n: int  # items in both runs (compared)
@@ -52,9 +52,9 @@ def _items(path: Path) -> dict[str, tuple[str | None, bool, str]]:
 
 def eval_files(layout: RunLayout) -> dict[tuple[str, str, str], Path]:
     out = {}
-    for root in (layout.task_eval_root, layout.suite_root):
-        for path in sorted(root.glob("*/*.jsonl")):
-            out[(root.name, path.parent.name, path.stem)] = path
+    for kind, root in ((TASK_EVAL, layout.task_eval_root), ("eval", layout.suite_root)):
+        for path in sorted(root.glob("*/*.jsonl")):  # keyed by kind: eval_arith/ and eval_task/ compare
+            out[(kind, path.parent.name, path.stem)] = path
     return out
 
 
