@@ -151,6 +151,65 @@ class _Row:
     generated: list = field(default_factory=list)
 
 
+class _Schedule:
+    """The jobs of one ``SlotEngine.run``: the queue waiting for a slot, the row in each cache slot
+    (``rows[i]`` lives in slot i; None: free), and the results as jobs end."""
+
+    def __init__(self, jobs: Sequence[Job], on_done: Callable[[int, object], None] | None):
+        self.jobs, self.on_done = jobs, on_done
+        self.queue = deque(range(len(jobs)))
+        self.rows: list[_Row | None] = []
+        self.results: list = [None] * len(jobs)
+
+    def fill(self, slots: int) -> None:
+        """Refill free slots, then open new ones, while jobs wait."""
+        for s in range(len(self.rows)):
+            if self.rows[s] is None and self.queue:
+                self._admit(s)
+        while self.queue and len(self.rows) < slots:
+            self.rows.append(None)
+            self._admit(len(self.rows) - 1)
+
+    def end_turn(self, slot: int) -> None:
+        """The row's turn ended: send the job its tokens; it yields its next turn or ends."""
+        row = self.rows[slot]
+        try:  # row.pending holds the turn's last token: it is read with the next context
+            turn = row.job.send(list(row.generated))
+        except StopIteration as stop:
+            self._finish(row.job_index, stop.value)
+            self.rows[slot] = None
+            return
+        self._start_turn(row, turn)
+
+    def _admit(self, slot: int) -> None:
+        i = self.queue.popleft()
+        row = _Row(i, self.jobs[i])
+        try:
+            turn = next(row.job)
+        except StopIteration as stop:  # a job with no turn
+            self._finish(i, stop.value)
+            self.rows[slot] = None
+            return
+        self._start_turn(row, turn)
+        self.rows[slot] = row
+
+    def _finish(self, i: int, value) -> None:
+        self.results[i] = value
+        if self.on_done is not None:
+            self.on_done(i, value)
+
+    @staticmethod
+    def _start_turn(row: _Row, turn) -> None:
+        if not isinstance(turn, Turn):
+            raise TypeError(f"job {row.job_index} yielded {type(turn).__name__}, not Turn")
+        if turn.max_new_tokens < 1:
+            raise ValueError(f"job {row.job_index}: max_new_tokens must be >= 1")
+        row.pending = row.pending + list(turn.context)
+        if not row.pending:
+            raise ValueError(f"job {row.job_index}: a turn with nothing to read (empty first context)")
+        row.budget, row.generated = int(turn.max_new_tokens), []
+
+
 class SlotEngine:
     """Continuous-batching generation with a slot KV cache (see the module docstring).
 
@@ -180,64 +239,19 @@ class SlotEngine:
         each job ends (so a caller can save it at once)."""
         import torch
 
-        n_jobs = len(jobs)
-        results: list = [None] * n_jobs
-        if not n_jobs:
-            return results
+        book = _Schedule(jobs, on_done)
+        if not jobs:
+            return book.results
         gen = torch.Generator(device="cpu")  # no seed: drawn from torch's global generator, as generate() samples
         gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        queue = deque(range(n_jobs))
-        rows: list[_Row | None] = []  # row i lives in cache slot i; None: free
         cache = SlotCache(self.slots, self.capacity)
         sampling = (float(temperature), float(top_p), gen)
-
-        def finish(i: int, value) -> None:
-            results[i] = value
-            if on_done is not None:
-                on_done(i, value)
-
-        def start_turn(row: _Row, turn) -> None:
-            if not isinstance(turn, Turn):
-                raise TypeError(f"job {row.job_index} yielded {type(turn).__name__}, not Turn")
-            if turn.max_new_tokens < 1:
-                raise ValueError(f"job {row.job_index}: max_new_tokens must be >= 1")
-            row.pending = row.pending + list(turn.context)
-            if not row.pending:
-                raise ValueError(f"job {row.job_index}: a turn with nothing to read (empty first context)")
-            row.budget, row.generated = int(turn.max_new_tokens), []
-
-        def admit(slot: int) -> None:
-            i = queue.popleft()
-            row = _Row(i, jobs[i])
-            try:
-                turn = next(row.job)
-            except StopIteration as stop:  # a job with no turn
-                finish(i, stop.value)
-                rows[slot] = None
-                return
-            start_turn(row, turn)
-            rows[slot] = row
-
-        def end_turn(slot: int) -> None:
-            row = rows[slot]
-            try:  # row.pending holds the turn's last token: it is read with the next context
-                turn = row.job.send(list(row.generated))
-            except StopIteration as stop:
-                finish(row.job_index, stop.value)
-                rows[slot] = None
-                return
-            start_turn(row, turn)
-
         with torch.inference_mode():
-            while queue or rows:
-                for s in range(len(rows)):  # refill free slots while jobs wait
-                    if rows[s] is None and queue:
-                        admit(s)
-                while queue and len(rows) < self.slots:
-                    rows.append(None)
-                    admit(len(rows) - 1)
-                if None in rows:  # the queue is empty: the last live rows fill the holes
-                    rows = self._compact(cache, rows)
+            while book.queue or book.rows:
+                book.fill(self.slots)
+                if None in book.rows:  # the queue is empty: the last live rows fill the holes
+                    book.rows = self._compact(cache, book.rows)
+                rows = book.rows
                 if not rows:
                     continue
                 multi = [s for s, r in enumerate(rows) if len(r.pending) > 1]
@@ -249,8 +263,8 @@ class SlotEngine:
                 for s in multi or range(len(rows)):
                     r = rows[s]
                     if r.generated[-1] in self.stop_ids or len(r.generated) >= r.budget:
-                        end_turn(s)
-        return results
+                        book.end_turn(s)
+        return book.results
 
     @staticmethod
     def _compact(cache: SlotCache, rows: list) -> list:

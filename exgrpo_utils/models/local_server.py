@@ -190,74 +190,91 @@ def _messages_of(body: dict) -> list[dict]:
     return messages
 
 
-def make_server(backend, model_name: str, host: str = "127.0.0.1", port: int = 0, **batcher_options) -> ThreadingHTTPServer:
+class ChatServer(ThreadingHTTPServer):
+    """The loopback server: what its requests need (the batcher, the served model's name, its tokenizer
+    for the usage counts) lives here, where ``ChatHandler`` reads it through ``self.server``."""
+    daemon_threads = True
+
+    def __init__(self, address, batcher: Batcher, model_name: str, tokenizer=None):
+        super().__init__(address, ChatHandler)
+        self.batcher, self.model_name, self.tokenizer = batcher, model_name, tokenizer
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        if self.tokenizer is None:
+            return 0
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """One request: ``/health``, ``/v1/models`` and ``/v1/chat/completions`` (no streaming)."""
+    protocol_version = "HTTP/1.1"
+    server: ChatServer
+
+    def log_message(self, fmt, *args):  # one line per request on stderr (the server's log)
+        sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
+
+    def do_GET(self):
+        if self.path.rstrip("/") == "/health":
+            self._send(200, {"status": "ok"})
+        elif self.path.rstrip("/") == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model",
+                                                         "owned_by": "local"}]})
+        else:
+            self._error(404, f"no route {self.path}")
+
+    def _request(self) -> tuple[dict, list[dict], SamplingConfig]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        return body, _messages_of(body), _sampling_of(body)
+
+    def do_POST(self):
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            return self._error(404, f"no route {self.path}")
+        try:
+            body, messages, sampling = self._request()
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error(400, f"bad request: {exc}")
+        model_name = self.server.model_name
+        if body.get("stream"):
+            return self._error(400, "streaming is not supported by this server")
+        if body.get("model") not in (None, model_name):
+            return self._error(404, f"model {body.get('model')!r} not found; this server has {model_name!r}")
+        try:
+            res = self.server.batcher.submit(messages, sampling).result(timeout=REQUEST_TIMEOUT_S)
+            prompt_tokens = self.server.prompt_tokens(messages)
+        except Exception as exc:  # noqa: BLE001 - reported to the client, logged, the server goes on
+            sys.stderr.write(f"generation failed: {type(exc).__name__}: {exc}\n")
+            return self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
+        completion = res.completion_tokens or 0
+        self._send(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
+                         "finish_reason": "length" if completion >= sampling.max_new_tokens else "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": prompt_tokens + completion}})
+
+
+def make_server(backend, model_name: str, host: str = "127.0.0.1", port: int = 0, **batcher_options) -> ChatServer:
     """The HTTP server (not started): ``/health``, ``/v1/models`` and ``/v1/chat/completions`` (no streaming)."""
-    batcher = Batcher(backend, **batcher_options)
     tokenizer = getattr(getattr(backend, "generator", None), "tokenizer", None)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt, *args):  # one line per request on stderr (the server's log)
-            sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
-
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
-
-        def do_GET(self):
-            if self.path.rstrip("/") == "/health":
-                self._send(200, {"status": "ok"})
-            elif self.path.rstrip("/") == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "local"}]})
-            else:
-                self._error(404, f"no route {self.path}")
-
-        def do_POST(self):
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                return self._error(404, f"no route {self.path}")
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length < 0:
-                    raise ValueError("negative Content-Length")
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("the body must be a JSON object")
-                messages, sampling = _messages_of(body), _sampling_of(body)
-            except (ValueError, KeyError, TypeError) as exc:
-                return self._error(400, f"bad request: {exc}")
-            if body.get("stream"):
-                return self._error(400, "streaming is not supported by this server")
-            if body.get("model") not in (None, model_name):
-                return self._error(404, f"model {body.get('model')!r} not found; this server has {model_name!r}")
-            try:
-                res = batcher.submit(messages, sampling).result(timeout=REQUEST_TIMEOUT_S)
-                prompt_tokens = (len(tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                                             tokenize=False),
-                                               add_special_tokens=False)["input_ids"]) if tokenizer else 0)
-            except Exception as exc:  # noqa: BLE001 - reported to the client, logged, the server goes on
-                sys.stderr.write(f"generation failed: {type(exc).__name__}: {exc}\n")
-                return self._error(500, f"generation failed: {type(exc).__name__}: {exc}")
-            completion = res.completion_tokens or 0
-            self._send(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
-                             "finish_reason": "length" if completion >= sampling.max_new_tokens else "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                          "total_tokens": prompt_tokens + completion}})
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    server.batcher = batcher  # type: ignore[attr-defined]
-    return server
+    return ChatServer((host, port), Batcher(backend, **batcher_options), model_name, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:
