@@ -1,7 +1,8 @@
 import pytest
 
 from exgrpo_utils.data import answers
-from exgrpo_utils.data.datasets import Example, format_options
+from exgrpo_utils.data.example import Example
+from exgrpo_utils.data.parsers import format_options
 
 YN = Example("s1", "strategyqa", "Is the sky blue?", "yes")
 MC5 = Example("c1", "csqa", format_options("Where?", ["bank", "library", "store", "mall", "new york"]), "B",
@@ -88,7 +89,7 @@ def test_scoring_hand_written_completions(example, completion, flexible, strict)
 
 
 def test_every_dataset_has_a_right_and_a_wrong_case():
-    from exgrpo_utils.data.datasets import PAPER_DATASETS
+    from exgrpo_utils.data.registry import PAPER_DATASETS
 
     for name in PAPER_DATASETS:
         outcomes = {c[2] for c in CASES if c[0].dataset == name}
@@ -155,3 +156,20 @@ def test_a_letter_probe_answer_is_matched_as_a_letter_not_a_string():
     assert answers.is_correct(first, "A. The sun.") and answers.is_correct(first, "(A)")
     far = probe_example(item, "why", "Which?", "G")  # a letter past E still extracts
     assert answers.is_correct(far, "The answer is G.") and not answers.is_correct(far, "The answer is F.")
+
+
+def test_the_scorer_does_not_import_the_loaders():
+    """answers.py reads the answer type from the registry and its helpers from normalize.py; importing
+    it never loads data/datasets.py (the loaders may import the scorer's helpers, not the other way)."""
+    import ast
+    import subprocess
+    import sys
+
+    tree = ast.parse(open(answers.__file__).read())
+    imported = {(node.level, node.module) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    names = {a.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
+    assert (1, "datasets") not in imported and "datasets" not in names
+    assert not any((mod or "").endswith("data.datasets") for _, mod in imported)
+    code = ("import sys; import exgrpo_utils.data.answers; "
+            "assert 'exgrpo_utils.data.datasets' not in sys.modules, 'answers imported the loaders'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from exgrpo_utils.data import answers
-from exgrpo_utils.data.datasets import format_options
 from exgrpo_utils.data.example import Example
+from exgrpo_utils.data.parsers import format_options
 
 PER_CALL_SECONDS = 1.0
 EXAMPLES = {

@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .datasets import DATASETS, last_boxed
 from .example import LETTERS, Example
+from .normalize import last_boxed
+from .registry import DATASETS
 
 # math_verify is imported inside the functions that use it (heavy, or needed only on some paths).
 
