@@ -8,6 +8,7 @@ from exgrpo_utils.data.datasets import Example
 from exgrpo_utils.models.cache import ChatResult
 from exgrpo_utils.teach import inversion as probes
 from exgrpo_utils.teach import rules, teachers
+from exgrpo_utils.teach.records import ItemRecord, ItemStatus, ProbeStatus
 
 RULES = rules.load_rules()
 
@@ -252,7 +253,8 @@ def test_pipeline_eq2_drops_questions_the_student_already_masters(tmp_path):
     teacher = teachers.LLMTeacher(ScriptedChat(), rule_set)
     res = probes.run_pipeline(_items()[:1], teacher, rule_set, student=ScriptedStudent(right=True))
     rec = res["records"][0]
-    assert not rec["kept"] and rec["drop_reason"].startswith("Eq. 2: too easy") and res["dataset"] == []
+    assert not rec["kept"] and res["dataset"] == []
+    assert ItemRecord.from_dict(rec).status is ItemStatus.TOO_EASY
 
 
 def test_pipeline_eq1_drops_derailing_probes():
@@ -267,8 +269,9 @@ def test_pipeline_eq1_drops_derailing_probes():
             return super().complete(fixed, sampling)
 
     res = probes.run_pipeline(_items()[:1], teachers.LLMTeacher(Chat(), derailing), derailing, student=None)
-    assert res["records"][0]["probes"][0]["status"].startswith("dropped: Eq. 1")
-    assert res["records"][0]["drop_reason"].startswith("Eq. 2: no probe survived Eq. 1")
+    rec = ItemRecord.from_dict(res["records"][0])
+    assert rec.probes[0].status is ProbeStatus.DROPPED_EQ1
+    assert rec.status is ItemStatus.NO_CONSISTENT_PROBE
 
 
 def test_program_pipeline_on_arith_end_to_end(tmp_path):

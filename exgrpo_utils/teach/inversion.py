@@ -14,8 +14,12 @@ when Λ >= τ_hard). The kit exposes both bounds as settings that only tighten t
 states plainly (drop the too-easy questions, Λ = N'); by default neither is set. Settings:
 ``settings.EISettings`` (and ``TeacherSettings`` for the teacher).
 
-Every teacher and student call goes through the persistent completion cache, so a rerun after an
-interruption pays only for what is missing; the outputs are written atomically at the end.
+``run_pipeline`` runs these as steps, list in, list out (``solve_step``, ``draft_step``,
+``answer_step``, ``consistency_step``, ``student_step``, ``difficulty_step``), over typed records
+(``records.ItemRecord``, ``records.ProbeEntry``) whose fates are enums (``records.ItemStatus``,
+``records.ProbeStatus``); the JSON written is unchanged. Every teacher and student call goes through
+the persistent completion cache, so a rerun after an interruption pays only for what is missing; the
+outputs are written atomically at the end.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import json
 import re
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -40,14 +44,33 @@ from ..models.cache import CompletionCache
 from ..models.chat import CachedBackend, transformers_backend
 from ..models.generation import SamplingConfig
 from ..models.registry import model_identity
+from .records import (
+    EQ1_DETAIL,
+    NO_ANSWER,
+    ItemRecord,
+    ItemStatus,
+    ProbeEntry,
+    ProbeStatus,
+    draft_status,
+    item_stats,
+    probe_dataset,
+    rule_stats,
+)
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
-from .teachers import endpoint, teacher_session
+from .teachers import ProbeDraft, endpoint, teacher_session
 
 # Hugging Face datasets is imported inside load_probe_dataset, only for as_hf=True (heavy).
 
 
-KEPT = "kept"
+@dataclass
+class PendingProbe:
+    """A written probe on its way through stage 1c and Eq. 1: its item's record, its entry there, and
+    the teacher's draft (the program teacher answers from the draft's worked steps)."""
+
+    record: ItemRecord
+    entry: ProbeEntry
+    draft: ProbeDraft
 
 
 def consistency_keep(item: Example, recheck_completion: str) -> bool:
@@ -55,28 +78,39 @@ def consistency_keep(item: Example, recheck_completion: str) -> bool:
     return answers.is_correct(item, recheck_completion)
 
 
-def difficulty_keep(n_consistent: int, n_student_correct: int, *, min_correct: int = 0,
-                    max_correct: int | None = None) -> tuple[bool, str | None]:
-    """Eq. 2 on one question: (keep, reason for dropping).
+def difficulty_fate(n_consistent: int, n_student_correct: int, *, min_correct: int = 0,
+                    max_correct: int | None = None) -> tuple[ItemStatus, str | None]:
+    """Eq. 2 on one question: (fate, detail for a drop).
 
     N' = 0 (no probe survived Eq. 1) and Λ = N' (the student already answers every probe: too easy)
     always drop. ``min_correct`` and ``max_correct`` only tighten: drop when Λ < ``min_correct`` or
     Λ > ``max_correct``; ``max_correct`` None or -1 means no explicit upper bound.
 
-    >>> difficulty_keep(5, 4)
-    (True, None)
-    >>> difficulty_keep(2, 2, max_correct=3)[0]  # Λ = N' drops even under a looser explicit bound
-    False
+    >>> difficulty_fate(5, 4), difficulty_fate(5, 1, min_correct=2)
+    ((<ItemStatus.KEPT: 'kept'>, None), (<ItemStatus.TOO_HARD: 'Eq. 2: too hard'>, 'Λ = 1 < 2'))
     """
     if n_consistent == 0:
-        return False, "Eq. 2: no probe survived Eq. 1 (N' = 0)"
+        return ItemStatus.NO_CONSISTENT_PROBE, None
     if n_student_correct >= n_consistent:
-        return False, f"Eq. 2: too easy (Λ = N' = {n_consistent})"
+        return ItemStatus.TOO_EASY, f"Λ = N' = {n_consistent}"
     if max_correct is not None and max_correct >= 0 and n_student_correct > max_correct:
-        return False, f"Eq. 2: too easy (Λ = {n_student_correct} > {max_correct})"
+        return ItemStatus.TOO_EASY, f"Λ = {n_student_correct} > {max_correct}"
     if n_student_correct < min_correct:
-        return False, f"Eq. 2: too hard (Λ = {n_student_correct} < {min_correct})"
-    return True, None
+        return ItemStatus.TOO_HARD, f"Λ = {n_student_correct} < {min_correct}"
+    return ItemStatus.KEPT, None
+
+
+def difficulty_keep(n_consistent: int, n_student_correct: int, *, min_correct: int = 0,
+                    max_correct: int | None = None) -> tuple[bool, str | None]:
+    """Eq. 2 on one question: (keep, the stored reason for dropping); see ``difficulty_fate``.
+
+    >>> difficulty_keep(5, 4)
+    (True, None)
+    >>> difficulty_keep(2, 2, max_correct=3)  # Λ = N' drops even under a looser explicit bound
+    (False, "Eq. 2: too easy (Λ = N' = 2)")
+    """
+    status, detail = difficulty_fate(n_consistent, n_student_correct, min_correct=min_correct, max_correct=max_correct)
+    return status is ItemStatus.KEPT, status.drop_reason(detail)
 
 
 def reveals_answer(item: Example, probe: str) -> bool:
@@ -120,153 +154,137 @@ def probe_example(item: Example, rule: str, probe: str, teacher_answer: str) -> 
                                                                     "rule": rule})
 
 
+# ---------------------------------------------------------------------------------------------
+# Stage 1 as steps, list in, list out; each fills in its part of the records and hands on what goes on.
+
+def solve_step(records: Sequence[ItemRecord], teacher, *, require_correct: bool = True) -> list[ItemRecord]:
+    """Stage 1a: the teacher's CoT on each item. Returns the records that go on to the probes: all, or
+    with ``require_correct`` those whose CoT is right (the others are dropped, ``TEACHER_WRONG``)."""
+    cots = teacher.solve([r.example for r in records])
+    active = []
+    for rec, cot in zip(records, cots):
+        rec.teacher_cot, rec.teacher_correct = cot, answers.is_correct(rec.example, cot)
+        if rec.teacher_correct or not require_correct:
+            active.append(rec)
+        else:
+            rec.decide(ItemStatus.TEACHER_WRONG)
+    return active
+
+
+def draft_step(records: Sequence[ItemRecord], teacher, rules: RuleSet) -> list[PendingProbe]:
+    """Stage 1b: one probe per rule for each record, Q_i = f_i(Q, A, R_T), appended to ``record.probes``.
+    Returns the probes the teacher wrote; a draft without text is ``NOT_APPLICABLE`` or ``MALFORMED``
+    (``records.draft_status``), with the teacher's reason."""
+    drafts = teacher.write_probes([r.example for r in records], [r.teacher_cot for r in records], rules.rules)
+    pending = []
+    for rec, item_drafts in zip(records, drafts):
+        for d in item_drafts:
+            entry = ProbeEntry(d.rule, d.text, reveals_answer=d.text is not None and reveals_answer(rec.example, d.text))
+            rec.probes.append(entry)
+            if d.text is None:
+                entry.mark(draft_status(d.reason), d.reason)
+            else:
+                pending.append(PendingProbe(rec, entry, d))
+    return pending
+
+
+def answer_step(pending: Sequence[PendingProbe], teacher) -> list[PendingProbe]:
+    """Stage 1c: the teacher answers each probe, (R_i, A_i). Returns the probes with a parseable answer
+    (the others are ``MALFORMED``); A_i is the teacher's exact answer when its draft carries one."""
+    responses = teacher.answer_probes([p.draft for p in pending])
+    answered = []
+    for p, resp in zip(pending, responses):
+        p.entry.teacher_response = resp
+        parsed = answers.extract(Example("p", "probe", p.draft.text, "", meta={"answer_type": "text"}), resp, "strict")
+        if not parsed:
+            p.entry.mark(ProbeStatus.MALFORMED, NO_ANSWER)
+            continue
+        p.entry.teacher_answer = p.draft.gold if p.draft.gold is not None else answers.probe_gold(parsed)
+        p.entry.answer_type = answers.infer_answer_type(p.entry.teacher_answer)
+        answered.append(p)
+    return answered
+
+
+def consistency_step(answered: Sequence[PendingProbe], teacher) -> list[PendingProbe]:
+    """Eq. 1 on each answered probe: ``KEPT`` when the teacher, with (Q_i, R_i, A_i) as context, still
+    answers Q correctly (``consistency_keep``), else ``DROPPED_EQ1``. Returns the kept probes."""
+    rechecks = teacher.recheck([p.record.example for p in answered], [p.entry.probe for p in answered],
+                               [p.entry.teacher_response for p in answered])
+    kept = []
+    for p, completion in zip(answered, rechecks):
+        p.entry.recheck = completion
+        if consistency_keep(p.record.example, completion):
+            kept.append(p)
+            p.entry.mark(ProbeStatus.KEPT)
+        else:
+            p.entry.mark(ProbeStatus.DROPPED_EQ1, EQ1_DETAIL)
+    return kept
+
+
+def student_step(consistent: Sequence[PendingProbe], student, rules: RuleSet, *, max_new_tokens: int,
+                 progress_bar: bool = False) -> list[PendingProbe]:
+    """Eq. 2's Λ, per probe: the untrained student answers each probe Eq. 1 kept (greedy), scored
+    against the teacher's answer (``student_response``, ``student_correct``). Returns the probes.
+
+    ``progress_bar``: show one; only for a student whose ``complete`` takes ``progress=`` (a
+    ``models.chat.CachedBackend``; the plain backends take ``on_result=``)."""
+    if not consistent:
+        return []
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    batch = [[{"role": "user", "content": rules.answer_prompt(p.entry.probe)}] for p in consistent]
+    if progress_bar:
+        bar = progress(total=len(batch), desc="student Eq.2")
+        outs = student.complete(batch, sampling, progress=bar)
+        bar.close()
+    else:
+        outs = student.complete(batch, sampling)
+    for p, out in zip(consistent, outs):
+        p.entry.student_response = out.text
+        p.entry.student_correct = answers.is_correct(
+            probe_example(p.record.example, p.entry.rule, p.entry.probe, p.entry.teacher_answer), out.text)
+    return list(consistent)
+
+
+def difficulty_step(records: Sequence[ItemRecord], *, judged: bool, min_correct: int = 0,
+                    max_correct: int | None = None) -> list[ItemRecord]:
+    """Eq. 2 on each record that reached the probes (``difficulty_fate``); returns the kept records.
+    Without a student (``judged`` False) every record with N' > 0 is kept and Λ stays None."""
+    for rec in records:
+        if not judged:
+            rec.decide(ItemStatus.KEPT if rec.n_consistent > 0 else ItemStatus.NO_CONSISTENT_PROBE)
+            continue
+        rec.n_student_correct = sum(bool(p.student_correct) for p in rec.kept_probes())
+        rec.decide(*difficulty_fate(rec.n_consistent, rec.n_student_correct, min_correct=min_correct,
+                                    max_correct=max_correct))
+    return [r for r in records if r.kept]
+
+
 def run_pipeline(items: Sequence[Example], teacher, rules: RuleSet, *, student=None, config: EISettings = EISettings(),
-                 out_dir: str | Path | None = None) -> dict:
+                 out_dir: str | Path | None = None, student_progress: bool = False) -> dict:
     """Run stage 1 on ``items``; return (and, with ``out_dir``, write) records, probe dataset and statistics.
 
     ``student``: a chat backend (normally a ``CachedBackend`` over the untrained student) for Eq. 2;
     None skips Eq. 2 (every question with N' > 0 is kept, and the statistics say so).
+    ``student_progress``: show a progress bar for the student (see ``student_step``).
+    ``records`` and ``dataset`` in the result are the JSON dicts written to disk; ``ItemRecord.from_dict``
+    gives the typed record of one.
     """
     t0 = time.time()
-    records = [{"id": ex.id, "dataset": ex.dataset, "item": ex.to_dict(), "teacher_cot": None,
-                "teacher_correct": None, "probes": [], "n_consistent": 0, "n_student_correct": None,
-                "kept": False, "drop_reason": None} for ex in items]
+    records = [ItemRecord.from_example(ex) for ex in items]
+    active = solve_step(records, teacher, require_correct=config.require_teacher_correct)
+    consistent = consistency_step(answer_step(draft_step(active, teacher, rules), teacher), teacher)
+    if student is not None:
+        student_step(consistent, student, rules, max_new_tokens=config.student_max_new_tokens,
+                     progress_bar=student_progress)
+    difficulty_step(active, judged=student is not None, min_correct=config.min_correct, max_correct=config.max_correct)
 
-    # Stage 1a: teacher chain-of-thought.
-    cots = teacher.solve(items)
-    active = []
-    for rec, ex, cot in zip(records, items, cots):
-        rec["teacher_cot"] = cot
-        rec["teacher_correct"] = answers.is_correct(ex, cot)
-        if rec["teacher_correct"] or not config.require_teacher_correct:
-            active.append((rec, ex))
-        else:
-            rec["drop_reason"] = "teacher CoT is wrong"
-
-    # Stage 1b: one probe per rule.
-    drafts = teacher.write_probes([ex for _, ex in active], [r["teacher_cot"] for r, _ in active], rules.rules)
-    pending = []  # (record, item, probe entry, draft)
-    for (rec, ex), item_drafts in zip(active, drafts):
-        for d in item_drafts:
-            entry = {"rule": d.rule, "probe": d.text, "reveals_answer": d.text is not None and reveals_answer(ex, d.text),
-                     "teacher_response": None, "teacher_answer": None, "answer_type": None, "recheck": None,
-                     "student_response": None, "student_correct": None}
-            if d.text is None:
-                entry["status"] = ("not applicable: " if "applicable" in (d.reason or "") or "template" in (d.reason or "")
-                                   else "malformed: ") + (d.reason or "")
-            else:
-                pending.append((rec, ex, entry, d))
-            rec["probes"].append(entry)
-
-    # Stage 1c: the teacher answers each probe.
-    responses = teacher.answer_probes([d for *_, d in pending])
-    answered = []
-    for (rec, ex, entry, d), resp in zip(pending, responses):
-        entry["teacher_response"] = resp
-        parsed = answers.extract(Example("p", "probe", d.text, "", meta={"answer_type": "text"}), resp, "strict")
-        if not parsed:
-            entry["status"] = "malformed: no parseable answer"
-            continue
-        entry["teacher_answer"] = d.gold if d.gold is not None else answers.probe_gold(parsed)
-        entry["answer_type"] = answers.infer_answer_type(entry["teacher_answer"])
-        answered.append((rec, ex, entry))
-
-    # Eq. 1: consistency.
-    rechecks = teacher.recheck([ex for _, ex, _ in answered], [e["probe"] for *_, e in answered],
-                               [e["teacher_response"] for *_, e in answered])
-    consistent = []
-    for (rec, ex, entry), completion in zip(answered, rechecks):
-        entry["recheck"] = completion
-        if consistency_keep(ex, completion):
-            entry["status"] = KEPT
-            rec["n_consistent"] += 1
-            consistent.append((rec, ex, entry))
-        else:
-            entry["status"] = "dropped: Eq. 1 (the probe derails the original question)"
-
-    # Eq. 2: difficulty, judged by the untrained student.
-    if student is not None and consistent:
-        sampling = SamplingConfig(max_new_tokens=config.student_max_new_tokens, temperature=0.0)
-        batch = [[{"role": "user", "content": rules.answer_prompt(e["probe"])}] for *_, e in consistent]
-        bar = progress(total=len(batch), desc="student Eq.2")
-        outs = (student.complete(batch, sampling, progress=bar) if hasattr(student, "cache")
-                else student.complete(batch, sampling))
-        bar.close()
-        for (rec, ex, entry), out in zip(consistent, outs):
-            entry["student_response"] = out.text
-            entry["student_correct"] = answers.is_correct(
-                probe_example(ex, entry["rule"], entry["probe"], entry["teacher_answer"]), out.text)
-    for rec, _ in active:
-        if student is None:
-            rec["kept"] = rec["n_consistent"] > 0
-            rec["drop_reason"] = None if rec["kept"] else "Eq. 2: no probe survived Eq. 1 (N' = 0)"
-            continue
-        rec["n_student_correct"] = sum(bool(p["student_correct"]) for p in rec["probes"] if p["status"] == KEPT)
-        rec["kept"], rec["drop_reason"] = difficulty_keep(rec["n_consistent"], rec["n_student_correct"],
-                                                          min_correct=config.min_correct, max_correct=config.max_correct)
-
-    result = {"records": records, "dataset": probe_dataset(records), "stats_items": item_stats(records),
-              "stats_rules": rule_stats(records, [r.id for r in rules.rules]),
+    result = {"records": [r.to_dict() for r in records], "dataset": probe_dataset(records),
+              "stats_items": item_stats(records), "stats_rules": rule_stats(records, [r.id for r in rules.rules]),
               "seconds": round(time.time() - t0, 1), "config": asdict(config), "rules_version": rules.version,
               "teacher": getattr(teacher, "name", type(teacher).__name__), "eq2_applied": student is not None}
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
-
-
-def probe_dataset(records: Sequence[dict]) -> list[dict]:
-    """The kept questions with their kept probes: what SFT and ExGRPO train on."""
-    out = []
-    for rec in records:
-        if not rec["kept"]:
-            continue
-        probes = [{k: p[k] for k in ("rule", "probe", "reveals_answer", "teacher_response", "teacher_answer", "answer_type")}
-                  for p in rec["probes"] if p["status"] == KEPT]
-        out.append({"id": rec["id"], "dataset": rec["dataset"], "item": rec["item"], "teacher_cot": rec["teacher_cot"],
-                    "probes": probes})
-    return out
-
-
-def item_stats(records: Sequence[dict]):
-    """Per dataset: items in, teacher-correct, probes generated, kept by Eq. 1, items kept by Eq. 2."""
-
-    rows = []
-    for name in sorted({r["dataset"] for r in records}):
-        recs = [r for r in records if r["dataset"] == name]
-        probes = [p for r in recs for p in r["probes"]]
-        reasons = Counter(r["drop_reason"] for r in recs if not r["kept"])
-        rows.append({"dataset": name, "items_in": len(recs), "teacher_correct": sum(bool(r["teacher_correct"]) for r in recs),
-                     "probes_attempted": len(probes), "probes_generated": sum(p["probe"] is not None for p in probes),
-                     "probes_answered": sum(p["teacher_answer"] is not None for p in probes),
-                     "probes_kept_eq1": sum(p["status"] == KEPT for p in probes),
-                     "items_with_kept_probes": sum(r["n_consistent"] > 0 for r in recs),
-                     "items_kept_eq2": sum(r["kept"] for r in recs),
-                     "probes_in_kept_items": sum(p["status"] == KEPT for r in recs if r["kept"] for p in r["probes"]),
-                     **{f"dropped: {k}": v for k, v in sorted(reasons.items())}})
-    return pd.DataFrame(rows)
-
-
-def rule_stats(records: Sequence[dict], rule_ids: Sequence[str]):
-    """Per dataset and rule: generated, stating the original answer, malformed (by reason), kept by
-    Eq. 1, student-correct, in kept items."""
-
-    rows = []
-    for name in sorted({r["dataset"] for r in records}):
-        recs = [r for r in records if r["dataset"] == name]
-        for rule in rule_ids:
-            ps = [(r, p) for r in recs for p in r["probes"] if p["rule"] == rule]
-            status = Counter(p["status"] for _, p in ps)
-            kept = [p for _, p in ps if p["status"] == KEPT]
-            rows.append({"dataset": name, "rule": rule, "attempted": len(ps),
-                         "generated": sum(p["probe"] is not None for _, p in ps),
-                         "reveals_answer": sum(bool(p.get("reveals_answer")) for _, p in ps),
-                         "not_applicable": sum(n for s, n in status.items() if s.startswith("not applicable")),
-                         "malformed": sum(n for s, n in status.items() if s.startswith("malformed")),
-                         "failed_eq1": sum(n for s, n in status.items() if s.startswith("dropped: Eq. 1")),
-                         "kept_eq1": len(kept),
-                         "student_correct": sum(bool(p["student_correct"]) for p in kept),
-                         "in_kept_items": sum(p["status"] == KEPT for r, p in ps if r["kept"])})
-    return pd.DataFrame(rows)
 
 
 def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -323,7 +341,8 @@ def run_ei(*, dataset: str, out_dir: str | Path, settings: EISettings = EISettin
         student_chat = CachedBackend(transformers_backend(student, dtype=dtype, batch_size=settings.student_batch_size),
                                      cache)
     with teacher_session(teacher, rule_set, cache=cache) as t:  # teacher_serve: its loopback server meanwhile
-        result = run_pipeline(items, t, rule_set, student=student_chat, config=settings, out_dir=out_dir)
+        result = run_pipeline(items, t, rule_set, student=student_chat, config=settings, out_dir=out_dir,
+                              student_progress=student_chat is not None)  # a CachedBackend: it reports progress
     # Provenance: stage 1 always rebuilds its outputs (the completion cache makes that cheap), and
     # this records what they were made from; the trainings fingerprint the probe records themselves.
     atomic_write_json(Path(out_dir) / "fingerprint.json", {
