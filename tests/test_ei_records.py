@@ -11,14 +11,13 @@ from exgrpo_utils.teach import inversion, rules
 from exgrpo_utils.teach.records import (
     ItemRecord,
     ItemStatus,
+    ProbeDraft,
     ProbeEntry,
     ProbeStatus,
-    draft_status,
     item_stats,
     load_records,
     rule_stats,
 )
-from exgrpo_utils.teach.teachers import ProbeDraft
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = rules.load_rules().subset(["why", "comparison", "hypothesis"])
@@ -62,11 +61,12 @@ def test_unknown_statuses_fail_with_the_text(text):
         ItemStatus.parse(text or "something else")
 
 
-def test_draft_reasons_map_to_not_applicable_or_malformed():
-    assert draft_status("rule not applicable to this item") is ProbeStatus.NOT_APPLICABLE
-    assert draft_status("rule has no program template") is ProbeStatus.NOT_APPLICABLE
-    assert draft_status("probe restates the original question") is ProbeStatus.MALFORMED
-    assert draft_status(None) is ProbeStatus.MALFORMED
+def test_a_draft_without_text_says_whether_the_rule_did_not_fit_or_the_reply_was_malformed():
+    assert ProbeDraft.not_applicable("hypothesis", "rule not applicable to this item").failure is ProbeStatus.NOT_APPLICABLE
+    assert ProbeDraft("why", None, "probe restates the original question").failure is ProbeStatus.MALFORMED
+    assert ProbeDraft("why", None).failure is ProbeStatus.MALFORMED
+    assert ProbeDraft("why", "Why is it 5?").failure is None
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class Teacher:
 
     def write_probes(self, items, cots, rule_list):
         made = {"why": ProbeDraft("why", "Why is the total 5?"), "comparison": ProbeDraft("comparison", "Compare them."),
-                "hypothesis": ProbeDraft("hypothesis", None, "rule not applicable to this item")}
+                "hypothesis": ProbeDraft.not_applicable("hypothesis", "rule not applicable to this item")}
         return [[made[r.id] for r in rule_list] for _ in items]
 
     def answer_probes(self, drafts):

@@ -49,16 +49,16 @@ from .records import (
     NO_ANSWER,
     ItemRecord,
     ItemStatus,
+    ProbeDraft,
     ProbeEntry,
     ProbeStatus,
-    draft_status,
     item_stats,
     probe_dataset,
     rule_stats,
 )
 from .rules import RuleSet, load_rules
 from .settings import EISettings, TeacherSettings
-from .teachers import ProbeDraft, endpoint, teacher_session
+from .teachers import endpoint, teacher_session
 
 # Hugging Face datasets is imported inside load_probe_dataset, only for as_hf=True (heavy).
 
@@ -174,7 +174,7 @@ def solve_step(records: Sequence[ItemRecord], teacher, *, require_correct: bool 
 def draft_step(records: Sequence[ItemRecord], teacher, rules: RuleSet) -> list[PendingProbe]:
     """Stage 1b: one probe per rule for each record, Q_i = f_i(Q, A, R_T), appended to ``record.probes``.
     Returns the probes the teacher wrote; a draft without text is ``NOT_APPLICABLE`` or ``MALFORMED``
-    (``records.draft_status``), with the teacher's reason."""
+    (``ProbeDraft.failure``), with the teacher's reason."""
     drafts = teacher.write_probes([r.example for r in records], [r.teacher_cot for r in records], rules.rules)
     pending = []
     for rec, item_drafts in zip(records, drafts):
@@ -182,7 +182,7 @@ def draft_step(records: Sequence[ItemRecord], teacher, rules: RuleSet) -> list[P
             entry = ProbeEntry(d.rule, d.text, reveals_answer=d.text is not None and reveals_answer(rec.example, d.text))
             rec.probes.append(entry)
             if d.text is None:
-                entry.mark(draft_status(d.reason), d.reason)
+                entry.mark(d.failure, d.reason)
             else:
                 pending.append(PendingProbe(rec, entry, d))
     return pending

@@ -66,18 +66,37 @@ _PROBE_TEXT = re.compile(r"(?:(?P<kind>not applicable|malformed): (?P<detail>.*)
                          re.DOTALL)
 EQ1_DETAIL = "the probe derails the original question"
 NO_ANSWER = "no parseable answer"
-# A teacher's reasons for a draft without text (``teachers.ProbeDraft.reason``) that mean the rule
-# does not fit the item; every other reason means the teacher's reply was malformed.
-NOT_APPLICABLE_REASONS = frozenset({"rule not applicable to this item", "rule has no program template"})
 
 
-def draft_status(reason: str | None) -> ProbeStatus:
-    """The status of a draft the teacher could not write, from its reason.
+@dataclass(frozen=True)
+class ProbeDraft:
+    """What a teacher wrote for one rule and item: the probe's text, or None with the reason and the
+    status saying why (``NOT_APPLICABLE``: the rule does not fit the item; ``MALFORMED``: the reply
+    was empty or restated the question). ``gold`` and ``explanation``: the exact answer and its
+    worked steps, when the teacher knows them (the program teacher).
 
-    >>> draft_status("rule has no program template"), draft_status("empty probe")
-    (<ProbeStatus.NOT_APPLICABLE: 'not applicable'>, <ProbeStatus.MALFORMED: 'malformed'>)
+    >>> ProbeDraft.not_applicable("hypothesis", "rule not applicable to this item").failure
+    <ProbeStatus.NOT_APPLICABLE: 'not applicable'>
+    >>> ProbeDraft("why", None, "empty probe").failure, ProbeDraft("why", "Why 5?").failure
+    (<ProbeStatus.MALFORMED: 'malformed'>, None)
     """
-    return ProbeStatus.NOT_APPLICABLE if reason in NOT_APPLICABLE_REASONS else ProbeStatus.MALFORMED
+    rule: str
+    text: str | None
+    reason: str | None = None
+    gold: str | None = None
+    explanation: tuple[str, ...] | None = None
+    status: ProbeStatus | None = None  # for a draft without text: NOT_APPLICABLE, else MALFORMED
+
+    @classmethod
+    def not_applicable(cls, rule: str, reason: str) -> "ProbeDraft":
+        return cls(rule, None, reason, status=ProbeStatus.NOT_APPLICABLE)
+
+    @property
+    def failure(self) -> ProbeStatus | None:
+        """The status of a draft without text (None when the teacher wrote a probe)."""
+        if self.text is not None:
+            return None
+        return self.status or ProbeStatus.MALFORMED
 
 
 class ItemStatus(Enum):
