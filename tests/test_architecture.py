@@ -126,3 +126,28 @@ def test_benchmark_scripts_import_and_show_their_help(script):
 
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# Rooms a newcomer can live in: about 400 lines a module, 60 a function, no class defined inside a
+# function. An exception names its reason here.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+LONG_MODULES: dict[str, str] = {}
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def test_modules_and_functions_stay_small():
+    problems = []
+    for name, path, tree in _modules():
+        where = str(path.relative_to(PKG.parent))
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_MODULE_LINES and where not in LONG_MODULES:
+            problems.append(f"{where}: {lines} lines (at most {MAX_MODULE_LINES})")
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES and f"{where}:{node.name}" not in LONG_FUNCTIONS:
+                problems.append(f"{where}:{node.lineno}: {node.name} is {length} lines (at most {MAX_FUNCTION_LINES})")
+            problems += [f"{where}:{inner.lineno}: class {inner.name} defined inside {node.name}"
+                         for inner in ast.walk(node) if isinstance(inner, ast.ClassDef)]
+    assert not problems, "\n".join(problems)

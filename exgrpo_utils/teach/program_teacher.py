@@ -18,7 +18,6 @@ from .records import ProbeDraft
 from .rules import Rule
 
 
-
 def _step_sentence(meta: dict, k: int) -> str:
     step = meta["steps"][k]
     return synthetic.TEMPLATES[step["op"]][0].format(p=meta["pronoun"], n=step["operand"], i=meta["item"])

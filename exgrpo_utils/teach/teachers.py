@@ -30,7 +30,6 @@ from .records import ProbeDraft
 from .rules import Rule, RuleSet
 from .settings import TeacherSettings
 
-
 # ---------------------------------------------------------------------------------------------
 # LLM teacher
 
