@@ -7,6 +7,8 @@ from exgrpo_utils.experiments import baselines as bl
 from exgrpo_utils.experiments import methods, runs
 from exgrpo_utils.models.cache import ChatResult
 from exgrpo_utils.report import paper_tables, reporting
+from exgrpo_utils.teach import baseline_checks as checks
+from exgrpo_utils.teach import baseline_data as bd
 
 TOM = Example("ok", "gsm8k", "Tom has 2 apples and gets 3 more. How many apples does Tom have now?", "5")
 ANN = Example("bad", "gsm8k", "Ann has 4 pears and gives away 1. How many pears does Ann have now?", "3")
@@ -60,8 +62,8 @@ class ScriptedTeacher:
 
 def _llm_records(tmp_path):
     chat = ScriptedTeacher()
-    recs = bl.build_baseline_data([TOM, ANN], ["2 + 3 = 5. The answer is 5.", "4 - 1 = 3. The answer is 3."],
-                                  bl.LLMAugmenter(chat), tmp_path / "bl.jsonl")
+    recs = bd.build_baseline_data([TOM, ANN], ["2 + 3 = 5. The answer is 5.", "4 - 1 = 3. The answer is 3."],
+                                  bd.LLMAugmenter(chat), tmp_path / "bl.jsonl")
     return chat, recs
 
 
@@ -71,7 +73,7 @@ def _llm_records(tmp_path):
 def test_revthink_backward_question_row_is_trained_from_the_question_only(tmp_path):
     assert "{answer}" not in bl.BACKWARD_TASK
     ex = _program_item()
-    recs = bl.build_baseline_data([ex], [ex.rationale], bl.ProgramAugmenter(), tmp_path / "bl.jsonl")
+    recs = bd.build_baseline_data([ex], [ex.rationale], bd.ProgramAugmenter(), tmp_path / "bl.jsonl")
     rows = bl.baseline_rows(recs, "revthink")
     assert [r["source"] for r in rows] == ["original", "backward_question", "backward_reasoning"]
     question_row = rows[1]
@@ -89,28 +91,28 @@ def test_revthink_backward_question_row_is_trained_from_the_question_only(tmp_pa
 def test_backward_consistency_keeps_a_consistent_and_drops_an_inconsistent_teacher_output():
     q = "Tom has some apples and gets 3 more. Now he has 5 apples. How many apples did he have at first?"
     consistent = {"question": q, "answer": "2", "cot": "5 - 3 = 2. The answer is 2."}
-    assert bl.backward_consistency(TOM, consistent) is None
-    assert bl.backward_consistency(TOM, {**consistent, "cot": "5 + 3 = 8. The answer is 8."}) == bl.BACKWARD_MISMATCH
-    assert bl.backward_consistency(TOM, {**consistent, "answer": None}) == bl.NO_VALUE
-    assert bl.backward_consistency(TOM, {**consistent, "question": TOM.question}) == bl.RESTATED
+    assert checks.backward_consistency(TOM, consistent) is None
+    assert checks.backward_consistency(TOM, {**consistent, "cot": "5 + 3 = 8. The answer is 8."}) == checks.BACKWARD_MISMATCH
+    assert checks.backward_consistency(TOM, {**consistent, "answer": None}) == checks.NO_VALUE
+    assert checks.backward_consistency(TOM, {**consistent, "question": TOM.question}) == checks.RESTATED
     no_answer = "Tom has some apples and gets 3 more. How many apples did he have at first?"  # 5 is not stated
-    assert bl.backward_consistency(TOM, {**consistent, "question": no_answer}) == bl.ANSWER_NOT_STATED
+    assert checks.backward_consistency(TOM, {**consistent, "question": no_answer}) == checks.ANSWER_NOT_STATED
     # consistent with itself, but 4 is not a fact the original question gives
-    assert bl.backward_consistency(TOM, {**consistent, "answer": "4", "cot": "The answer is 4."}) == bl.VALUE_NOT_GIVEN
-    assert bl.backward_consistency(TOM, None) == bl.EMPTY
+    assert checks.backward_consistency(TOM, {**consistent, "answer": "4", "cot": "The answer is 4."}) == checks.VALUE_NOT_GIVEN
+    assert checks.backward_consistency(TOM, None) == checks.EMPTY
 
 
 def test_parse_backward_reads_the_question_and_the_asked_for_value():
     reply = "Backward question: Now he has 5. How many at first?\nAnswer: 2."
-    assert bl.parse_backward(reply) == ("Now he has 5. How many at first?", "2")
-    assert bl.parse_backward("Backward question: How many at first?") == ("How many at first?", None)
-    assert bl.parse_backward("How many at first?") == (None, None)
+    assert bd.parse_backward(reply) == ("Now he has 5. How many at first?", "2")
+    assert bd.parse_backward("Backward question: How many at first?") == ("How many at first?", None)
+    assert bd.parse_backward("How many at first?") == (None, None)
 
 
 def test_revthink_through_a_fake_teacher_keeps_only_consistent_backward_questions(tmp_path):
     _, (tom, ann) = _llm_records(tmp_path)
     assert tom["backward"]["answer"] == "2" and tom["backward"]["answer_type"] == "number"
-    assert ann["backward"] is None and ann["dropped"]["backward"] == bl.BACKWARD_MISMATCH  # teacher said 5, asked for 4
+    assert ann["backward"] is None and ann["dropped"]["backward"] == checks.BACKWARD_MISMATCH  # teacher said 5, asked for 4
     rows = bl.baseline_rows([tom, ann], "revthink")
     assert [(r["question_id"], r["source"]) for r in rows] == [("ok", "original"), ("ok", "backward_question"),
                                                               ("ok", "backward_reasoning"), ("bad", "original")]
@@ -122,19 +124,19 @@ def test_revthink_through_a_fake_teacher_keeps_only_consistent_backward_question
 
 def test_new_question_check():
     new = {"question": "Lia has 6 cards and gets 4 more. How many cards does Lia have?", "cot": "6 + 4 = 10. The answer is 10."}
-    assert bl.new_question_check(TOM, {**new, "answer": "10"}) == ("10", None)  # exact answer (program teacher)
-    assert bl.new_question_check(TOM, {**new, "answer": "11"}) == (None, bl.WRONG)
-    assert bl.new_question_check(TOM, {**new, "cot2": "4 + 6 = 10, so 10."}) == ("10", None)  # two solutions agree
-    assert bl.new_question_check(TOM, {**new, "cot2": "The answer is 9."}) == (None, bl.DISAGREE)
-    assert bl.new_question_check(TOM, {**new, "cot": "It is 10.", "cot2": "10"}) == (None, bl.NO_FORMAT_ANSWER)
-    assert bl.new_question_check(TOM, {**new, "question": TOM.question, "cot2": new["cot"]}) == (None, bl.RESTATED)
+    assert checks.new_question_check(TOM, {**new, "answer": "10"}) == ("10", None)  # exact answer (program teacher)
+    assert checks.new_question_check(TOM, {**new, "answer": "11"}) == (None, checks.WRONG)
+    assert checks.new_question_check(TOM, {**new, "cot2": "4 + 6 = 10, so 10."}) == ("10", None)  # two solutions agree
+    assert checks.new_question_check(TOM, {**new, "cot2": "The answer is 9."}) == (None, checks.DISAGREE)
+    assert checks.new_question_check(TOM, {**new, "cot": "It is 10.", "cot2": "10"}) == (None, checks.NO_FORMAT_ANSWER)
+    assert checks.new_question_check(TOM, {**new, "question": TOM.question, "cot2": new["cot"]}) == (None, checks.RESTATED)
 
     # a multiple-choice item with six options: a new question answered (F) is in format (letters up to F)
     date = Example("d1", "date_understanding", "Which date? (A) a (B) b (C) c (D) d (E) e (F) f", "F",
                    choices=("a", "b", "c", "d", "e", "f"))
     mc = {"question": "Which day? (A) 1 (B) 2 (C) 3 (D) 4 (E) 5 (F) 6", "cot": "So it is 6. The answer is (F).",
           "cot2": "The answer is (F)."}
-    assert bl.new_question_check(date, mc) == ("F", None)
+    assert checks.new_question_check(date, mc) == ("F", None)
 
 
 def test_wrong_teacher_cots_are_dropped_and_counted(tmp_path):
@@ -142,14 +144,14 @@ def test_wrong_teacher_cots_are_dropped_and_counted(tmp_path):
     assert tom["dropped"] == {}
     assert tom["rephrased"]["cot"] == "2 + 3 = 5. The answer is 5." and tom["alt_cot"] == "3 + 2 = 5. The answer is 5."
     assert tom["new_question"]["answer"] == "10"
-    assert ann["dropped"] == {"rephrased": bl.WRONG, "new_question": bl.DISAGREE, "alt_cot": bl.WRONG,
-                              "backward": bl.BACKWARD_MISMATCH, "decomposition": bl.WRONG}
+    assert ann["dropped"] == {"rephrased": checks.WRONG, "new_question": checks.DISAGREE, "alt_cot": checks.WRONG,
+                              "backward": checks.BACKWARD_MISMATCH, "decomposition": checks.WRONG}
     assert all(ann[f] is None for f in bl.AUGMENTATION.values())
     assert [r["source"] for r in bl.baseline_rows([tom, ann], "answer_aug")] == ["original", "alt_cot", "original"]
     stats = bl.data_stats([tom, ann]).set_index("baseline")
     assert (stats.loc["question_aug", "kept"], stats.loc["question_aug", "dropped"]) == (1, 1)
-    assert stats.loc["question_aug", "drop_reasons"] == f"{bl.DISAGREE}: 1"
-    assert stats.loc["rephrase", "rows"] == 3 and stats.loc["answer_aug", "drop_reasons"] == f"{bl.WRONG}: 1"
+    assert stats.loc["question_aug", "drop_reasons"] == f"{checks.DISAGREE}: 1"
+    assert stats.loc["rephrase", "rows"] == 3 and stats.loc["answer_aug", "drop_reasons"] == f"{checks.WRONG}: 1"
     assert stats.loc["skd", "dropped"] == 0 and stats.loc["skd", "augmentation"] == ""
     assert len(chat.requests) == 2 * 10  # 4 teacher prompts + 6 solutions per item
 
@@ -160,8 +162,8 @@ def test_llm_augmenter_skips_calls_without_input(tmp_path):
             return "" if text.startswith(("Rephrase", "Break the following")) else super().reply(text, sampled)
 
     chat = Silent()
-    rec = bl.build_baseline_data([TOM], ["The answer is 5."], bl.LLMAugmenter(chat), tmp_path / "bl.jsonl")[0]
-    assert rec["dropped"] == {"rephrased": bl.EMPTY, "decomposition": bl.EMPTY}
+    rec = bd.build_baseline_data([TOM], ["The answer is 5."], bd.LLMAugmenter(chat), tmp_path / "bl.jsonl")[0]
+    assert rec["dropped"] == {"rephrased": checks.EMPTY, "decomposition": checks.EMPTY}
     assert len(chat.requests) == 10 - 2  # no CoT for the missing rephrasing, no solve for the missing decomposition
 
 
@@ -170,12 +172,12 @@ def test_llm_augmenter_skips_calls_without_input(tmp_path):
 
 def test_divide_conquer_on_a_small_program_is_exact(tmp_path):
     ex = _program_item()
-    dec = bl.ProgramAugmenter().decompose(ex)
+    dec = bd.ProgramAugmenter().decompose(ex)
     assert dec["subquestions"] == ["How many apples does Tom have after getting 3 more?",
                                    "How many apples does Tom have after the number becomes 2 times as large?"]
     assert dec["answers"] == ["8", "16"]
     assert dec["solution"] == "1. 5 + 3 = 8.\n2. 8 * 2 = 16.\nThe answer is 16."
-    recs = bl.build_baseline_data([ex], [ex.rationale], bl.ProgramAugmenter(), tmp_path / "bl.jsonl")
+    recs = bd.build_baseline_data([ex], [ex.rationale], bd.ProgramAugmenter(), tmp_path / "bl.jsonl")
     rows = bl.baseline_rows(recs, "divide_conquer")
     assert len(rows) == 1 and rows[0]["source"] == "decomposition"
     assert rows[0]["prompt"] == prompts.messages_for(ex)  # the evaluation prompt: the student decomposes at test time
@@ -192,8 +194,8 @@ def test_divide_conquer_through_a_fake_chat(tmp_path):
                                     "solution": "1. Tom starts with 2 apples.\n2. 2 + 3 = 5.\nThe answer is 5.",
                                     "answers": ["Tom starts with 2 apples.", "2 + 3 = 5."]}
     solve = next(r for r in chat.requests if "\n\nSub-questions:\n" in r and "Tom" in r)
-    assert solve == bl.solve_prompt(TOM, tom["decomposition"]["subquestions"])
-    assert ann["decomposition"] is None and ann["dropped"]["decomposition"] == bl.WRONG  # final answer 2, gold 3
+    assert solve == bd.solve_prompt(TOM, tom["decomposition"]["subquestions"])
+    assert ann["decomposition"] is None and ann["dropped"]["decomposition"] == checks.WRONG  # final answer 2, gold 3
     rows = bl.baseline_rows([tom, ann], "divide_conquer")
     assert [r["source"] for r in rows] == ["decomposition", "original"]  # the dropped item falls back to its CoT
     assert rows[0]["completion"][0]["content"] == bl.decomposition_target(tom["decomposition"])
@@ -203,10 +205,10 @@ def test_divide_conquer_through_a_fake_chat(tmp_path):
 
 def test_decomposition_check_needs_every_sub_question_answered():
     dec = {"subquestions": ["a?", "b?"], "solution": "1. 2 apples.\nThe answer is 5."}
-    assert bl.decomposition_check(TOM, dec) == bl.UNANSWERED
-    assert bl.decomposition_check(TOM, {**dec, "solution": "1. 2 apples.\n2. 2 + 3 = 5.\nThe answer is 5."}) is None
-    assert bl.parse_subquestions("Sure:\n1. a?\n2) b?\n4. d?") == ["a?", "b?"]
-    assert bl.parse_subquestions("no list") is None
+    assert checks.decomposition_check(TOM, dec) == checks.UNANSWERED
+    assert checks.decomposition_check(TOM, {**dec, "solution": "1. 2 apples.\n2. 2 + 3 = 5.\nThe answer is 5."}) is None
+    assert bd.parse_subquestions("Sure:\n1. a?\n2) b?\n4. d?") == ["a?", "b?"]
+    assert bd.parse_subquestions("no list") is None
 
 
 def test_divide_conquer_is_a_registered_baseline():

@@ -10,8 +10,9 @@ from exgrpo_utils.common.layout import RunLayout, run_id
 from exgrpo_utils.data import answers, synthetic
 from exgrpo_utils.data.datasets import Example
 from exgrpo_utils.evaluate import stats
-from exgrpo_utils.experiments import baselines, methods, runs
+from exgrpo_utils.experiments import baselines, methods, records, runs
 from exgrpo_utils.report import paper_tables, plotting
+from exgrpo_utils.teach import baseline_data
 from exgrpo_utils.teach.settings import TeacherSettings
 
 PROGRAM = TeacherSettings(teacher="program", teacher_model="")
@@ -25,7 +26,7 @@ def _baseline_records(tmp_path, n=6):
     items = _arith_items(n)
     cots = [synthetic.forward_rationale(synthetic.Program(e.meta["name"], e.meta["item"], e.meta["start"],
                                                           tuple((s["op"], s["operand"]) for s in e.meta["steps"]))) for e in items]
-    return items, baselines.build_baseline_data(items, cots, baselines.ProgramAugmenter(), tmp_path / "bl.jsonl")
+    return items, baseline_data.build_baseline_data(items, cots, baseline_data.ProgramAugmenter(), tmp_path / "bl.jsonl")
 
 
 def test_program_augmentations_are_exact(tmp_path):
@@ -41,7 +42,7 @@ def test_program_augmentations_are_exact(tmp_path):
         assert str(ex.meta["start"]) == answers.extract(Example("b", "arith_rev", "", ""), rec["backward"]["cot"], "flexible")
         assert f"Now {ex.meta['pronoun']} has {ex.answer} " in rec["backward"]["question"]
         assert rec["dropped"] == {}  # the exact teacher passes every check
-    assert len(baselines.load_baseline_data(tmp_path / "bl.jsonl")) == len(items)
+    assert len(baseline_data.load_baseline_data(tmp_path / "bl.jsonl")) == len(items)
 
 
 def test_question_aug_never_uses_test_programs(tmp_path):
@@ -78,15 +79,15 @@ def test_prepare_baseline_data_reads_ei_records_and_reuses(tmp_path):
              for i, e in enumerate(items)]
     ei.write_text("".join(json.dumps(l) + "\n" for l in lines))
     out = tmp_path / "bl" / "baseline_data.jsonl"
-    recs = baselines.prepare_baseline_data(ei, out, teacher=PROGRAM)
+    recs = baseline_data.prepare_baseline_data(ei, out, teacher=PROGRAM)
     assert [r["id"] for r in recs] == [items[0].id, items[2].id]  # wrong teacher CoT left out
     mtime = out.stat().st_mtime_ns
-    baselines.prepare_baseline_data(ei, out, teacher=PROGRAM)
+    baseline_data.prepare_baseline_data(ei, out, teacher=PROGRAM)
     assert out.stat().st_mtime_ns == mtime  # reused, not rewritten
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl: line 1"):
-        baselines.prepare_baseline_data(bad, tmp_path / "o.jsonl", teacher=PROGRAM)
+        baseline_data.prepare_baseline_data(bad, tmp_path / "o.jsonl", teacher=PROGRAM)
 
 
 def test_expand_puts_dependencies_first_and_rejects_unknown():
@@ -269,12 +270,12 @@ def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
 def test_a_reused_record_is_not_rewritten(tmp_path):
     rec = {"run_id": "sft", "accuracy": {"arith": 4.0}, "n": {"arith": 50}, "train_seconds": 1.5}
     path = tmp_path / "sft.json"
-    assert not runs._same_record(path, rec)  # no file yet
+    assert not records.same_record(path, rec)  # no file yet
     path.write_text(json.dumps({**rec, "wall_seconds": 80.0}))
-    assert runs._same_record(path, dict(rec))  # only the wall time would differ
-    assert not runs._same_record(path, {**rec, "accuracy": {"arith": 6.0}})
+    assert records.same_record(path, dict(rec))  # only the wall time would differ
+    assert not records.same_record(path, {**rec, "accuracy": {"arith": 6.0}})
     path.write_text("{broken")
-    assert not runs._same_record(path, rec)
+    assert not records.same_record(path, rec)
 
 
 def _task_record(run, rid, key, seed, task, scores, **extra):
@@ -340,13 +341,12 @@ def test_paired_comparisons_pair_models_of_the_same_task(tmp_path):
     assert (table["difference"].round(6) == 20).all() and (table["items"] == 100).all()
 
 
-def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
-    """Every (task, method, seed): run ids, the task's probes, warm-up from the same task, the task's
-    test set and its paired OOD sets; records carry train_dataset and never overwrite each other."""
+def _fake_run(tmp_path, monkeypatch):
+    """A run of two tasks (arith, strategyqa; csqa has no probes) whose trainings and evaluations are
+    fakes; returns (context, trainings, evaluations), the last two filled as the plan runs."""
     from exgrpo_utils.common.runsettings import RunSettings
     from exgrpo_utils.evaluate.settings import SuiteSettings, TaskEvalSettings
     from exgrpo_utils.experiments.settings import ExperimentSettings
-    from exgrpo_utils.teach.settings import TeacherSettings
     from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
     layout = RunLayout.of("run", tmp_path)
@@ -355,8 +355,8 @@ def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
         layout.probe_dataset(task).write_text("")
     trained, evaluated = [], []
 
-    def fake_sft(*, model, probe_records=None, rows=None, settings, out_dir, **_):
-        trained.append(("sft", out_dir.name, probe_records))
+    def fake_sft(*, model, probe_records=None, rows=None, settings, out_dir, data_name="", **_):
+        trained.append(("sft", out_dir.name, probe_records if rows is None else data_name))
         return {"final": f"model:{out_dir.name}", "train_tokens": 10, "seconds": 1.0, "steps": 1, "data": "ei"}
 
     def fake_rl(*, init_model, probe_records, settings, out_dir, **_):
@@ -379,6 +379,16 @@ def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
     ctx = runs.Context(layout=layout, run=RunSettings(run_name="run", train_dataset="arith"), sft=SFTSettings(),
                        rl=ExGRPOSettings(), teacher=TeacherSettings(teacher="program"), eval=TaskEvalSettings(),
                        suite=SuiteSettings(), experiments=ExperimentSettings(tasks=("strategyqa", "arith")))
+    return ctx, trained, evaluated
+
+
+def test_run_plan_trains_one_model_per_task(tmp_path, monkeypatch):
+    """Every (task, method, seed): run ids, the task's probes, warm-up from the same task, the task's
+    test set and its paired OOD sets; records carry train_dataset and never overwrite each other."""
+    from exgrpo_utils.experiments.settings import ExperimentSettings
+
+    ctx, trained, evaluated = _fake_run(tmp_path, monkeypatch)
+    layout = ctx.layout
     assert ctx.tasks == ("arith", "strategyqa")  # the run's own task first
     records = runs.run_plan([("sft", 0), ("exgrpo", 0)], ctx, log=lambda *_: None)
     assert [r["run_id"] for r in records] == ["sft", "strategyqa--sft", "exgrpo", "strategyqa--exgrpo"]
@@ -418,3 +428,43 @@ def test_run_ids_of_other_tasks_are_prefixed_and_parse_back():
     for rid, want in (("strategyqa--sft-p0.1-s2", ("sft-p0.1", 2)), ("exgrpo", ("exgrpo", 0)),
                       ("arc_challenge--sft-grpo-aux", ("sft-grpo-aux", 0)), ("sft-s1", ("sft", 1))):
         assert method_of(rid) == want
+
+
+def test_every_method_kind_has_a_trainer():
+    assert {m.kind for m in methods.METHODS.values()} == set(runs.TRAINERS)
+
+
+def test_method_settings_are_the_runs_with_the_methods_changes():
+    from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
+
+    sft, rl = SFTSettings(data_fraction=0.5, seed=9), ExGRPOSettings(aux_lambda=0.3, revealing_probes="exclude")
+    M = methods.METHODS
+    s = methods.sft_settings(M["sft-p0.1"], sft, 2)
+    assert (s.seed, s.data_fraction, s.rules, s.epochs) == (2, 0.05, (), sft.epochs)
+    assert methods.sft_settings(M["sft-rule-counterfactual"], sft, 0).rules == ("counterfactual",)
+    r = methods.rl_settings(M["sft-grpo"], rl, 1)
+    assert (r.seed, r.mode, r.aux_lambda, r.revealing_probes) == (1, "grpo", 0.0, "exclude")
+    r = methods.rl_settings(M["exgrpo-revealing"], rl, 0)
+    assert (r.mode, r.aux_lambda, r.revealing_probes) == ("exgrpo", 0.3, "allow")
+    assert methods.rl_question_fraction(M["exgrpo-p0.25"], sft) == 0.125  # its warm-up's questions
+    assert methods.rl_question_fraction(M["exgrpo"], sft) == 0.5 and methods.rl_question_fraction(M["cold-grpo"], sft) == 1.0
+    o = methods.opd_settings(sft, rl, 3)
+    assert (o.seed, o.epochs, o.learning_rate, o.max_new_tokens) == (3, sft.epochs, sft.learning_rate, rl.max_final_tokens)
+
+
+def test_run_triple_skips_opd_trains_baselines_on_their_rows_and_keeps_unchanged_records(tmp_path, monkeypatch):
+    ctx, trained, _ = _fake_run(tmp_path, monkeypatch)
+    rec = runs.run_triple("arith", "opd", 0, ctx, {}, log=lambda *_: None)
+    assert rec["status"] == "skipped" and rec["reason"] == methods.opd_status("program")[1]
+    items, _ = _baseline_records(tmp_path)
+    cots = [r["teacher_cot"] for r in baseline_data.load_baseline_data(tmp_path / "bl.jsonl")]
+    baseline_data.build_baseline_data(items, cots, baseline_data.ProgramAugmenter(), ctx.layout.baseline_data("arith"))
+    done: dict = {}
+    rec = runs.run_triple("arith", "skd", 0, ctx, done, log=lambda *_: None)
+    assert trained[-1] == ("sft", "skd", "skd") and done["skd"]["final"] == "model:skd"  # its data, named by the trainer
+    assert (rec["train_tokens"], rec["train_steps"], rec["accuracy"]) == (10, 1, {"arith": 50.0, "arith_rev": 50.0})
+    path = ctx.layout.record("skd")
+    stored = path.read_text()
+    again = runs.run_triple("arith", "skd", 0, ctx, {}, log=lambda *_: None)
+    assert path.read_text() == stored and again == json.loads(stored)  # unchanged: not rewritten, time kept
+    assert list(json.loads(stored))[-1] == "wall_seconds" and "data" not in json.loads(stored)

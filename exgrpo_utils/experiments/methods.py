@@ -3,13 +3,17 @@
 A :class:`Method` is zero-shot, an SFT run on some data (the EI probes, one EI rule, a baseline's
 data, a fraction of the questions) or an RL run (ExGRPO or plain GRPO, with or without the aux SFT
 loss) that starts from another method or from the base student. :data:`GROUPS` says which methods
-each table or figure needs; :func:`plan` orders (method, seed) pairs for notebook 05.
+each table or figure needs; :func:`plan` orders (method, seed) pairs for notebook 05. A method's
+training settings are derived from the run's (notebooks 02 and 03 use the same ones) by
+:func:`sft_settings`, :func:`rl_settings` and :func:`opd_settings`; :func:`opd_status` says whether the
+run's teacher can serve On-Policy Distillation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
+from ..train.settings import ExGRPOSettings, OPDSettings, SFTSettings
 from .baselines import BASELINES, LABELS
 
 
@@ -63,9 +67,6 @@ GROUPS = {
 }
 
 
-FRACTION_OF = {"sft": 1.0, "exgrpo": 1.0, **{m.key: m.fraction for m in METHODS.values() if m.key.endswith(("p0.1", "p0.25", "p0.5"))}}
-
-
 def expand(groups: Sequence[str] = (), keys: Sequence[str] = ()) -> list[str]:
     """Method keys of the given groups plus ``keys``, each once, dependencies first."""
     unknown = [g for g in groups if g not in GROUPS]
@@ -89,8 +90,6 @@ def expand(groups: Sequence[str] = (), keys: Sequence[str] = ()) -> list[str]:
     return order
 
 
-
-
 def opd_status(teacher: str, teacher_model: str = "") -> tuple[bool, str]:
     """On-Policy Distillation needs the teacher's token distribution on the student's own samples, so
     a local teacher model that shares the student's tokenizer. Returns (runnable, reason if not)."""
@@ -104,6 +103,35 @@ def opd_status(teacher: str, teacher_model: str = "") -> tuple[bool, str]:
     if not teacher_model:
         return False, f"skipped: teacher {teacher!r} needs teacher_model (a local model with the student's tokenizer)"
     return True, ""
+
+
+def sft_settings(m: Method, run_sft: SFTSettings, seed: int) -> SFTSettings:
+    """An SFT method's settings: the run's SFT settings at ``seed``, with the method's rules (Table 4)
+    and its share of the run's questions (Figure 4)."""
+    return replace(run_sft, seed=seed, rules=tuple(m.rules), data_fraction=m.fraction * run_sft.data_fraction)
+
+
+def rl_settings(m: Method, run_rl: ExGRPOSettings, seed: int) -> ExGRPOSettings:
+    """An RL method's settings: the run's ExGRPO settings at ``seed`` in the method's mode (ExGRPO or
+    plain GRPO), with Eq. 8's aux SFT loss on (the run's lambda) or off, and the method's policy on
+    answer-revealing probes (the run's when it has none)."""
+    return replace(run_rl, seed=seed, mode=m.mode, aux_lambda=run_rl.aux_lambda if m.aux else 0.0,
+                   revealing_probes=m.revealing_probes or run_rl.revealing_probes)
+
+
+def rl_question_fraction(m: Method, run_sft: SFTSettings) -> float:
+    """The share of the questions an RL method trains on: its SFT warm-up's (ExGRPO after SFT at
+    p = 0.1 sees the same questions); every question from a cold start."""
+    return 1.0 if m.init == "base" else METHODS[m.init].fraction * run_sft.data_fraction
+
+
+def opd_settings(run_sft: SFTSettings, run_rl: ExGRPOSettings, seed: int) -> OPDSettings:
+    """On-Policy Distillation with the SFT run's epochs, optimiser, LoRA and length (kit default: the
+    same budget as the SFT baselines) and the rollouts' answer budget for the student's samples."""
+    s = run_sft
+    return OPDSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, lora=s.lora,
+                       lora_r=s.lora_r, lora_alpha=s.lora_alpha, max_length=s.max_length, seed=seed,
+                       max_new_tokens=run_rl.max_final_tokens)
 
 
 def plan(groups: Sequence[str], seeds: Sequence[int], seed0_only_groups: Sequence[str] = ()) -> list[tuple[str, int]]:

@@ -66,14 +66,18 @@ def subsample_rows(rows: Sequence[dict], fraction: float, seed: int) -> list[dic
 
 def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_dir: str | Path,
               settings: SFTSettings = SFTSettings(), rules: RuleSet | None = None, resume: bool = True,
-              rows: Sequence[dict] | None = None, report_to: Sequence[str] = (), fresh: bool = False) -> dict:
+              rows: Sequence[dict] | None = None, data_name: str = "", report_to: Sequence[str] = (),
+              fresh: bool = False) -> dict:
     """Train and save ``out_dir/final`` (a LoRA adapter or a full model, loadable by ``load_model``).
 
     The data is either ``probe_records`` (the EI probe dataset: Eq. 3) or ready-made prompt-completion
-    ``rows`` (the baselines); ``settings.data_fraction`` subsamples questions in both cases."""
+    ``rows`` (the baselines); ``settings.data_fraction`` subsamples questions in both cases. The summary
+    names the data as ``data``: ``data_name`` (a baseline's name for its rows), by default "ei" for
+    probe records and "rows" for rows."""
     out_dir = Path(out_dir)
     if (probe_records is None) == (rows is None):
         raise ValueError("give exactly one of probe_records and rows")
+    data_name = data_name or ("ei" if rows is None else "rows")
     rules = rules or load_rules()
     data = digest({"probe_records": probe_records, "rules": rules.content, "prompt": prompts.PROMPT_VERSION}
                   if rows is None else {"rows": rows})
@@ -109,7 +113,7 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
         peft = lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout) if settings.lora else None
         trainer = SFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(train_rows),
                              processing_class=tok, peft_config=peft)
-        return Built(trainer, tok, {"rows": len(train_rows), "questions": n_questions})
+        return Built(trainer, tok, {"rows": len(train_rows), "questions": n_questions, "data": data_name})
 
     return train_and_save(out_dir=out_dir, summary_name="sft_summary.json", settings=settings, identity={"model": model},
                           data=data, max_steps=settings.max_steps, build=build, resume=resume, report_to=report_to,
