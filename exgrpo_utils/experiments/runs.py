@@ -33,7 +33,7 @@ from ..models.registry import model_identity
 from ..teach.baseline_data import load_baseline_data, prepare_baseline_data
 from ..teach.inversion import load_probe_dataset
 from ..teach.settings import TeacherSettings
-from ..train.common import NoTrainingData
+from ..train.loop import NoTrainingData
 from ..train.exgrpo import train_exgrpo
 from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, SFTSettings

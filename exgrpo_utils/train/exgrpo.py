@@ -39,7 +39,7 @@ from ..data import prompts
 from ..models.generation import use_turn_stops
 from ..models.registry import default_device, ensure_local, load_model
 from ..teach.rules import RuleSet, load_rules
-from .common import Built, lora_config, train_and_save, training_precision
+from .loop import Built, lora_config, train_and_save, training_precision
 from .dialogue import ChatLayout
 from .rewards import ExGRPOReward
 from .rl_data import rl_records, rows_per_question, training_rows

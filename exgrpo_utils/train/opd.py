@@ -19,7 +19,7 @@ from ..data import prompts
 from ..data.example import Example
 from ..models.generation import use_turn_stops
 from ..models.registry import default_device, load_model
-from .common import Built, lora_config, train_and_save, training_precision
+from .loop import Built, lora_config, train_and_save, training_precision
 from .settings import OPDSettings
 
 # datasets, trl are imported inside the functions that use them (heavy, or needed only on some paths).

@@ -16,7 +16,7 @@ from ..data import prompts
 from ..data.example import Example
 from ..teach.inversion import reveals_answer
 from ..teach.rules import RuleSet
-from .common import NoTrainingData
+from .loop import NoTrainingData
 from .settings import ExGRPOSettings
 
 # torch is imported inside QuestionBlockSampler.__iter__ (heavy; the rows are built and tested without it).

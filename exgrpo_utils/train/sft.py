@@ -19,7 +19,7 @@ from ..data import prompts
 from ..data.example import Example
 from ..models.registry import default_device, load_model
 from ..teach.rules import RuleSet, load_rules
-from .common import Built, NoTrainingData, lora_config, train_and_save, training_precision
+from .loop import Built, NoTrainingData, lora_config, train_and_save, training_precision
 from .settings import SFTSettings
 
 # datasets, trl are imported inside the functions that use them (heavy, or needed only on some paths).

@@ -7,7 +7,7 @@ import pytest
 
 from exgrpo_utils.common.fingerprint import StaleOutputError
 from exgrpo_utils.common.runsettings import RunSettings
-from exgrpo_utils.train.common import Built, tracking_callbacks, train_and_save
+from exgrpo_utils.train.loop import Built, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
 
