@@ -4,8 +4,9 @@
 the trainer (``build_trainer``) and runs it through the kit's common train-and-save path. One RL step,
 module by module, following the calls:
 
-1. data (``rl_data``): the questions and the probes their dialogues may use (``rl_records``), one
-   prompt row per question (``training_rows``), whole questions per step (``QuestionBlockSampler``);
+1. data (``rl_data``): the questions and the probes their dialogues may use (``rl_records``), their
+   prompt rows (``training_rows``: the question; grpo: k probes, then the question), whole questions
+   per step (``QuestionBlockSampler``);
 2. rollout (``rollouts``): ``DialogueRollout`` plans the G dialogues of each question (Scenario A:
    all k probes; Scenario B: a random prefix of k' < k; ``dialogue.plan_group``) and runs them turn
    by turn (``rollout_dialogues``); only the student's own tokens are policy tokens (``env_mask``).
@@ -84,7 +85,6 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         vllm_gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         vllm_server_base_url=settings.vllm_server_base_url or None,
         log_completions=False, dataloader_num_workers=0, shuffle_dataset=True)
-
 
 
 def prepare_init(init_model: str, out_dir: Path) -> str:

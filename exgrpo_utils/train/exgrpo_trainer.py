@@ -4,8 +4,9 @@ One step, in the order TRL runs it (``GRPOTrainer._generate_and_score_completion
 ``compute_loss``):
 
 1. rollout: ``ExGRPOTrainer.run_rollout`` calls the step's rollout (``rollouts.DialogueRollout`` or
-   ``rollouts.SingleTurnRollout``) and hands TRL its ``fields``; the teacher-forced dialogues of Eq. 8
-   come back in the same result (``Rollout.aux``) and are kept for this step's loss;
+   ``rollouts.SingleTurnRollout``) and hands TRL its ``fields``; ExGRPO's teacher-forced dialogues of
+   Eq. 8 come back in the same result (``Rollout.aux``) and are kept for this step's loss (plain
+   GRPO's aux rows are its probe rows with their teacher answers, ``probe_answer_batch``);
 2. reward: TRL calls ``rewards.ExGRPOReward`` (Eq. 4-6) on every rollout of the step;
 3. advantages: TRL normalises the rewards per group (Eq. 7, ``scale_rewards="group"``);
 4. loss: TRL's clipped surrogate with beta * KL to the reference (Eq. 7), plus lambda * ``aux_sft_loss``
@@ -38,8 +39,12 @@ class ExGRPOTrainer(GRPOTrainer):
         self._aux_batch: list[DialogueTokens] = []
 
     def run_rollout(self, prompts, trainer) -> dict:
-        """TRL's ``rollout_func``: the rollout's fields for TRL; its aux dialogues kept for the loss."""
-        result: Rollout = self.rollout(prompts, trainer)
+        """TRL's ``rollout_func``: the rollout's fields for TRL; its aux dialogues kept for the loss. A
+        rollout may also return TRL's plain dict (no aux dialogues: the rows' targets are used)."""
+        result: Rollout | dict = self.rollout(prompts, trainer)
+        if isinstance(result, dict):
+            self._rollout_aux = None
+            return result
         self._rollout_aux = result.aux
         return result.fields
 

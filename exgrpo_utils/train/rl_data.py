@@ -19,7 +19,8 @@ from ..teach.rules import RuleSet
 from .loop import NoTrainingData
 from .settings import ExGRPOSettings
 
-# torch is imported inside QuestionBlockSampler.__iter__ (heavy; the rows are built and tested without it).
+# torch is imported inside QuestionBlockSampler.__iter__, its only use here (this module still loads
+# torch through .loop, whose NoTrainingData it raises).
 
 
 def probe_reveals(rec: dict, probe: dict) -> bool:
