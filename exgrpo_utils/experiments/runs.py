@@ -1,7 +1,7 @@
 """Train (or reuse), evaluate and record every (task, method, seed) triple of notebook 05.
 
 The paper's protocol: one model per training task (``exp_tasks``) and method, scored on the task's
-own test set and on every OOD set paired with it (``data.task_eval_sets``: BoolQ with StrategyQA,
+own test set and on every OOD set paired with it (``data.datasets.task_eval_sets``: BoolQ with StrategyQA,
 OpenBookQA with ARC-Challenge, ...). ``run_plan`` runs the triples in turn, each through
 ``run_triple``: the method's kind picks its trainer from :data:`TRAINERS` (the same stage functions as
 notebooks 02 and 03, so the seed-0 runs ``sft`` and ``exgrpo`` of the run's ``train_dataset`` are
