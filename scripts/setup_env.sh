@@ -11,6 +11,30 @@ VENV=${VENV:-.venv}
 GPU=0
 [ "${1:-}" = "--gpu" ] && GPU=1
 
+# Debian's chromium, for the browser test (tests/test_browser.py drives it through Playwright, which
+# may not download a browser of its own). Checked on every call (milliseconds once installed); a
+# failed install only warns: the kit runs without it, the browser test then skips (fails under CI).
+# EXGRPO_CHROMIUM=/path/to/chromium uses another build; EXGRPO_SKIP_CHROMIUM=1 skips this step.
+ensure_chromium() {
+  [ "${EXGRPO_SKIP_CHROMIUM:-0}" = 1 ] && return 0
+  [ -n "${EXGRPO_CHROMIUM:-}" ] && [ -x "${EXGRPO_CHROMIUM}" ] && return 0
+  command -v chromium >/dev/null 2>&1 && return 0
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$sudo" = none ]; then
+    echo "[setup] chromium not found and cannot be installed here (needs apt-get as root or passwordless sudo):" \
+         "install Debian's chromium, or set EXGRPO_CHROMIUM to a chromium executable, for tests/test_browser.py" >&2
+    return 0
+  fi
+  echo "[setup] installing Debian's chromium (apt-get) for the browser test"
+  if ! { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+    echo "[setup] apt-get could not install chromium; tests/test_browser.py will skip (fail under CI)" >&2
+  fi
+}
+ensure_chromium
+
 stamp_inputs() { cat requirements.txt pyproject.toml scripts/setup_env.sh; [ "$GPU" = 1 ] && cat requirements-gpu.txt; echo "gpu=$GPU"; }
 want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.exgrpo-setup-stamp"

@@ -4,9 +4,13 @@
 is slow when it uses the ``student``/``student_path`` fixtures (they load the embedded student) or
 is marked ``@pytest.mark.slow`` itself.
 """
+import ast
+import inspect
 import os
+import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +76,37 @@ def arith_probe_records(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ei")
     run_pipeline(load("arith", "train", limit=4), ProgramTeacher(), load_rules(), student=None, out_dir=out)
     return load_probe_dataset(out / "probe_dataset.jsonl")
+
+
+def _figure_calls_in(source: str) -> list[str]:
+    """The calls of ``report.plotting``'s figure functions (every public function there but ``save``) in
+    the code ``source``, in order, e.g. ``["figure3_rewards", ...]``."""
+    from exgrpo_utils.report import plotting
+
+    makers = {name for name, fn in inspect.getmembers(plotting, inspect.isfunction)
+              if fn.__module__ == plotting.__name__ and not name.startswith("_") and name != "save"}
+    return [node.func.attr for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in makers
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "plotting"]
+
+
+@pytest.fixture(scope="session")
+def figure_calls():
+    """``figure_calls(source)``: the figures a notebook cell's code makes (``figure_calls(path)`` for a
+    whole notebook): each figure a notebook makes must appear in it as one image."""
+    def calls(source: str | Path) -> list[str]:
+        if isinstance(source, Path):
+            cells = nbformat.read(source, as_version=4).cells
+            return [c for cell in cells if cell.cell_type == "code" for c in _figure_calls_in(cell.source)]
+        return _figure_calls_in(source)
+
+    return calls
+
+
+@pytest.fixture
+def committed_cpu_results(tmp_path) -> Path:
+    """A results root holding a copy of the committed ``cpu`` run without its ``paper/`` folder, for
+    notebook 06 to rebuild from the records alone (it then writes nothing into the repository)."""
+    root = tmp_path / "results"
+    shutil.copytree(ROOT / "results" / "runs" / "cpu", root / "runs" / "cpu", ignore=shutil.ignore_patterns("paper"))
+    return root

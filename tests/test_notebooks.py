@@ -1,4 +1,8 @@
+import ast
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -49,13 +53,57 @@ def test_notebook_code_names_no_run_folder(path):
     """Every path of a run comes from RunLayout: no notebook writes a run folder's name itself."""
     import ast
 
-    folders = {"ei", "train", "eval", "eval_arith", "experiments", "baselines", "paper", "executed", "runs", "results"}
+    folders = {"ei", "train", "eval", "eval_task", "eval_arith", "experiments", "baselines", "paper", "executed", "runs", "results"}
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
             continue
         literals = {n.value for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         assert not (literals & folders), f"{path.name}: folder names {literals & folders} written by hand; use RunLayout"
+
+
+def _shows(statement: ast.stmt, name: str) -> bool:
+    """``name`` as an expression statement (a cell's last one is its displayed result) or ``display(name)``."""
+    if not isinstance(statement, ast.Expr):
+        return False
+    value = statement.value
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "display":
+        value = value.args[0] if len(value.args) == 1 else None
+    return isinstance(value, ast.Name) and value.id == name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_a_notebook_makes_is_shown_once(path, figure_calls):
+    """The plotting functions hand back a Figure that pyplot no longer holds (no image of its own at the
+    end of the cell): a cell that makes one shows it once, as its last expression or with display()."""
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code" or not figure_calls(cell.source):
+            continue
+        body = ast.parse(cell.source).body
+        names = [t.id for s in body if isinstance(s, ast.Assign) and figure_calls(ast.unparse(s.value))
+                 for t in s.targets if isinstance(t, ast.Name)]
+        assert names, f"{path.name}: assign each figure to a name and show it:\n{cell.source}"
+        for name in names:
+            shown = [s for s in body if _shows(s, name)]
+            assert len(shown) == 1 and (shown[0] is body[-1] or isinstance(shown[0].value, ast.Call)), \
+                f"{path.name}: figure {name!r} is not shown exactly once:\n{cell.source}"
+
+
+@pytest.mark.parametrize("mplbackend", [None, "module://matplotlib_inline.backend_inline"])
+def test_plots_keep_a_kernels_backend_and_default_to_agg(mplbackend):
+    """A Jupyter kernel sets MPLBACKEND to the inline backend, which the plots keep (figures become
+    image/png outputs); a process with no backend chosen (script, test, runner) gets headless Agg."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY", "WAYLAND_DISPLAY")}
+    if mplbackend:
+        env["MPLBACKEND"] = mplbackend
+    code = ("import matplotlib, pandas as pd, matplotlib.pyplot as plt\n"
+            "from exgrpo_utils.report import plotting\n"
+            "fig = plotting.figure3_rewards(pd.DataFrame(columns=['run_id', 'step', 'r_base', 'r_dsu']))\n"
+            "print(matplotlib.get_backend(), len(plt.get_fignums()), len(fig.axes))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    backend, open_figures, axes = out.stdout.split()
+    assert backend.lower() == (mplbackend or "agg")
+    assert (open_figures, axes) == ("0", "2")  # pyplot holds no figure: the caller shows or saves it
 
 
 def test_runner_rejects_bad_presets_and_overrides(tmp_path, capsys):
@@ -167,6 +215,26 @@ def test_a_notebook_that_ran_makes_the_later_ones_run(tmp_path, monkeypatch):
     ran.clear()
     assert runner.main(["--preset", str(preset), "--run-name", "r", "--only", "06_paper_figures"]) == 0
     assert ran == []
+
+
+@pytest.mark.slow
+def test_the_figures_notebook_run_headless_holds_one_image_per_figure(committed_cpu_results, monkeypatch, figure_calls):
+    """Notebook 06 through the runner (papermill, as `make reproduce` runs it) over a copy of the committed
+    cpu run: no error, and its executed copy holds each figure it makes as one image/png output."""
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(committed_cpu_results))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend, as on a fresh machine
+    stem = "06_paper_figures"
+    params = config.for_notebook(stem, config.resolve(config.load_preset("cpu"), run_name="cpu"))
+    out_dir = committed_cpu_results / "executed" / "cpu"
+    assert runner.run_notebook(stem, params, out_dir, log=lambda *_: None)
+    cells = nbformat.read(out_dir / f"{stem}.ipynb", as_version=4).cells
+    outputs = [o for c in cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    made = figure_calls(ROOT / "notebooks" / f"{stem}.ipynb")
+    assert len(made) == 3 and len(images) == len(made), (made, len(images))
+    written = sorted(p.stem for p in (committed_cpu_results / "runs" / "cpu" / "paper").glob("*.png"))
+    assert len(written) == len(made)  # and each is saved as before
 
 
 @pytest.mark.parametrize("preset", ["cpu", "paper-mini"])

@@ -1,4 +1,14 @@
-"""Plots. One function per figure; each returns the matplotlib Figure and can save PNG and PDF."""
+"""Plots. One function per figure; each returns the matplotlib Figure and can save PNG and PDF.
+
+The returned Figure is closed in pyplot (pyplot keeps no reference to it), so nothing draws it behind
+the caller's back: a notebook shows it by leaving it as a cell's last expression (or with
+``display(fig)``), exactly once, and a script saves it. Where it is drawn depends on the process:
+
+- inside a Jupyter kernel (JupyterLab, papermill), ipykernel sets ``MPLBACKEND`` to the inline
+  backend, which is kept, so the figure becomes an ``image/png`` output of the cell;
+- anywhere else with no backend chosen (scripts, tests, the runner), pyplot gets the headless Agg
+  backend, which needs no display.
+"""
 from __future__ import annotations
 
 import math
@@ -8,13 +18,24 @@ from pathlib import Path
 
 
 def _plt():
-    """pyplot on the non-interactive Agg backend (headless runs), unless a backend is already chosen."""
+    """pyplot, on the backend already chosen (a kernel's inline backend, ``MPLBACKEND``, a matplotlibrc,
+    ``matplotlib.use``), else on Agg: headless, needs no display."""
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if matplotlib.get_backend(auto_select=False) is None:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _detached(fig):
+    """``fig``, released by pyplot: a kernel's inline backend then does not also draw it at the end of
+    the cell (one image per figure, from the notebook's own display), and long runs keep no figures."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
 
 
 def save(fig, path_stem: str | Path) -> list[Path]:
@@ -53,7 +74,7 @@ def accuracy_bars(summary, title: str = "", paper_averages: dict[str, float] | N
     ax.legend(handles, ["held-in", "OOD", "average"], fontsize=8, loc="upper left")
     ax.set_title(title)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def probe_filter_bars(stats_rules, title: str = ""):
@@ -72,7 +93,7 @@ def probe_filter_bars(stats_rules, title: str = ""):
     ax.legend(fontsize=8)
     ax.set_title(title or "Explanatory Inversion: probes per rule through the filters")
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def training_curves(log, columns: dict[str, str], title: str = "", smooth: int = 1):
@@ -102,7 +123,7 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training"):
@@ -120,7 +141,7 @@ def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGR
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data fraction"):
@@ -139,7 +160,7 @@ def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data f
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
 
 
 def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens"):
@@ -169,4 +190,4 @@ def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens")
     if len(trained):
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    return fig
+    return _detached(fig)
