@@ -18,9 +18,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from exgrpo_utils.common.files import read_train_log
-from exgrpo_utils.common.layout import TRAIN_LOG
 from exgrpo_utils.data.datasets import load
+from exgrpo_utils.infra.files import read_train_log
+from exgrpo_utils.infra.layout import TRAIN_LOG
 from exgrpo_utils.teach import inversion, rules, teachers
 from exgrpo_utils.train import exgrpo
 from exgrpo_utils.train.settings import ExGRPOSettings

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exgrpo_utils.common.layout import RunLayout  # noqa: E402
 from exgrpo_utils.data import datasets as data  # noqa: E402
 from exgrpo_utils.data import prompts  # noqa: E402
+from exgrpo_utils.infra.layout import RunLayout  # noqa: E402
 from exgrpo_utils.models.registry import ensure_local  # noqa: E402
 from exgrpo_utils.teach.rules import load_rules  # noqa: E402
 

@@ -22,12 +22,12 @@ from typing import Any, Mapping, Sequence
 import nbformat
 import yaml
 
-from .common.files import atomic_write_text
-from .common.paths import PROJECT_ROOT
-from .common.runsettings import RunSettings
-from .common.settings import SOURCES, Param, SettingsError, coerce, params_of, parse_text, plain
 from .evaluate.settings import SuiteSettings, TaskEvalSettings
 from .experiments.settings import ExperimentSettings
+from .infra.files import atomic_write_text
+from .infra.paths import PROJECT_ROOT
+from .infra.runsettings import RunSettings
+from .infra.settings import SOURCES, Param, SettingsError, coerce, params_of, parse_text, plain
 from .models.chat import ENV_NAME_RE
 from .report.settings import FigureSettings
 from .setup_check import TourSettings

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import nbformat
 
-from .common.files import atomic_write_json, atomic_write_text
-from .common.layout import RunLayout
-from .common.paths import portable, portable_text
-from .common.settings import SettingsError
 from .config import NOTEBOOK_DIR, NOTEBOOKS, for_notebook, load_preset, parse_overrides, resolve
+from .infra.files import atomic_write_json, atomic_write_text
+from .infra.layout import RunLayout
+from .infra.paths import portable, portable_text
+from .infra.settings import SettingsError
 
 # papermill is imported inside the function that uses it (heavy, or needed only on some paths).
 

@@ -8,9 +8,9 @@ from typing import ClassVar
 
 import pandas as pd
 
-from .common.settings import setting
 from .data import answers, prompts
 from .data.datasets import DATASETS, PAPER_DATASETS, load
+from .infra.settings import setting
 from .models.generation import SamplingConfig
 from .models.registry import cpu_has_fast_bf16, cpu_model, default_device, pick_dtype
 

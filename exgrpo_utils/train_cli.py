@@ -18,9 +18,9 @@ import argparse
 import json
 import sys
 
-from .common.layout import RunLayout
-from .common.settings import SettingsError, build
 from .config import for_notebook, load_preset, parse_overrides, resolve
+from .infra.layout import RunLayout
+from .infra.settings import SettingsError, build
 from .teach.inversion import load_probe_dataset
 from .train.exgrpo import train_exgrpo
 from .train.settings import ExGRPOSettings, SFTSettings

@@ -112,7 +112,7 @@ def test_cache_serves_repeats_and_never_stores_the_key(tmp_path, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import json, sys
-    from exgrpo_utils.common.files import atomic_write_json
+    from exgrpo_utils.infra.files import atomic_write_json
     from exgrpo_utils.models.cache import CompletionCache
     from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend
     from exgrpo_utils.models.generation import SamplingConfig

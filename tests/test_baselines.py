@@ -1,12 +1,12 @@
 """The baselines' teacher checks (RevThink consistency, correctness filters) and Divide-or-Conquer, by hand."""
 
-from exgrpo_utils.common.layout import RunLayout
 from exgrpo_utils.data import prompts, synthetic
 from exgrpo_utils.data.example import Example
 from exgrpo_utils.experiments import baselines as bl
 from exgrpo_utils.experiments import methods, runs
+from exgrpo_utils.infra.layout import RunLayout
 from exgrpo_utils.models.cache import ChatResult
-from exgrpo_utils.report import paper_tables, reporting
+from exgrpo_utils.report import paper_layout, paper_tables
 from exgrpo_utils.teach import baseline_checks as checks
 from exgrpo_utils.teach import baseline_data as bd
 
@@ -217,7 +217,7 @@ def test_divide_conquer_is_a_registered_baseline():
     assert (m.label, m.kind, m.data) == ("Divide-or-Conquer", "sft", "divide_conquer")
     assert "divide-conquer" in methods.GROUPS["baselines"] and "divide-conquer" in paper_tables.TABLE_ROWS["table2"]
     df = runs.collect(RunLayout.of("empty", "/nonexistent"))  # no records: every column, no row
-    t2 = paper_tables.build_table("table2", df, reporting.paper_results()).set_index("method")
+    t2 = paper_tables.build_table("table2", df, paper_layout.paper_results()).set_index("method")
     row = t2.loc["Divide-or-Conquer"]
     assert row["note"] == "not run in these results"
     assert row["paper: Qwen2.5-7B-Instruct (ood-avg4)"] == row["paper: Gemma-7B-it (ood-avg4)"] == "–"  # no reported number

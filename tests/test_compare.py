@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from exgrpo_utils.common.layout import RunLayout
 from exgrpo_utils.evaluate import stats
+from exgrpo_utils.infra.layout import RunLayout
 from exgrpo_utils.report import compare
 
 

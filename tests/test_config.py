@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from exgrpo_utils import config
-from exgrpo_utils.common.settings import SOURCES, SettingsError, build, coerce, params_of, setting
+from exgrpo_utils.infra.settings import SOURCES, SettingsError, build, coerce, params_of, setting
 from exgrpo_utils.train.settings import ExGRPOSettings, OPDSettings, SFTSettings
 
 ROOT = Path(__file__).resolve().parents[1]

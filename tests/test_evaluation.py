@@ -121,17 +121,17 @@ def test_suite_summary_has_per_dataset_rows_and_averages(tmp_path):
 
 
 def test_paper_layout_puts_paper_numbers_beside_ours(tmp_path):
-    from exgrpo_utils.report import reporting
+    from exgrpo_utils.report import paper_layout
 
     exs = {"gsm8k": _examples(4)}
     table = evaluation.evaluate_suite(FakeGenerator(), exs, tmp_path, settings=EvalIdentity(model="fake"),
                                       batch_size=2, label="zero-shot", progress=False)
-    layout = reporting.paper_layout([table], student="fake")
+    layout = paper_layout.paper_layout([table], student="fake")
     ours = layout[layout["source"] == "ours"].iloc[0]
     assert ours["GSM8K"] == 50.0 and ours["Avg (held-in)"] == 50.0
     qwen = layout[(layout["student"] == "Qwen2.5-7B-Instruct") & (layout["method"] == "ExGRPO")].iloc[0]
     assert qwen["Avg (held-in)"] == 82.54 and qwen["Avg (OOD)"] == 82.34
-    paths = reporting.write_eval_report(table, tmp_path, student="fake")
+    paths = paper_layout.write_eval_report(table, tmp_path, student="fake")
     assert all(p.exists() for p in paths.values())
     assert "| fake | zero-shot | ours |" in paths["table_md"].read_text()
 
@@ -156,7 +156,7 @@ def test_pooled_evaluation_shares_batches_and_resumes(tmp_path):
 
 
 def test_resolve_models(tmp_path):
-    from exgrpo_utils.common.layout import RunLayout
+    from exgrpo_utils.infra.layout import RunLayout
 
     layout = RunLayout.of("r", tmp_path)
     layout.final_model("sft").mkdir(parents=True)
@@ -171,7 +171,7 @@ def test_resolve_models(tmp_path):
 
 
 def test_settings_compare_portable_model_paths(tmp_path, monkeypatch):
-    from exgrpo_utils.common.paths import PROJECT_ROOT, portable, resolve
+    from exgrpo_utils.infra.paths import PROJECT_ROOT, portable, resolve
 
     monkeypatch.delenv("EXGRPO_RESULTS_DIR", raising=False)
     monkeypatch.setenv("EXGRPO_CACHE_DIR", str(tmp_path / "cache"))

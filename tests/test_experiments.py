@@ -6,11 +6,11 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from exgrpo_utils.common.layout import RunLayout, run_id
 from exgrpo_utils.data import answers, synthetic
 from exgrpo_utils.data.datasets import Example
 from exgrpo_utils.evaluate import stats
 from exgrpo_utils.experiments import baselines, methods, records, runs
+from exgrpo_utils.infra.layout import RunLayout, run_id
 from exgrpo_utils.report import paper_tables, plotting
 from exgrpo_utils.teach import baseline_data
 from exgrpo_utils.teach.settings import TeacherSettings
@@ -168,10 +168,10 @@ def _records(tmp_path):
 
 
 def test_tables_put_ours_beside_the_paper(tmp_path):
-    from exgrpo_utils.report import reporting
+    from exgrpo_utils.report import paper_layout
 
     df = paper_tables.load_records([_records(tmp_path)])
-    paper = reporting.paper_results()
+    paper = paper_layout.paper_results()
     t3 = paper_tables.build_table("table3", df, paper).set_index("method")
     half = 4.303 * 10.0 / math.sqrt(3)
     assert t3.loc["SFT (EI, all rules)", "ours: arith (held-in)"] == f"50.0 [{50 - half:.1f}, {50 + half:.1f}] (n=3)"
@@ -290,19 +290,19 @@ def _task_record(run, rid, key, seed, task, scores, **extra):
 
 def test_tables_follow_the_per_task_protocol(tmp_path):
     """Held-in: each task's own model on its test set; OOD: the paired model; averages over those cells."""
-    from exgrpo_utils.report import reporting
+    from exgrpo_utils.report import paper_layout
 
     layout = RunLayout.of("run", tmp_path)
     _task_record(layout.root, "sft", "sft", 0, "strategyqa", {"strategyqa": (30, 50), "boolq": (20, 50)})
     _task_record(layout.root, "arc_challenge--sft", "sft", 0, "arc_challenge", {"arc_challenge": (10, 50), "openbookqa": (40, 50)})
     df = paper_tables.load_records([layout])
     assert paper_tables.tasks_of(df) == ["strategyqa", "arc_challenge"] and paper_tables.ood_of(df) == ["boolq", "openbookqa"]
-    t1 = paper_tables.build_table("table1", df, reporting.paper_results()).set_index("method")
+    t1 = paper_tables.build_table("table1", df, paper_layout.paper_results()).set_index("method")
     lo, hi = (100 * x for x in stats.mean_interval([30, 10], [50, 50]))
     assert t1.loc["SFT (EI, all rules)", "ours: held-in avg over 2 (per-task models)"] == f"40.0 [{lo:.1f}, {hi:.1f}]"
     lo, hi = (100 * x for x in stats.wilson_interval(10, 50))
     assert t1.loc["SFT (EI, all rules)", "ours: arc_challenge (held-in)"] == f"20.0 [{lo:.1f}, {hi:.1f}]"
-    t2 = paper_tables.build_table("table2", df, reporting.paper_results()).set_index("method")
+    t2 = paper_tables.build_table("table2", df, paper_layout.paper_results()).set_index("method")
     assert t2.loc["SFT (EI, all rules)", "ours: OOD avg over 2 (per-task models)"].startswith("60.0 [")
     assert [c.title for c in paper_tables.table_columns("table3", df)] == [
         "strategyqa (held-in)", "arc_challenge (held-in)", "held-in avg over 2 (per-task models)", "boolq (OOD)",
@@ -344,9 +344,9 @@ def test_paired_comparisons_pair_models_of_the_same_task(tmp_path):
 def _fake_run(tmp_path, monkeypatch):
     """A run of two tasks (arith, strategyqa; csqa has no probes) whose trainings and evaluations are
     fakes; returns (context, trainings, evaluations), the last two filled as the plan runs."""
-    from exgrpo_utils.common.runsettings import RunSettings
     from exgrpo_utils.evaluate.settings import SuiteSettings, TaskEvalSettings
     from exgrpo_utils.experiments.settings import ExperimentSettings
+    from exgrpo_utils.infra.runsettings import RunSettings
     from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
     layout = RunLayout.of("run", tmp_path)
@@ -421,7 +421,7 @@ def _params():
 
 
 def test_run_ids_of_other_tasks_are_prefixed_and_parse_back():
-    from exgrpo_utils.common.layout import method_of, task_run_id
+    from exgrpo_utils.infra.layout import method_of, task_run_id
 
     assert task_run_id("exgrpo", 1, "arith", "arith") == "exgrpo-s1"
     assert task_run_id("sft-p0.1", 2, "strategyqa", "arith") == "strategyqa--sft-p0.1-s2"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exgrpo_utils.common.files import read_log_jsonl
+from exgrpo_utils.infra.files import read_log_jsonl
 from exgrpo_utils.models.cache import CacheError, ChatResult, CompletionCache
 from exgrpo_utils.models.chat import CachedBackend, OpenAICompatibleBackend, TeacherConfigError
 from exgrpo_utils.models.generation import SamplingConfig
@@ -58,7 +58,7 @@ def test_an_api_key_given_where_its_variable_name_belongs_is_refused_unprinted(v
 
 
 def test_a_torn_log_in_a_read_only_folder_is_reported_not_truncated(tmp_path, monkeypatch):
-    from exgrpo_utils.common import files
+    from exgrpo_utils.infra import files
 
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 1}\n{"step": 2')
@@ -100,7 +100,7 @@ def test_no_committed_result_holds_an_absolute_path():
 
 
 def test_printed_paths_become_portable():
-    from exgrpo_utils.common.paths import PROJECT_ROOT, cache_dir, portable_text, results_root
+    from exgrpo_utils.infra.paths import PROJECT_ROOT, cache_dir, portable_text, results_root
 
     text = (f"saved to {results_root()}/runs/cpu/train/sft/final\nwarning at {PROJECT_ROOT}/.venv/lib/x.py:3\n"
             f"cache {cache_dir()}/completions.sqlite; home {Path.home()}/elsewhere")

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from exgrpo_utils.common.files import append_jsonl, atomic_write_json, iter_jsonl, read_log_jsonl
+from exgrpo_utils.infra.files import append_jsonl, atomic_write_json, iter_jsonl, read_log_jsonl
 
 
 def test_interrupted_last_line_is_cut_and_earlier_records_kept(tmp_path):

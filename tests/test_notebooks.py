@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from exgrpo_utils import config, runner, train_cli
-from exgrpo_utils.common.settings import SettingsError, build
+from exgrpo_utils.infra.settings import SettingsError, build
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from exgrpo_utils.common.fingerprint import StaleOutputError
-from exgrpo_utils.common.runsettings import RunSettings
+from exgrpo_utils.infra.fingerprint import StaleOutputError
+from exgrpo_utils.infra.runsettings import RunSettings
 from exgrpo_utils.train.loop import Built, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
@@ -113,7 +113,7 @@ def test_a_folder_without_a_fingerprint_is_refused(tmp_path):
 
 
 def test_a_second_writer_of_the_same_folder_is_refused(tmp_path):
-    from exgrpo_utils.common.files import FolderBusyError, folder_lock
+    from exgrpo_utils.infra.files import FolderBusyError, folder_lock
 
     with folder_lock(tmp_path / "x"):
         with pytest.raises(FolderBusyError, match=r"x: process \d+ is writing this training now"):
@@ -141,7 +141,7 @@ def test_a_stamp_without_output_is_no_output(tmp_path):
 
 def test_fresh_keeps_the_folder_locked(tmp_path):
     """The lock sits beside the folder, so moving the folder aside does not release it."""
-    from exgrpo_utils.common.files import FolderBusyError, folder_lock
+    from exgrpo_utils.infra.files import FolderBusyError, folder_lock
 
     out = tmp_path / "train" / "sft"
     train_and_save(build=_builder([]), **_kw(tmp_path))
@@ -152,7 +152,7 @@ def test_fresh_keeps_the_folder_locked(tmp_path):
 
 
 def test_other_processes_of_a_distributed_launch_neither_lock_nor_stamp(tmp_path, monkeypatch):
-    from exgrpo_utils.common.files import folder_lock
+    from exgrpo_utils.infra.files import folder_lock
 
     out = tmp_path / "train" / "sft"
     monkeypatch.setenv("RANK", "1")
@@ -162,8 +162,8 @@ def test_other_processes_of_a_distributed_launch_neither_lock_nor_stamp(tmp_path
 
 
 def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
-    from exgrpo_utils.common.layout import RunLayout
     from exgrpo_utils.experiments import methods, runs
+    from exgrpo_utils.infra.layout import RunLayout
 
     seen = {}
     monkeypatch.setattr(runs, "train_exgrpo", lambda **kw: seen.setdefault("init", kw["init_model"]) and {"final": "x"})

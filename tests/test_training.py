@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from exgrpo_utils.common.files import read_train_log
+from exgrpo_utils.infra.files import read_train_log
 from exgrpo_utils.teach import rules
 from exgrpo_utils.train import exgrpo, rl_data, sft
 from exgrpo_utils.train.loop import run_cost

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..common.files import iter_jsonl
+from ..infra.files import iter_jsonl
 from . import synthetic
 from .example import LETTERS, Example
 from .normalize import canonical_number, last_boxed

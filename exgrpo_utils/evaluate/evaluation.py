@@ -14,15 +14,15 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from ..common.files import append_jsonl, atomic_write_json, atomic_write_text, folder_lock, read_log_jsonl
-from ..common.fingerprint import digest, move_aside
-from ..common.layout import RunLayout
-from ..common.paths import portable
-from ..common.progress import progress as make_progress
-from ..common.runsettings import RunSettings
 from ..data import answers, prompts
 from ..data.datasets import DATASETS, HELD_IN, OOD, load
 from ..data.example import Example
+from ..infra.files import append_jsonl, atomic_write_json, atomic_write_text, folder_lock, read_log_jsonl
+from ..infra.fingerprint import digest, move_aside
+from ..infra.layout import RunLayout
+from ..infra.paths import portable
+from ..infra.progress import progress as make_progress
+from ..infra.runsettings import RunSettings
 from ..models.generation import Generator, SamplingConfig, make_generator
 from ..models.registry import MODELS, default_device, model_identity, pick_dtype
 from .settings import SuiteSettings, TaskEvalSettings

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..common.settings import setting
 from ..data.datasets import PAPER_DATASETS
+from ..infra.settings import setting
 
 
 @dataclass(frozen=True)

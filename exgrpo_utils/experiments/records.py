@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..common.files import atomic_write_json
-from ..common.layout import RunLayout
+from ..infra.files import atomic_write_json
+from ..infra.layout import RunLayout
 from .methods import Method
 
 BASE_COLUMNS = ("run_id", "key", "label", "kind", "seed", "train_dataset", "status", "reason", "train_tokens",

@@ -22,19 +22,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from ..common.fingerprint import digest
-from ..common.layout import RunLayout, run_id, task_run_id
-from ..common.runsettings import RunSettings
-from ..common.settings import build
 from ..data.datasets import DATASETS, task_eval_sets
 from ..evaluate.evaluation import evaluate_on
 from ..evaluate.settings import SuiteSettings, TaskEvalSettings
+from ..infra.fingerprint import digest
+from ..infra.layout import RunLayout, run_id, task_run_id
+from ..infra.runsettings import RunSettings
+from ..infra.settings import build
 from ..models.registry import model_identity
 from ..teach.baseline_data import load_baseline_data, prepare_baseline_data
 from ..teach.inversion import load_probe_dataset
 from ..teach.settings import TeacherSettings
-from ..train.loop import NoTrainingData
 from ..train.exgrpo import train_exgrpo
+from ..train.loop import NoTrainingData
 from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, SFTSettings
 from ..train.sft import subsample_questions, train_sft

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..common.settings import setting
 from ..data.datasets import HELD_IN
+from ..infra.settings import setting
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.fingerprint import weights_digest
-from ..common.paths import cache_dir, resolve, results_root
+from ..infra.fingerprint import weights_digest
+from ..infra.paths import cache_dir, resolve, results_root
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
 
@@ -90,7 +90,7 @@ def ensure_local(name_or_path: str, *, force_convert: bool = False) -> str:
     """A path or hub id that ``from_pretrained`` can load for ``name_or_path``.
 
     Registry names map to their source (converting the embedded GGUF on first use); an existing
-    directory is used as is (a stored, portable path is resolved first: ``common.paths.resolve``);
+    directory is used as is (a stored, portable path is resolved first: ``infra.paths.resolve``);
     anything else is an error that says how to get the model.
     """
     name_or_path = resolve(name_or_path)
@@ -213,7 +213,7 @@ def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = N
 
 def model_identity(spec: str) -> dict:
     """What a model is, for fingerprints: a registry name by its source, a folder by the digest of its
-    files (weights, configs, tokenizer; ``common.fingerprint.weights_digest``)."""
+    files (weights, configs, tokenizer; ``infra.fingerprint.weights_digest``)."""
     path = Path(resolve(spec))
     if path.is_dir():
         return {"weights": weights_digest(path)}

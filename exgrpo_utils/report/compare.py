@@ -19,10 +19,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..common.files import atomic_write_text
-from ..common.layout import TASK_EVAL, RunLayout
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact
+from ..infra.files import atomic_write_text
+from ..infra.layout import TASK_EVAL, RunLayout
 
 ALPHA = 0.05
 VERDICTS = ("identical", "within noise", "differs", "not comparable")

@@ -1,7 +1,7 @@
 """The paper's Tables 1-4 and the data of Figures 3-5, from ``results/`` alone (notebook 06).
 
 Input: the long table of ``experiments.runs.collect`` (one row per task, method, seed, evaluation and
-dataset) and the paper's reported numbers (``report.reporting.paper_results``). The columns follow the
+dataset) and the paper's reported numbers (``report.paper_layout.paper_results``). The columns follow the
 paper's protocol: each training task's column is its own model on its test set, each OOD column the
 model of the task it is paired with (BoolQ <- StrategyQA, ...), and the held-in (OOD) average is the
 mean over those per-task cells; where the run scored one model on the 12-dataset suite
@@ -20,14 +20,14 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..common.files import atomic_write_text, read_train_log
-from ..common.layout import TRAIN_LOG, RunLayout, method_of
 from ..data.datasets import DATASETS, HELD_IN, OOD, task_eval_sets
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact, mean_interval, paired_bootstrap, seed_interval, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
 from ..experiments.runs import collect
-from .reporting import to_markdown
+from ..infra.files import atomic_write_text, read_train_log
+from ..infra.layout import TRAIN_LOG, RunLayout, method_of
+from .paper_layout import to_markdown
 
 PAPER_STUDENTS = ("Qwen2.5-7B-Instruct", "Gemma-7B-it")
 

@@ -21,11 +21,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from ..common.files import atomic_write_json, atomic_write_text, iter_jsonl
-from ..common.fingerprint import file_digest
-from ..common.paths import cache_dir
 from ..data import answers, prompts, synthetic
 from ..data.example import LETTERS, Example
+from ..infra.files import atomic_write_json, atomic_write_text, iter_jsonl
+from ..infra.fingerprint import file_digest
+from ..infra.paths import cache_dir
 from ..models.cache import CompletionCache
 from ..models.generation import SamplingConfig
 from .baseline_checks import backward_example, check_candidates, new_question_example, numbered_lines

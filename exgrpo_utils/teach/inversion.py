@@ -33,13 +33,13 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..common.files import atomic_write_json, atomic_write_text, iter_jsonl
-from ..common.fingerprint import digest, file_digest
-from ..common.paths import cache_dir, portable
-from ..common.progress import progress
 from ..data import answers
 from ..data.datasets import DATASETS, load
 from ..data.example import LETTERS, Example
+from ..infra.files import atomic_write_json, atomic_write_text, iter_jsonl
+from ..infra.fingerprint import digest, file_digest
+from ..infra.paths import cache_dir, portable
+from ..infra.progress import progress
 from ..models.cache import CompletionCache
 from ..models.chat import CachedBackend, transformers_backend
 from ..models.generation import SamplingConfig

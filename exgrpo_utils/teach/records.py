@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ..common.files import iter_jsonl
 from ..data.example import Example
+from ..infra.files import iter_jsonl
 
 
 class ProbeStatus(Enum):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ..common.paths import PROJECT_ROOT
+from ..infra.paths import PROJECT_ROOT
 
 DEFAULT_RULES_FILE = PROJECT_ROOT / "configs" / "rules" / "ei_rules.yaml"
 REQUIRED_TEMPLATES = ("answer_instruction", "probe", "answer")

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Iterator, Sequence
 
-from ..common.progress import progress
 from ..data import prompts
 from ..data.example import LETTERS, Example
+from ..infra.progress import progress
 from ..models.chat import CachedBackend, OpenAICompatibleBackend, TeacherConfigError, transformers_backend, vllm_backend
 from ..models.generation import SamplingConfig
 from ..models.local_server import serve_locally

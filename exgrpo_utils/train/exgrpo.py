@@ -34,14 +34,14 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ..common.fingerprint import digest, weights_digest
-from ..common.paths import portable
 from ..data import prompts
+from ..infra.fingerprint import digest, weights_digest
+from ..infra.paths import portable
 from ..models.generation import use_turn_stops
 from ..models.registry import default_device, ensure_local, load_model
 from ..teach.rules import RuleSet, load_rules
-from .loop import Built, lora_config, train_and_save, training_precision
 from .dialogue import ChatLayout
+from .loop import Built, lora_config, train_and_save, training_precision
 from .rewards import ExGRPOReward
 from .rl_data import rl_records, rows_per_question, training_rows
 from .rollouts import DialogueRollout, SingleTurnRollout

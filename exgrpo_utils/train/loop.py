@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..common.files import atomic_write_json, folder_lock, read_log_jsonl
-from ..common.fingerprint import check_stamp
-from ..common.layout import TRAIN_LOG
-from ..common.paths import portable
-from ..common.settings import result_fields
+from ..infra.files import atomic_write_json, folder_lock, read_log_jsonl
+from ..infra.fingerprint import check_stamp
+from ..infra.layout import TRAIN_LOG
+from ..infra.paths import portable
+from ..infra.settings import result_fields
 from ..models.registry import cpu_has_fast_bf16, default_device, model_identity
 from .trainlog import JsonlLogCallback
 
@@ -187,7 +187,7 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
     ``identity``: the models besides ``settings`` that determine the run (the student, the initial
     model, the teacher), written into the summary; ``data``: a digest of the training data. Both go
     into the folder's fingerprint with the settings and the training precision: a folder made from
-    other inputs is never reused or resumed (``common.fingerprint.check_stamp``; ``fresh`` moves it
+    other inputs is never reused or resumed (``infra.fingerprint.check_stamp``; ``fresh`` moves it
     aside). ``build`` is called only when training is needed."""
     out_dir = Path(out_dir)
     device = default_device()

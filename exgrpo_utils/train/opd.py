@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..common.fingerprint import digest
 from ..data import prompts
 from ..data.example import Example
+from ..infra.fingerprint import digest
 from ..models.generation import use_turn_stops
 from ..models.registry import default_device, load_model
 from .loop import Built, lora_config, train_and_save, training_precision

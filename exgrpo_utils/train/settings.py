@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..common.settings import setting
+from ..infra.settings import setting
 
 
 @dataclass(frozen=True)

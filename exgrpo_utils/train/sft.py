@@ -5,7 +5,7 @@ each training row is a prompt-completion pair, so TRL computes the loss on the c
 The original (Q, R_T, A) pairs are included too (kit default; a flag). LoRA r = 32, alpha = 64
 (kit default) or full fine-tuning; 3 epochs (paper). ``data_fraction`` keeps a seeded fraction of
 the questions (the data-efficiency study). Checkpoints are saved as training goes; a rerun resumes
-from the last one and continues the same log (``common.train_and_save``, shared by every trainer).
+from the last one and continues the same log (``train.loop.train_and_save``, shared by every trainer).
 Settings: ``settings.SFTSettings``.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from ..common.fingerprint import digest
 from ..data import prompts
 from ..data.example import Example
+from ..infra.fingerprint import digest
 from ..models.registry import default_device, load_model
 from ..teach.rules import RuleSet, load_rules
 from .loop import Built, NoTrainingData, lora_config, train_and_save, training_precision

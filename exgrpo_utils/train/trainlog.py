@@ -1,5 +1,5 @@
 """Per-step training logs as JSONL, continuing the same curve across a resume (read them with
-``common.files.read_train_log``)."""
+``infra.files.read_train_log``)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..common.files import append_jsonl, atomic_write_text, read_log_jsonl
+from ..infra.files import append_jsonl, atomic_write_text, read_log_jsonl
 
 # Every trainer of the kit logs through this module. TRL reads a deprecated transformers property
 # before every generation (GRPO, GKD); one warning per step would bury the log.

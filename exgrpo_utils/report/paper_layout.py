@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..common.files import atomic_write_text
 from ..data.datasets import DATASETS, HELD_IN, OOD
+from ..infra.files import atomic_write_text
 from . import plotting
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")  # copy of shared/reference/paper_results.csv
