@@ -6,6 +6,7 @@ from exgrpo_utils.models import registry as models
 from exgrpo_utils.models.generation import SamplingConfig, TransformersGenerator
 
 
+@pytest.mark.slow  # converts and loads the embedded student (about 30 s)
 def test_gguf_conversion_gives_a_plain_trainable_checkpoint(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
