@@ -7,7 +7,7 @@ import pytest
 
 from exgrpo_utils.infra.fingerprint import StaleOutputError
 from exgrpo_utils.infra.runsettings import RunSettings
-from exgrpo_utils.train.loop import Built, tracking_callbacks, train_and_save
+from exgrpo_utils.train.loop import Built, checkpoint_complete, last_checkpoint, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 
 
@@ -178,3 +178,45 @@ def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
     assert seen["init"] == "sft-seed-1"
     with pytest.raises(RuntimeError, match="exgrpo-s2 starts from sft-s2, which is not in this plan"):
         runs._train_method(methods.METHODS["exgrpo"], 2, "arith", ctx, done)
+
+
+def _checkpoint(root, step, *, state=True, weights=True, state_text=None):
+    path = root / "checkpoints" / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if weights:
+        (path / "adapter_model.safetensors").write_bytes(b"w")
+    if state:
+        (path / "trainer_state.json").write_text(state_text if state_text is not None else json.dumps({"global_step": step}))
+    return path
+
+
+def test_an_interrupted_checkpoint_is_set_aside_and_the_one_before_resumed(tmp_path):
+    """A kill (or a full disk) while checkpoint-N is written leaves it without a valid trainer_state.json
+    (written last) or without weights: resuming uses the newest complete one, the rest is moved aside."""
+    _checkpoint(tmp_path, 1)
+    _checkpoint(tmp_path, 2)
+    _checkpoint(tmp_path, 3, state_text='{"global_step": 3, "log_hist')  # cut off mid-write
+    _checkpoint(tmp_path, 4, state=False)  # killed before trainer_state.json
+    _checkpoint(tmp_path, 10, weights=False)  # weights missing
+    said = []
+    assert last_checkpoint(tmp_path, log=said.append) == str(tmp_path / "checkpoints" / "checkpoint-2")
+    aside = tmp_path / "incomplete-checkpoints"
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-10", "checkpoint-3", "checkpoint-4"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert len(said) == 3 and all("incomplete checkpoint" in s for s in said)
+    # a later interruption of the same step is set aside beside the first, nothing overwritten
+    _checkpoint(tmp_path, 4, state=False)
+    assert last_checkpoint(tmp_path, log=said.append).endswith("checkpoint-2")
+    assert (aside / "checkpoint-4").exists() and (aside / "checkpoint-4.1").exists()
+
+
+def test_other_processes_pass_over_incomplete_checkpoints_without_moving_them(tmp_path):
+    _checkpoint(tmp_path, 1)
+    _checkpoint(tmp_path, 2, state=False)
+    assert last_checkpoint(tmp_path, set_aside=False).endswith("checkpoint-1")
+    assert (tmp_path / "checkpoints" / "checkpoint-2").exists() and not (tmp_path / "incomplete-checkpoints").exists()
+    assert checkpoint_complete(tmp_path / "checkpoints" / "checkpoint-1")
+    assert not checkpoint_complete(tmp_path / "checkpoints" / "checkpoint-2")
+    (tmp_path / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
+    assert not checkpoint_complete(tmp_path / "checkpoints" / "checkpoint-1")  # the state of another step
+    assert last_checkpoint(tmp_path / "nowhere") is None

@@ -27,8 +27,9 @@ def _step_rows(log):
 
 
 def _resume_from_step_one(out_dir):
-    """Forget everything after the step-1 checkpoint, as a run killed during step 2 would."""
-    shutil.rmtree(out_dir / "checkpoints" / "checkpoint-2")
+    """As a run killed while it saved the step-2 checkpoint: checkpoint-2 without its trainer_state.json
+    (the trainer writes it last), no final model. The rerun sets checkpoint-2 aside and resumes from 1."""
+    (out_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").unlink()
     shutil.rmtree(out_dir / "final")
 
 
@@ -42,6 +43,7 @@ def test_sft_two_steps_then_resume_reproduces_step_two(probe_records, tmp_path, 
     _resume_from_step_one(tmp_path)
     second = sft.train_sft(model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path, settings=settings)
     assert second["resumed_from"].endswith("checkpoint-1")
+    assert (tmp_path / "incomplete-checkpoints" / "checkpoint-2").is_dir()  # set aside, not deleted
     log2 = read_train_log(tmp_path / "train_log.jsonl")
     steps = _step_rows(log2)
     assert list(steps.index) == [1, 2]  # one curve, no duplicated step

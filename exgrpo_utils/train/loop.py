@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -146,11 +147,47 @@ def train_from(trainer, ckpt: str | None, max_steps: int) -> None:
     trainer.train(resume_from_checkpoint=ckpt)
 
 
-def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+# A checkpoint's weights: a PEFT adapter or a full model, in one file or sharded.
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+INCOMPLETE_DIR = "incomplete-checkpoints"  # inside the training folder: checkpoints set aside, never deleted
 
+
+def checkpoint_complete(path: Path) -> bool:
+    """Whether the trainer finished writing this checkpoint: its ``trainer_state.json`` (the trainer
+    writes it last, after the weights, optimizer and RNG states) parses and names the folder's step,
+    and its weights are there. A kill or a full disk during a save leaves a checkpoint that is not."""
+    m = CHECKPOINT_RE.fullmatch(path.name)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (m is not None and isinstance(state, dict) and state.get("global_step") == int(m.group(1))
+            and any((path / name).exists() for name in WEIGHT_FILES))
+
+
+def last_checkpoint(out_dir: Path, *, set_aside: bool = True, log=print) -> str | None:
+    """The newest complete checkpoint of the training folder, or None. Newer incomplete ones are moved
+    to ``<out_dir>/incomplete-checkpoints/`` (``set_aside``: only the process that owns the folder
+    does; the others just pass them over), so the trainer resumes from the one before."""
     ckpt_dir = out_dir / "checkpoints"
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if not ckpt_dir.is_dir():
+        return None
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and CHECKPOINT_RE.fullmatch(p.name)]
+    for path in sorted(found, key=lambda p: int(CHECKPOINT_RE.fullmatch(p.name).group(1)), reverse=True):
+        if checkpoint_complete(path):
+            return str(path)
+        if set_aside:
+            aside = out_dir / INCOMPLETE_DIR / path.name
+            n = 1
+            while aside.exists():
+                aside, n = out_dir / INCOMPLETE_DIR / f"{path.name}.{n}", n + 1
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, aside)
+            log(f"{path}: incomplete checkpoint (no valid trainer_state.json or weights: the save was interrupted); "
+                f"moved to {aside}, resuming from the one before")
+    return None
 
 
 def tracking_callbacks(report_to: Sequence[str], out_dir: Path) -> list:
@@ -208,7 +245,7 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
         trainer.add_callback(JsonlLogCallback(out_dir / TRAIN_LOG))
         for cb in tracking_callbacks(report_to, out_dir):
             trainer.add_callback(cb)
-        ckpt = last_checkpoint(out_dir) if resume else None
+        ckpt = last_checkpoint(out_dir, set_aside=main_process) if resume else None
         t0 = time.time()
         train_from(trainer, ckpt, max_steps)
         final = out_dir / "final"
