@@ -79,12 +79,13 @@ def arith_probe_records(tmp_path_factory) -> list[dict]:
 
 
 def _figure_calls_in(source: str) -> list[str]:
-    """The calls of ``report.plotting``'s figure functions (every public function there but ``save``) in
+    """The calls of ``report.plotting``'s figure functions (every public function there but ``save`` and
+    ``publish``) in
     the code ``source``, in order, e.g. ``["figure3_rewards", ...]``."""
     from exgrpo_utils.report import plotting
 
     makers = {name for name, fn in inspect.getmembers(plotting, inspect.isfunction)
-              if fn.__module__ == plotting.__name__ and not name.startswith("_") and name != "save"}
+              if fn.__module__ == plotting.__name__ and not name.startswith("_") and name not in ("save", "publish")}
     return [node.func.attr for node in ast.walk(ast.parse(source))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in makers
             and isinstance(node.func.value, ast.Name) and node.func.value.id == "plotting"]

@@ -63,19 +63,22 @@ def test_notebook_code_names_no_run_folder(path):
 
 
 def _shows(statement: ast.stmt, name: str) -> bool:
-    """``name`` as an expression statement (a cell's last one is its displayed result) or ``display(name)``."""
+    """``plotting.publish(name, ...)`` as an expression statement (a cell's last one is its displayed
+    result) or inside ``display(...)``."""
     if not isinstance(statement, ast.Expr):
         return False
     value = statement.value
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "display":
         value = value.args[0] if len(value.args) == 1 else None
-    return isinstance(value, ast.Name) and value.id == name
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "publish"
+            and bool(value.args) and isinstance(value.args[0], ast.Name) and value.args[0].id == name)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_figure_a_notebook_makes_is_shown_once(path, figure_calls):
     """The plotting functions hand back a Figure that pyplot no longer holds (no image of its own at the
-    end of the cell): a cell that makes one shows it once, as its last expression or with display()."""
+    end of the cell): a cell that makes one saves and shows it once, ``plotting.publish(fig, ...)`` as its
+    last expression or in display()."""
     for cell in nbformat.read(path, as_version=4).cells:
         if cell.cell_type != "code" or not figure_calls(cell.source):
             continue
@@ -85,7 +88,7 @@ def test_every_figure_a_notebook_makes_is_shown_once(path, figure_calls):
         assert names, f"{path.name}: assign each figure to a name and show it:\n{cell.source}"
         for name in names:
             shown = [s for s in body if _shows(s, name)]
-            assert len(shown) == 1 and (shown[0] is body[-1] or isinstance(shown[0].value, ast.Call)), \
+            assert len(shown) == 1 and (shown[0] is body[-1] or isinstance(shown[0].value.func, ast.Name)), \
                 f"{path.name}: figure {name!r} is not shown exactly once:\n{cell.source}"
 
 
@@ -307,3 +310,20 @@ def test_the_committed_paper_mini_run_follows_the_per_task_protocol():
     assert scored == {d for t in tasks for d in task_eval_sets(t)}  # boolq, openbookqa, arith_rev with their tasks
     for name in ("table1", "table2", "table3", "table4"):
         assert (run / "paper" / f"{name}.md").exists(), name
+
+
+def test_a_published_figure_is_saved_and_shown_as_its_png_with_its_title(tmp_path):
+    """``plotting.publish``: PNG and PDF written, the notebook's image is the saved PNG itself, and the
+    text form is the figure's title (not matplotlib's '<Figure size ...>')."""
+    import pandas as pd
+
+    from exgrpo_utils.report import plotting
+
+    log = pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.8, 0.7]})
+    fig = plotting.training_curves(log, {"loss": "SFT loss"}, title="SFT warm-up")
+    shown = plotting.publish(fig, tmp_path / "curves")
+    assert shown.png.exists() and shown.pdf.exists()
+    data, meta = shown._repr_png_()
+    assert data == (tmp_path / "curves.png").read_bytes() and data.startswith(b"\x89PNG")
+    assert meta == {"width": int(round(fig.get_figwidth() * 100))}
+    assert repr(shown) == "SFT warm-up" and "Figure size" not in repr(shown)

@@ -1,8 +1,9 @@
 """Plots. One function per figure; each returns the matplotlib Figure and can save PNG and PDF.
 
 The returned Figure is closed in pyplot (pyplot keeps no reference to it), so nothing draws it behind
-the caller's back: a notebook shows it by leaving it as a cell's last expression (or with
-``display(fig)``), exactly once, and a script saves it. Where it is drawn depends on the process:
+the caller's back: a notebook saves and shows it with ``publish(fig, stem)`` as its cell's last
+expression (the PNG just saved, once, with the figure's title as its text form), and a script saves
+it. Where it is drawn depends on the process:
 
 - inside a Jupyter kernel (JupyterLab, papermill), ipykernel sets ``MPLBACKEND`` to the inline
   backend, which is kept, so the figure becomes an ``image/png`` output of the cell;
@@ -12,6 +13,7 @@ the caller's back: a notebook shows it by leaving it as a cell's last expression
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 # matplotlib, seaborn are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -36,6 +38,33 @@ def _detached(fig):
 
     plt.close(fig)
     return fig
+
+
+@dataclass(frozen=True)
+class SavedFigure:
+    """A figure saved as PNG and PDF. A notebook displays it as the PNG that was saved (no second
+    rendering, at the figure's size in inches x 100 pixels), with the figure's title as its text."""
+    png: Path
+    pdf: Path
+    title: str
+    width: int
+
+    def _repr_png_(self):
+        return self.png.read_bytes(), {"width": self.width}
+
+    def __repr__(self) -> str:
+        return self.title or self.png.stem
+
+
+def _title(fig) -> str:
+    suptitle = fig.get_suptitle()
+    return suptitle or next((t for ax in fig.axes if (t := ax.get_title())), "")
+
+
+def publish(fig, path_stem: str | Path) -> SavedFigure:
+    """Save ``fig`` (``save``) and return it for a notebook to show: the saved PNG, titled."""
+    png, pdf = save(fig, path_stem)
+    return SavedFigure(png, pdf, _title(fig), int(round(fig.get_figwidth() * 100)))
 
 
 def save(fig, path_stem: str | Path) -> list[Path]:
