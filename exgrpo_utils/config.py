@@ -25,9 +25,10 @@ import yaml
 from .evaluate.settings import SuiteSettings, TaskEvalSettings
 from .experiments.settings import ExperimentSettings
 from .infra.files import atomic_write_text
+from .infra.layout import safe_label
 from .infra.paths import PROJECT_ROOT
 from .infra.runsettings import RunSettings
-from .infra.settings import SOURCES, Param, SettingsError, coerce, params_of, parse_text, plain
+from .infra.settings import SOURCES, Param, SettingsError, check_choice, coerce, params_of, parse_text, plain
 from .models.chat import ENV_NAME_RE
 from .report.settings import FigureSettings
 from .setup_check import TourSettings
@@ -121,7 +122,8 @@ def load_preset(preset: str, _seen: tuple[Path, ...] = ()) -> Preset:
     values = dict(base.values) if base else {}
     for key, value in raw.items():
         if key not in RESERVED:
-            values[key] = coerce(f"{path.name}: {key}", PARAMS[key].type, value)
+            where = f"{path.name}: {key}"
+            values[key] = check_choice(where, PARAMS[key].choices, coerce(where, PARAMS[key].type, value))
     notebooks = raw.get("notebooks", base.notebooks if base else None)
     if not isinstance(notebooks, (list, tuple)) or not notebooks:
         raise SettingsError(f"{path}: needs a 'notebooks' list (or extend a preset that has one)")
@@ -140,13 +142,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         key, text = (s.strip() for s in pair.split("=", 1))
         if key not in PARAMS:
             raise SettingsError(unknown_key_message([key], "--set"))
-        out[key] = parse_text(key, PARAMS[key].type, text)
+        out[key] = check_choice(key, PARAMS[key].choices, parse_text(key, PARAMS[key].type, text))
     return out
 
 
 def resolve(preset: Preset | None, overrides: Mapping[str, Any] = (), *, run_name: str | None = None) -> dict[str, Any]:
     """Every parameter's value: defaults < preset chain < overrides < ``run_name``; checked before
-    anything is written (an API key where its variable's name belongs never reaches a file)."""
+    anything is written (an API key where its variable's name belongs never reaches a file; a value
+    outside a parameter's choices; a ``suite_models`` label that is no folder name)."""
     values = defaults()
     if preset is not None:
         values.update(preset.values)
@@ -158,7 +161,20 @@ def resolve(preset: Preset | None, overrides: Mapping[str, Any] = (), *, run_nam
         raise SettingsError(f"teacher_api_key_env must be the NAME of the environment variable holding the API key "
                             f"(upper-case letters, digits and _, like GEMINI_API_KEY); the value given ({len(key_env)} "
                             "characters) is not one")
+    for name, p in PARAMS.items():
+        check_choice(name, p.choices, values[name])
+    _check_suite_labels(values.get("suite_models") or ())
     return {k: plain(v) for k, v in values.items()}
+
+
+def _check_suite_labels(entries: Sequence[str]) -> None:
+    """Each ``suite_models`` entry's label (``label=spec``, or a method key alone) names the folder
+    ``eval/<label>/`` of the run: ``infra.layout.safe_label`` refuses those that would not be one."""
+    for entry in entries:
+        try:
+            safe_label(str(entry).partition("=")[0].strip())
+        except SettingsError as exc:
+            raise SettingsError(f"suite_models entry {entry!r}: {exc}") from None
 
 
 def for_notebook(stem: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,7 +190,7 @@ def notebook_values(stem: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise SettingsError(f"notebook {stem}: parameters {missing} are not defined; regenerate its parameter cell "
                             "(python -m exgrpo_utils.config --write-notebooks)")
-    return {n: coerce(n, PARAMS[n].type, namespace[n]) for n in NOTEBOOKS[stem]}
+    return {n: check_choice(n, PARAMS[n].choices, coerce(n, PARAMS[n].type, namespace[n])) for n in NOTEBOOKS[stem]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ Parameters resolve as: the settings dataclasses' defaults < the preset (``config
 and the presets it ``extends``) < ``--set KEY=VALUE`` (typed by the field it sets; an unknown key is
 refused with the list of known ones). Each notebook receives the parameters it declares
 (``config.NOTEBOOKS``). Each executed notebook goes to ``results/executed/<name>/<notebook>.ipynb``
-with its parameters beside it. A notebook that finished with the same parameters is skipped on the
-next run (``--force`` reruns it), unless a notebook before it in the same call ran (its outputs may
-be inputs of the later ones); the stages inside resume too.
+with its parameters beside it, and, once it finishes, a done record (``<notebook>.done.json``): its
+parameters and the digests of its inputs (``notebook_inputs``: the data files, the models by content,
+the done records of the run's earlier notebooks). A notebook whose done record holds the same
+parameters and inputs is skipped on the next run (``--force`` reruns it); otherwise it runs again,
+and the runner says what differs. The stages inside resume too (their own fingerprints).
 """
 from __future__ import annotations
 
@@ -20,17 +22,21 @@ import json
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
 
 from .config import NOTEBOOK_DIR, NOTEBOOKS, for_notebook, load_preset, parse_overrides, resolve
+from .data.datasets import DataNotFoundError, resolve_data_dir
 from .infra.files import atomic_write_json, atomic_write_text
+from .infra.fingerprint import differences, file_digest
 from .infra.layout import RunLayout
 from .infra.paths import portable, portable_text
 from .infra.settings import SettingsError
+from .models.registry import model_identity
 
-# papermill is imported inside the function that uses it (heavy, or needed only on some paths).
+# papermill and nbclient are imported inside the function that uses them (heavy, or needed only on some paths).
 
 
 def notebook_path(stem: str) -> Path:
@@ -40,20 +46,70 @@ def notebook_path(stem: str) -> Path:
     return path
 
 
+def data_digests(data_dir: str = "") -> dict:
+    """{``<name>/<split>.jsonl``: digest} of every data file the kit may read (the ``data_dir``
+    parameter, else ``$EXGRPO_DATA_DIR``); empty without a data directory (the hub's copies)."""
+    root = resolve_data_dir(data_dir or None)
+    if root is None:
+        return {}
+    return {str(p.relative_to(root)): file_digest(p) for p in sorted(root.glob("*/*.jsonl"))}
+
+
+def _done_records(results_executed: Path, run_name: str) -> dict[str, dict]:
+    """{notebook: done record} of run ``run_name``, from every executed folder (a run may be made
+    by several presets: cpu, then cpu-full), the newest where two hold one."""
+    found: dict[str, tuple[float, dict]] = {}
+    for path in results_executed.glob("*/*.done.json"):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        stem = path.name[: -len(".done.json")]
+        if (rec.get("parameters") or {}).get("run_name") == run_name and rec.get("finished"):
+            if stem not in found or path.stat().st_mtime > found[stem][0]:
+                found[stem] = (path.stat().st_mtime, rec)
+    return {stem: rec for stem, (_, rec) in found.items()}
+
+
+def notebook_inputs(stem: str, params: dict, results_executed: Path) -> dict:
+    """What a notebook's outputs are made from besides its parameters: the content of the data files,
+    the student (and a local teacher) by content (``models.registry.model_identity``), and which
+    finished run of each earlier notebook of the same run it read (their ``finished`` ids)."""
+    models = {k: model_identity(params[k]) for k in ("student", "teacher_model") if params.get(k)}
+    earlier = list(NOTEBOOKS)[: list(NOTEBOOKS).index(stem)]
+    done = _done_records(results_executed, params.get("run_name", ""))
+    return {"data": data_digests(params.get("data_dir", "")), "models": models,
+            "upstream": {s: done[s]["finished"] for s in earlier if s in done}}
+
+
+def _why_rerun(done: dict, params: dict, inputs: dict) -> str | None:
+    """Why a notebook with done record ``done`` must run again; None when it is current."""
+    if done.get("parameters") != params:
+        return f"its parameters changed ({differences(done.get('parameters') or {}, params)})"
+    if "inputs" not in done:
+        return "its done record holds no input digests (made by an older version of the kit)"
+    if done["inputs"] != inputs:
+        return f"its inputs changed ({differences(done['inputs'], inputs, limit=4)})"
+    return None
+
+
 def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False, log=print) -> bool:
-    """Execute one notebook unless it finished with these parameters; True when it ran."""
+    """Execute one notebook unless it finished with these parameters and inputs; True when it ran."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     os.environ.setdefault("EXGRPO_PROGRESS", "lines")  # the kernel inherits it: progress lines in the log
     out_nb = out_dir / f"{stem}.ipynb"
-    params_file = out_dir / f"{stem}.parameters.json"
     done_file = out_dir / f"{stem}.done.json"
-    if not force and done_file.exists() and json.loads(done_file.read_text()).get("parameters") == params:
-        log(f"[skip] {stem}: already finished with these parameters ({out_nb})")
+    inputs = notebook_inputs(stem, params, out_dir.parent)
+    why = "--force" if force else "it has not finished" if not done_file.exists() else \
+        _why_rerun(json.loads(done_file.read_text()), params, inputs)
+    if why is None:
+        log(f"[skip] {stem}: already finished with these parameters and inputs ({out_nb})")
         return False
-    atomic_write_json(params_file, params)
+    atomic_write_json(out_dir / f"{stem}.parameters.json", params)
     done_file.unlink(missing_ok=True)
-    log(f"[run ] {stem} -> {out_nb}")
+    log(f"[run ] {stem} -> {out_nb} (runs because {why})")
     t0 = time.time()
     try:
         pm.execute_notebook(str(notebook_path(stem)), str(out_nb), parameters=params, kernel_name="python3",
@@ -61,10 +117,15 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
     except pm.PapermillExecutionError as exc:
         raise SystemExit(f"notebook {stem} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                          f"The executed notebook with the full traceback is {out_nb}") from None
+    except DeadKernelError:
+        raise SystemExit(f"notebook {stem}: its kernel died after {time.time() - t0:.0f} s (killed, or out of memory?); "
+                         f"the executed notebook up to there is {out_nb}. Rerun to resume: finished stages are "
+                         "kept") from None
     finally:
         _make_portable(out_nb)
     seconds = round(time.time() - t0, 1)
-    atomic_write_json(done_file, {"parameters": params, "seconds": seconds})
+    atomic_write_json(done_file, {"parameters": params, "inputs": inputs, "seconds": seconds,
+                                  "finished": f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{uuid.uuid4().hex[:8]}"})
     log(f"[done] {stem} in {seconds} s")
     return True
 
@@ -129,12 +190,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# outputs: {layout.root}; executed notebooks: {layout.executed_dir(executed_name)}")
         return 0
     out_dir = layout.executed_dir(executed_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    layout.create()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        layout.create()
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot write the results folder {layout.results} ({exc.strerror or exc}): set "
+                         "EXGRPO_RESULTS_DIR to a writable folder, or fix its permissions") from None
     t0 = time.time()
-    upstream_ran = False  # once a notebook runs, the later ones run too: their inputs may have changed
-    for stem, params in todo:
-        upstream_ran |= run_notebook(stem, params, out_dir, force=args.force or upstream_ran)
+    for stem, params in todo:  # a later notebook whose upstream ran again sees it in its inputs and runs too
+        try:
+            run_notebook(stem, params, out_dir, force=args.force)
+        except DataNotFoundError as exc:
+            raise SystemExit(f"error: {stem}: {exc}") from None
     print(f"finished {len(todo)} notebook(s) in {time.time() - t0:.0f} s")
     print(f"executed notebooks: {out_dir}")
     print(f"run outputs:        {layout.root}")

@@ -2,7 +2,10 @@
 
 Each request pops the next action from a script; when the script is empty it answers normally
 with "echo: <last user message>". Actions: ("ok",), ("status", code[, retry_after]),
-("malformed",), ("sleep", seconds) (then answers normally), ("not_json_choices",).
+("malformed",), ("sleep", seconds) (then answers normally), ("not_json_choices",),
+("echo_headers", code[, pad]): answers ``code`` with a body that echoes the request's headers, its
+bearer token as it is and URL-encoded, after ``pad`` filler characters (a careless server's error
+page; code 200 gives a body without choices, a malformed answer).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 
 class FakeServer:
@@ -47,6 +51,9 @@ class FakeServer:
                 if kind == "sleep":
                     time.sleep(action[1])
                     kind = "ok"
+                if kind == "echo_headers":
+                    self._echo_headers(action[1], action[2] if len(action) > 2 else 0)
+                    return
                 if kind == "status":
                     self.send_response(action[1])
                     if len(action) > 2:
@@ -64,7 +71,16 @@ class FakeServer:
                     user = [m["content"] for m in body.get("messages", []) if m["role"] == "user"][-1]
                     payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"echo: {user}"}}],
                                           "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).encode()
-                self.send_response(200)
+                self._send(200, payload)
+
+            def _echo_headers(self, code, pad):
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                echo = {"padding": "x" * pad, "message": f"scripted {code}", "seen_token": token,
+                        "seen_url": f"{self.path}?key={quote(token, safe='')}", "request_headers": dict(self.headers)}
+                self._send(code, json.dumps({"error": echo} if code != 200 else {"choices": [], "echo": echo}).encode())
+
+            def _send(self, code, payload):
+                self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "exgrpo_utils"
 # Third-party packages a module may import inside a function: heavy to import, or needed only on some
 # paths (GPU, HTTP teachers, plots, notebooks). Everything else is imported at the top.
 LAZY_OK = {"torch", "transformers", "trl", "peft", "datasets", "vllm", "math_verify", "matplotlib", "seaborn",
-           "papermill", "httpx", "pandas"}
+           "papermill", "nbclient", "httpx", "pandas"}
 # Package modules that import a heavy third-party package at their top, and so are themselves imported
 # inside the functions that need them (the trainer class must subclass TRL's at module level).
 LAZY_MODULES = {"exgrpo_utils.train.exgrpo_trainer"}

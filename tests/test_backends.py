@@ -6,6 +6,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -145,3 +146,39 @@ def test_killed_run_resumes_without_losing_or_repeating_paid_requests(tmp_path):
         assert texts == [f"echo: q{i}" for i in range(30)]
         assert len(srv.requests) == 30 + (paid_before - cached_before)  # nothing cached was asked again
         assert len(CompletionCache(tmp_path / "cache.sqlite")) == 30
+
+
+class _StandInGenerator:
+    """What GeneratorBackend reads of a generator: the weights' dtype, stop ids, the tokenizer's EOS."""
+    dtype, stop_ids = "torch.float32", (2,)
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, batch, sampling):
+        self.calls += len(batch)
+        return [SimpleNamespace(text=f"answer {self.calls}", n_tokens=2) for _ in batch]
+
+
+def test_cached_local_answers_are_keyed_by_the_model_folder_content(tmp_path):
+    """Issue 23: weights altered in place under the same path must not reuse the old answers."""
+    from exgrpo_utils.models.chat import GeneratorBackend
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    gen = _StandInGenerator()
+    backend = GeneratorBackend(gen, "fast", str(folder))
+    before = backend.identity
+    assert before["dtype"] == "torch.float32" and before["stop_ids"] == [2] and "weights" in before["model"]
+    cache = CompletionCache(tmp_path / "c.sqlite")
+    cached = CachedBackend(backend, cache)
+    assert cached.complete([MSG], GREEDY)[0].text == "answer 1"
+    assert cached.complete([MSG], GREEDY)[0].text == "answer 1" and gen.calls == 1  # served from the cache
+    (folder / "model.safetensors").write_bytes(b"weights v2, altered in place")
+    assert backend.identity["model"] != before["model"]
+    assert cached.complete([MSG], GREEDY)[0].text == "answer 2" and gen.calls == 2  # asked again
+    cache.close()
+    hub = GeneratorBackend(gen, "fast", "some-org/some-hub-model")  # neither a registry name nor a folder
+    assert hub.identity == {"dtype": "torch.float32", "stop_ids": [2]}

@@ -132,3 +132,53 @@ def test_a_run_folder_keeps_its_legacy_task_evaluation_folder(tmp_path):
     assert layout.task_eval_dir("sft") == tmp_path / "runs" / "cpu" / "eval_arith" / "sft"
     (tmp_path / "runs" / "cpu" / "eval_task").mkdir()
     assert layout.task_eval_dir("sft").parent.name == "eval_task"
+
+
+def _per_seed_scores(diffs_in_items, n_items=200, base=40):
+    """Item scores of two methods over seeds: both right on the first ``base`` items; per seed, the
+    method is right on ``k`` more items (``k`` < 0: the baseline on ``-k`` more)."""
+    first = [[0] * len(diffs_in_items) for _ in range(n_items)]
+    second = [[0] * len(diffs_in_items) for _ in range(n_items)]
+    for s, k in enumerate(diffs_in_items):
+        for i in range(base):
+            first[i][s] = second[i][s] = 1
+        for i in range(base, base + abs(k)):
+            (second if k > 0 else first)[i][s] = 1
+    return first, second
+
+
+def test_seed_level_interval_covers_the_seeds_the_items_only_one_did_not():
+    """The issue's numbers: ExGRPO - SFT + GRPO per seed +1.0, +0.5, -4.5 points (200 items). A
+    t-interval over the seeds gives [-8.6, +6.6]; the items-only bootstrap gave about [-4.0, +2.3]."""
+    first, second = _per_seed_scores([2, 1, -9])
+    r = stats.seed_level_comparison(first, second)
+    assert [round(100 * d, 1) for d in r["per_seed"]] == [1.0, 0.5, -4.5]
+    assert r["diff"] == pytest.approx(-0.01) and r["covers"] == "seeds and items" and r["seeds"] == 3
+    _, t_low, t_high = stats.seed_interval(r["per_seed"])
+    assert (round(100 * t_low, 1), round(100 * t_high, 1)) == (-8.6, 6.6)
+    assert r["low"] <= t_low and r["high"] >= t_high and r["p"] > 0.5  # never narrower than the t-interval
+    items_only = stats.paired_bootstrap(first, second)  # these three models only: would call it significant
+    assert items_only["high"] < 0 and items_only["p"] < 0.05
+
+
+def test_a_difference_that_only_the_items_only_test_calls_significant():
+    """SFT + GRPO - SFT: +3.5 points, p = 0.02 item by item, but per seed 0, +8.5, +2.0: over three
+    seeds the t-test says p = 0.31 and the interval holds zero."""
+    first, second = _per_seed_scores([0, 17, 4])
+    assert stats.paired_bootstrap(first, second)["p"] < 0.05
+    r = stats.seed_level_comparison(first, second)
+    assert r["diff"] == pytest.approx(0.035) and r["low"] < 0 < r["high"] and r["p"] > 0.25
+
+
+def test_one_seed_is_labelled_one_model_against_one():
+    first, second = _per_seed_scores([20])
+    r = stats.seed_level_comparison(first, second)
+    assert r["covers"] == "items (one model each)" and r["seeds"] == 1 and r["low"] > 0
+    with pytest.raises(ValueError, match="same items and seeds"):
+        stats.seed_level_comparison([[1, 0]], [[1]])
+
+
+def test_student_t_p_values_hand_computed():
+    assert stats.t_two_sided_p(1.0, 2) == pytest.approx(1 - 1 / 3 ** 0.5)  # closed form for 2 degrees of freedom
+    assert stats.t_two_sided_p(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| > 1) = 1/2
+    assert stats.t_two_sided_p(4.303, 2) == pytest.approx(0.05, abs=1e-4)

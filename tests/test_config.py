@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 from exgrpo_utils import config
+from exgrpo_utils.infra.layout import RunLayout
+from exgrpo_utils.infra.runsettings import BACKENDS as RUN_BACKENDS
+from exgrpo_utils.infra.runsettings import DTYPES, RunSettings
 from exgrpo_utils.infra.settings import SOURCES, SettingsError, build, coerce, params_of, setting
 from exgrpo_utils.train.settings import ExGRPOSettings, OPDSettings, SFTSettings
 
@@ -29,6 +32,8 @@ def test_a_field_without_help_is_refused():
         params_of(Bad)
     with pytest.raises(ValueError, match="source must be one of"):
         setting(1, "h", "folklore")
+    with pytest.raises(ValueError, match="default 'c' is not one of the choices"):
+        setting("c", "h", choices=("a", "b"))
 
 
 @pytest.mark.parametrize("name, text, expected", [
@@ -162,3 +167,64 @@ def test_an_api_key_where_its_variable_name_belongs_never_reaches_a_file(value):
         config.resolve(config.load_preset("paper"), config.parse_overrides([f"teacher_api_key_env={value}"]))
     assert value not in str(err.value) and "NAME of the environment variable" in str(err.value)
     config.resolve(config.load_preset("paper"), {"teacher_api_key_env": "MY_GEMINI_KEY"})  # a name is fine
+
+
+# -- issue 23: values outside a parameter's choices, and labels that name no folder, are refused when
+# the parameters are resolved (not by a KeyError inside a notebook)
+
+def _plan(*pairs):
+    from argparse import Namespace
+
+    from exgrpo_utils import runner
+
+    return runner.plan(Namespace(preset="cpu", run_name="x", only=None, set=list(pairs)))
+
+
+@pytest.mark.parametrize("pair, accepted", [
+    ("dtype=float99", "auto, float32, fp32, bfloat16, bf16, float16, fp16"),
+    ("backend=tensorrt", "fast, transformers, vllm"),
+])
+def test_unknown_dtype_or_backend_is_refused_when_the_parameters_are_resolved(pair, accepted, tmp_path):
+    name, value = pair.split("=")
+    for attempt in (lambda: config.parse_overrides([pair]), lambda: _plan(pair),
+                    lambda: config.resolve(config.load_preset("cpu"), {name: value})):
+        with pytest.raises(SettingsError) as err:
+            attempt()
+        msg = str(err.value)
+        assert f"{name}: {value!r} is not accepted; use one of {accepted}" in msg and "\n" not in msg
+    with pytest.raises(SettingsError, match=f"{name}: {value!r} is not accepted"):
+        build(RunSettings, {name: value})
+    (tmp_path / "p.yaml").write_text(f"notebooks: [04_evaluate]\n{name}: {value}\n")
+    with pytest.raises(SettingsError, match=f"p.yaml: {name}: {value!r} is not accepted"):
+        config.load_preset(str(tmp_path / "p.yaml"))
+    ns = dict(config.for_notebook("04_evaluate", config.resolve(config.load_preset("cpu"))), **{name: value})
+    with pytest.raises(SettingsError, match=f"{name}: {value!r} is not accepted"):
+        config.notebook_values("04_evaluate", ns)
+
+
+def test_every_accepted_dtype_and_backend_is_one_the_models_layer_takes():
+    from exgrpo_utils.models import generation, registry
+
+    assert RUN_BACKENDS == generation.BACKENDS
+    for dtype in DTYPES:
+        registry.pick_dtype(dtype)
+    for wrong in ("float99", "float64", "half", "int8"):
+        with pytest.raises(KeyError):
+            registry.pick_dtype(wrong)
+    assert _plan("dtype=bf16", "backend=transformers")[2]  # accepted values pass
+
+
+@pytest.mark.parametrize("entry", ["..=smollm2-135m-instruct", ".=smollm2-135m-instruct", "=smollm2-135m-instruct",
+                                   ".hidden=smollm2-135m-instruct", ".."])
+def test_a_suite_label_that_names_no_folder_of_its_own_is_refused(entry):
+    """``..=model`` would write the evaluation into the run folder itself."""
+    for attempt in (lambda: _plan(f"suite_models=[{entry!r}]"),
+                    lambda: config.resolve(config.load_preset("cpu"), {"suite_models": [entry]})):
+        with pytest.raises(SettingsError) as err:
+            attempt()
+        msg = str(err.value)
+        assert f"suite_models entry {entry!r}: label {entry.partition('=')[0]!r}" in msg and "'..'" in msg
+        assert "letters, digits" in msg and "\n" not in msg
+    with pytest.raises(SettingsError, match="must not be empty"):
+        RunLayout.of("x").suite_eval_dir(entry.partition("=")[0])
+    assert RunLayout.of("x").suite_eval_dir("my model (v2)").name == "my_model_v2_"  # free text still works

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from exgrpo_utils.data import prompts
 from exgrpo_utils.data.datasets import Example
 from exgrpo_utils.evaluate import evaluation, stats
 from exgrpo_utils.evaluate.evaluation import EvalIdentity, SettingsMismatchError
@@ -83,7 +84,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_stored_records_are_rescored_with_the_current_scorer(tmp_path):
     exs = _examples(2)
     out = tmp_path / "gsm8k.jsonl"
-    stale = {"id": "q0", "dataset": "gsm8k", "answer": "0", "prompt": "Item 0 question", "completion": "The answer is 0.",
+    prompt = FakeGenerator().render(prompts.messages_for(exs[0]))
+    stale = {"id": "q0", "dataset": "gsm8k", "answer": "0", "prompt": prompt, "completion": "The answer is 0.",
              "n_tokens": 3, "finished": True, "extracted_strict": None, "extracted_flexible": None,
              "correct_strict": False, "correct_flexible": False}
     out.write_text(json.dumps(stale) + "\n")
@@ -96,7 +98,7 @@ def test_stored_records_are_rescored_with_the_current_scorer(tmp_path):
 def test_changed_gold_is_refused(tmp_path):
     out = tmp_path / "gsm8k.jsonl"
     out.write_text(json.dumps({"id": "q0", "answer": "999", "completion": "x"}) + "\n")
-    with pytest.raises(SettingsMismatchError, match="data changed"):
+    with pytest.raises(SettingsMismatchError, match="data or the prompt changed"):
         evaluation.evaluate_examples(FakeGenerator(), _examples(1), out, sampling=SamplingConfig(), progress=False)
 
 
@@ -106,8 +108,33 @@ def test_changed_question_with_the_same_gold_is_refused(tmp_path):
     out = tmp_path / "gsm8k.jsonl"
     evaluation.evaluate_examples(FakeGenerator(), _examples(2), out, sampling=SamplingConfig(), progress=False)
     changed = [Example("q0", "gsm8k", "Item 0 question, now another one", "0"), _examples(2)[1]]
-    with pytest.raises(SettingsMismatchError, match="current question"):
+    with pytest.raises(SettingsMismatchError, match="another prompt than the one rendered now"):
         evaluation.evaluate_examples(FakeGenerator(), changed, out, sampling=SamplingConfig(), progress=False)
+
+
+def test_question_shortened_inside_the_stored_prompt_is_refused(tmp_path):
+    """A question cut down to its last sentence is still a substring of the stored prompt (the check
+    the kit made before): the stored prompt must equal the rendered one, not merely contain it."""
+    out = tmp_path / "gsm8k.jsonl"
+    long = [Example("q0", "gsm8k", "Item 0 question. Ann has 3 pens and buys 2 more. How many now?", "0")]
+    evaluation.evaluate_examples(FakeGenerator(), long, out, sampling=SamplingConfig(), progress=False)
+    short = [Example("q0", "gsm8k", "Item 0 question. How many now?", "0")]
+    with pytest.raises(SettingsMismatchError, match="record q0 has another prompt.*first difference at character"):
+        evaluation.evaluate_examples(FakeGenerator(), short, out, sampling=SamplingConfig(), progress=False)
+    assert len(out.read_text().splitlines()) == 1  # nothing appended, nothing lost
+
+
+def test_another_system_prompt_is_refused(tmp_path):
+    out = tmp_path / "gsm8k.jsonl"
+    evaluation.evaluate_examples(_SystemAware(), _examples(1), out, sampling=SamplingConfig(), progress=False)
+    with pytest.raises(SettingsMismatchError, match="another prompt"):
+        evaluation.evaluate_examples(_SystemAware(), _examples(1), out, sampling=SamplingConfig(), progress=False,
+                                     system_prompt="Be brief.")
+
+
+class _SystemAware(FakeGenerator):
+    def render(self, messages):
+        return " | ".join(m["content"] for m in messages)
 
 
 def test_suite_summary_has_per_dataset_rows_and_averages(tmp_path):

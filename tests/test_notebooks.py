@@ -106,7 +106,7 @@ def test_plots_keep_a_kernels_backend_and_default_to_agg(mplbackend):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     backend, open_figures, axes = out.stdout.split()
     assert backend.lower() == (mplbackend or "agg")
-    assert (open_figures, axes) == ("0", "2")  # pyplot holds no figure: the caller shows or saves it
+    assert (open_figures, axes) == ("0", "3")  # pyplot holds no figure: the caller shows or saves it
 
 
 def test_runner_rejects_bad_presets_and_overrides(tmp_path, capsys):

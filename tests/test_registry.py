@@ -1,3 +1,5 @@
+import pytest
+
 
 def test_an_adapter_finds_its_base_after_the_results_folder_moved(tmp_path, monkeypatch):
     import json
@@ -16,3 +18,53 @@ def test_an_adapter_finds_its_base_after_the_results_folder_moved(tmp_path, monk
     assert adapter_base(adapter) == str(merged)
     cfg.write_text(json.dumps({"base_model_name_or_path": "/nowhere/at/all"}))
     assert adapter_base(adapter) == "/nowhere/at/all"  # not found: unchanged, and loading it says so
+
+
+def _fake_conversion(root, spec_name: str):
+    from exgrpo_utils.models.registry import CONVERTED_CONTENT
+
+    folder = root / "models" / spec_name
+    folder.mkdir(parents=True)
+    for name in CONVERTED_CONTENT:
+        (folder / name).write_text(f"{name} v1")
+    (folder / "tokenizer_config.json").write_text('{"local_files_only": true}')
+    return folder
+
+
+def test_a_registry_model_altered_in_place_is_another_model(tmp_path, monkeypatch):
+    """The issue's case: one layer of the converted student zeroed in place. Its name is the same, so
+    an identity by name reused every evaluation and training made from the old weights; by content,
+    the training's fingerprint differs and the old output is refused, saying what differs."""
+    import dataclasses
+
+    from exgrpo_utils.infra.fingerprint import StaleOutputError, check_stamp, files_digest
+    from exgrpo_utils.models import registry
+
+    monkeypatch.setenv("EXGRPO_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _fake_conversion(tmp_path / "cache", "smollm2-135m-instruct")
+    spec = registry.MODELS["smollm2-135m-instruct"]
+    pristine = files_digest(folder, registry.CONVERTED_CONTENT)
+    monkeypatch.setitem(registry.MODELS, spec.name, dataclasses.replace(spec, converted_digest=pristine))
+    before = registry.model_identity(spec.name)
+    assert "weights" not in before and before["registry"] == spec.name  # the pristine conversion: named by its source
+    out = tmp_path / "train"
+    check_stamp(out, {"models": {"model": before}}, what="sft training")
+    (out / "final").mkdir()
+    (out / "final" / "adapter_model.safetensors").write_text("trained")
+    (folder / "tokenizer_config.json").write_text('{"local_files_only": false}')  # how it was loaded: same model
+    assert registry.model_identity(spec.name) == before
+    (folder / "model.safetensors").write_text("model.safetensors v1, one layer zeroed")
+    after = registry.model_identity(spec.name)
+    assert after["weights"] != pristine
+    with pytest.raises(StaleOutputError, match="models.model.weights"):
+        check_stamp(out, {"models": {"model": after}}, what="sft training")
+
+
+def test_the_embedded_students_conversion_is_the_pristine_one(student_path):
+    """The digest pinned in the registry is what this machine's conversion gives (the same package,
+    the same conversion), so a fresh clone's fingerprints equal the committed ones."""
+    from exgrpo_utils.models import registry
+
+    assert "weights" not in registry.model_identity("smollm2-135m-instruct"), (
+        f"the converted student in {student_path} is not the pristine conversion: update ModelSpec.converted_digest "
+        "if the conversion changed on purpose")

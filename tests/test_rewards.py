@@ -401,3 +401,46 @@ def test_grpo_reward_scores_each_row_against_its_own_gold():
                    "The answer is 3."]
     totals = reward(None, completions, ["q1", "q1", "q2"], gold=["7", "", ""], answer_type=["number", "", ""])
     assert totals == [1.0, 1.0, 0.0]  # a probe row against its teacher answer, question rows against the item
+
+
+def test_a_bonus_on_a_group_without_correct_partial_rollouts_changes_no_advantage():
+    """Eq. 5 fires (P_full 0.5 > 0) but every nonzero reward becomes 1 + delta: a uniform rescaling that
+    Eq. 7's division by the standard deviation cancels (to within eps)."""
+    from exgrpo_utils.train.rewards import bonus_effect, exgrpo_group_rewards, step_advantages
+
+    totals, stats = exgrpo_group_rewards([1, 0, 0, 0], ["A", "A", "B", "B"], delta=0.5, nu=1.0)
+    assert stats["fired"] and totals == [1.5, 0.0, 0.0, 0.0]
+    with_bonus, without = step_advantages(totals, [[0, 1, 2, 3]]), step_advantages([1, 0, 0, 0], [[0, 1, 2, 3]])
+    assert with_bonus == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-3) and with_bonus == pytest.approx(without, abs=1e-3)
+    assert bonus_effect([1, 0, 0, 0], totals, [[0, 1, 2, 3]]) == {"changed_groups": 0, "mean_abs_change": pytest.approx(0, abs=1e-3)}
+
+
+def test_a_bonus_with_one_correct_partial_rollout_changes_the_advantages_by_hand():
+    """Both A rollouts right, one B right: P_full 1 > P_partial 0.5, totals [1.5, 1.5, 1, 0].
+    Without the bonus: mean 0.75, sd 0.5, advantages [0.5, 0.5, 0.5, -1.5]; with it: mean 1, sd
+    sqrt(0.5), advantages [0.707, 0.707, 0, -1.414]; mean absolute change 0.25."""
+    from exgrpo_utils.train.rewards import bonus_effect, exgrpo_group_rewards, step_advantages
+
+    base = [1, 1, 1, 0]
+    totals, stats = exgrpo_group_rewards(base, ["A", "A", "B", "B"], delta=0.5, nu=1.0)
+    assert totals == [1.5, 1.5, 1.0, 0.0]
+    assert step_advantages(base, [[0, 1, 2, 3]]) == pytest.approx([0.5, 0.5, 0.5, -1.5], abs=1e-3)
+    assert step_advantages(totals, [[0, 1, 2, 3]]) == pytest.approx([0.7071, 0.7071, 0, -1.4142], abs=1e-3)
+    effect = bonus_effect(base, totals, [[0, 1, 2, 3]])
+    assert effect["changed_groups"] == 1 and effect["mean_abs_change"] == pytest.approx(0.25, abs=1e-3)
+    # without dividing by the standard deviation ("none") the P_partial = 0 bonus acts too
+    assert bonus_effect([1, 0, 0, 0], [1.5, 0, 0, 0], [[0, 1, 2, 3]], scaling="none")["changed_groups"] == 1
+
+
+def test_the_reward_logs_how_often_the_bonus_acted_beside_how_often_it_fired():
+    from exgrpo_utils.train.rewards import ExGRPOReward
+    from exgrpo_utils.train.settings import ExGRPOSettings
+
+    items = [{"id": q, "item": {"id": q, "dataset": "arith", "question": "?", "answer": "3"}} for q in ("a", "b")]
+    reward = ExGRPOReward(items, ExGRPOSettings(delta=0.5, nu=1.0))
+    logged = {}
+    finals = ["3", "5", "5", "5", "3", "3", "3", "5"]  # a: fires, P_partial 0 (inert); b: fires and acts
+    reward([None] * 8, [None] * 8, ["a"] * 4 + ["b"] * 4, log_metric=lambda k, v: logged.__setitem__(k, v),
+           scenario=["A", "A", "B", "B"] * 2, final_text=finals)
+    assert logged["exgrpo/bonus_fired"] == 1.0 and logged["exgrpo/bonus_effective"] == 0.5
+    assert logged["exgrpo/bonus_adv_change"] == pytest.approx(0.125, abs=1e-3)

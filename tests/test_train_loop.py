@@ -9,12 +9,15 @@ from exgrpo_utils.infra.fingerprint import StaleOutputError
 from exgrpo_utils.infra.runsettings import RunSettings
 from exgrpo_utils.train.loop import Built, checkpoint_complete, last_checkpoint, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
+from exgrpo_utils.train.trainlog import JsonlLogCallback
 
 
 @dataclass
 class FakeState:
     global_step: int = 0
     log_history: list = field(default_factory=list)
+    epoch: float = 0.0
+    num_input_tokens_seen: int = 0
 
 
 class FakeTrainer:
@@ -26,8 +29,13 @@ class FakeTrainer:
 
     def train(self, resume_from_checkpoint=None):
         self.trained += 1
+        logs = [cb for cb in self.callbacks if isinstance(cb, JsonlLogCallback)]  # the kit's log, as the trainer calls it
+        for cb in logs:
+            cb.on_train_begin(None, self.state, None)
         self.state.global_step = self.steps
         self.state.log_history = [{"step": self.steps, "num_tokens": 123.0}]
+        for cb in logs:
+            cb.on_log(None, self.state, None, logs=self.state.log_history[-1])
 
     def save_model(self, path):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -220,3 +228,32 @@ def test_other_processes_pass_over_incomplete_checkpoints_without_moving_them(tm
     (tmp_path / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
     assert not checkpoint_complete(tmp_path / "checkpoints" / "checkpoint-1")  # the state of another step
     assert last_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_a_resumed_call_logs_the_whole_runs_token_count_and_loss(tmp_path):
+    """TRL's num_tokens restarts at zero in a resumed call: the log adds what the checkpoint had reached,
+    and the summary's loss averages every logged step of the run, not only the resumed call's."""
+    from types import SimpleNamespace
+
+    from exgrpo_utils.infra.files import read_log_jsonl
+    from exgrpo_utils.train.loop import curve_loss, trained_tokens
+    from exgrpo_utils.train.trainlog import JsonlLogCallback
+
+    path = tmp_path / "train_log.jsonl"
+    first = JsonlLogCallback(path)
+    first.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    for step, (loss, tokens) in enumerate([(2.0, 700), (1.0, 1400), (0.5, 2100)], start=1):  # killed after step 3
+        first.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4, num_input_tokens_seen=0), None,
+                     logs={"loss": loss, "num_tokens": tokens})
+    resumed = JsonlLogCallback(path)  # from checkpoint-2: step 3 will be logged again
+    resumed.on_train_begin(None, SimpleNamespace(global_step=2), None)
+    for step, (loss, tokens) in [(3, (0.5, 700)), (4, (0.5, 1400))]:
+        resumed.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4, num_input_tokens_seen=0), None,
+                       logs={"loss": loss, "num_tokens": tokens})
+    curve = read_log_jsonl(path)
+    assert [r["step"] for r in curve] == [1, 2, 3, 4]
+    assert [r["num_tokens"] for r in curve] == [700, 1400, 2100, 2800]
+    assert trained_tokens(curve) == 2800
+    assert curve_loss(curve) == 1.0  # (2 + 1 + 0.5 + 0.5) / 4
+    assert curve_loss([{"step": 2, "loss": 1.0}, {"step": 4, "loss": 3.0}]) == 2.0  # logged every 2 steps
+    assert curve_loss([{"step": 1, "train_runtime": 3.0}]) is None

@@ -48,6 +48,10 @@ def test_sft_two_steps_then_resume_reproduces_step_two(probe_records, tmp_path, 
     steps = _step_rows(log2)
     assert list(steps.index) == [1, 2]  # one curve, no duplicated step
     assert steps.loc[2, "loss"] == pytest.approx(log1.loc[2, "loss"], rel=1e-3)
+    # totals over both calls equal the uninterrupted run's (TRL counts tokens from zero in each call)
+    assert second["train_tokens"] == first["train_tokens"] > 0
+    assert second["train_loss"] == pytest.approx(first["train_loss"], rel=1e-3)
+    assert first["train_loss"] == pytest.approx(log1["loss"].mean(), rel=1e-6)
 
 
 def test_sft_data_fraction_keeps_a_seeded_share_of_questions(probe_records):

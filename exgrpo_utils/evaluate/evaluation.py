@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -96,8 +96,11 @@ def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example
     (with the kit's engine, as that item finishes: ``batch_size`` is then the sequences in flight)."""
     done: dict[str, dict[str, dict]] = {}
     todo: list[tuple[str, Example]] = []
+    def rendered(ex: Example) -> str:
+        return generator.render(prompts.messages_for(ex, system_prompt))
+
     for name, (examples, out_path) in jobs.items():
-        done[name] = _rescored(Path(out_path), {ex.id: ex for ex in examples})
+        done[name] = _rescored(Path(out_path), {ex.id: ex for ex in examples}, rendered)
         todo += [(name, ex) for ex in examples if ex.id not in done[name]]
     if todo:
         msgs = {(name, ex.id): prompts.messages_for(ex, system_prompt) for name, ex in todo}
@@ -135,11 +138,20 @@ def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example
     return {name: [done[name][ex.id] for ex in examples if ex.id in done[name]] for name, (examples, _) in jobs.items()}
 
 
-def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
+def _prompt_difference(stored: str, wanted: str) -> str:
+    """Where two prompts first differ, shown briefly."""
+    i = next((k for k, (a, b) in enumerate(zip(stored, wanted)) if a != b), min(len(stored), len(wanted)))
+    return f"first difference at character {i}: stored {stored[i:i + 40]!r}, now {wanted[i:i + 40]!r}"
+
+
+def _rescored(out_path: Path, by_id: dict[str, Example], rendered: Callable[[Example], str]) -> dict[str, dict]:
     """Finished records, re-scored with the current scorer; the file is rewritten if a score changed.
 
-    Completions are what costs; scores are cheap and must always come from the one scorer in
-    ``answers`` (so an improved extractor updates old runs instead of mixing two scorers).
+    A record is reused only when its gold answer and its stored prompt equal the dataset's answer and
+    the prompt ``rendered`` now (the whole text: a question edited in the data, another system prompt
+    or chat template is a different input). Completions are what costs; scores are cheap and must
+    always come from the one scorer in ``answers`` (so an improved extractor updates old runs instead
+    of mixing two scorers).
     """
     records = read_log_jsonl(out_path)
     changed = False
@@ -147,11 +159,13 @@ def _rescored(out_path: Path, by_id: dict[str, Example]) -> dict[str, dict]:
         ex = by_id.get(rec["id"])
         if ex is None:
             continue
-        if rec.get("answer") != ex.answer or ex.question not in rec.get("prompt", ""):
+        prompt = rendered(ex)
+        if rec.get("answer") != ex.answer or rec.get("prompt") != prompt:
             what = (f"gold {rec.get('answer')!r} but the dataset now says {ex.answer!r}" if rec.get("answer") != ex.answer
-                    else "a prompt without the dataset's current question")
-            raise SettingsMismatchError(f"{out_path}: record {rec['id']} has {what}; the data changed, nothing in "
-                                        "this file was reused: use another run name, or delete the file")
+                    else f"another prompt than the one rendered now ({_prompt_difference(rec.get('prompt') or '', prompt)})")
+            raise SettingsMismatchError(f"{out_path}: record {rec['id']} has {what}; the data or the prompt changed, "
+                                        f"nothing in this file was reused: use another run name, or move {out_path} aside "
+                                        "(the kit deletes nothing) and rerun to evaluate again")
         new = score_record(ex, rec["completion"])
         if any(rec.get(k) != v for k, v in new.items()):
             rec.update(new)

@@ -1,10 +1,13 @@
 """Intervals (Wilson for one accuracy, a mean of accuracies, Student-t over seeds; 95%) and paired
-tests (exact McNemar, a paired bootstrap over items and seeds)."""
+tests: exact McNemar and a paired bootstrap over items (one model against another, items only), and
+``seed_level_comparison`` (two methods over several trained seeds: the seeds and the items)."""
 from __future__ import annotations
 
 import math
 import random
 from typing import Sequence
+
+import numpy as np
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -71,10 +74,11 @@ def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence
     """Paired bootstrap over items of ``mean(second) - mean(first)``.
 
     ``first[i]`` and ``second[i]`` are item i's scores (0/1) under each method, one per seed (each
-    inner sequence the same length): items are resampled with all their seeds, so the interval
-    covers both the choice of items and the seeds run. Returns the observed difference, its
-    ``z_level`` percentile interval and a two-sided p-value (twice the share of resampled
-    differences on the other side of zero)."""
+    inner sequence the same length): items are resampled with all their seeds. The interval covers
+    the choice of items only, for these trained models: it says nothing of how another training seed
+    would do (with several seeds, compare methods with :func:`seed_level_comparison`). Returns the
+    observed difference, its ``z_level`` percentile interval and a two-sided p-value (twice the
+    share of resampled differences on the other side of zero)."""
     if len(first) != len(second) or not first:
         raise ValueError(f"paired_bootstrap needs the same non-empty items in both: {len(first)} vs {len(second)}")
     d = [sum(b) / len(b) - sum(a) / len(a) for a, b in zip(first, second)]
@@ -88,3 +92,73 @@ def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence
     above = sum(x >= 0 for x in boots) / n_boot
     p = 1.0 if observed == 0 and all(x == 0 for x in d) else min(1.0, 2 * min(below, above))
     return {"diff": observed, "low": lo, "high": hi, "p": p, "items": n}
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-12:
+            break
+    return h
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom: I_x(df/2, 1/2), x = df/(df + t^2).
+
+    >>> round(t_two_sided_p(2.776, 4), 3), round(t_two_sided_p(12.706, 1), 3), t_two_sided_p(0.0, 3)
+    (0.05, 0.05, 1.0)
+    """
+    if math.isinf(t):
+        return 0.0
+    x = df / (df + t * t)
+    if x >= 1.0:
+        return 1.0
+    a, b = df / 2, 0.5
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return min(1.0, front * _betacf(a, b, x) / a)
+    return min(1.0, 1.0 - front * _betacf(b, a, 1 - x) / b)
+
+
+def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], *, n_boot: int = 2000,
+                          seed: int = 0) -> dict:
+    """Two methods, each trained with the same seeds and scored on the same items, compared so that
+    the interval covers both the training seeds and the items.
+
+    ``first[i][s]``, ``second[i][s]``: item i's score under each method's seed-s model. Per seed the
+    paired difference d_s = mean_i(second) - mean_i(first); with two seeds or more the result is the
+    95% Student-t interval of mean(d_s) over seeds (training noise) widened to hold the two-level
+    bootstrap's (seeds resampled, then items within each: item noise too), with the larger of the two
+    p-values; it is never narrower than the t-interval. One seed: the item-level bootstrap, labelled as
+    one model against one. Returns diff, low, high, p, items, seeds, per_seed and ``covers``."""
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if a.shape != b.shape or a.ndim != 2 or not a.size:
+        raise ValueError(f"seed_level_comparison needs the same items and seeds in both: {a.shape} vs {b.shape}")
+    per_seed = (b - a).mean(axis=0)
+    n_items, n_seeds = a.shape
+    if n_seeds < 2:
+        boot = paired_bootstrap(first, second, n_boot=n_boot, seed=seed)
+        return {**boot, "seeds": 1, "per_seed": per_seed.tolist(), "covers": "items (one model each)"}
+    mean, t_low, t_high = seed_interval(per_seed.tolist())
+    sd = float(per_seed.std(ddof=1))
+    p_t = 1.0 if sd == 0 and mean == 0 else t_two_sided_p(mean / (sd / math.sqrt(n_seeds)) if sd else math.inf, n_seeds - 1)
+    rng = np.random.default_rng(seed)
+    d = b - a
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    items = rng.integers(0, n_items, size=(n_boot, n_seeds, n_items))
+    boots = np.sort(d[items, seeds[:, :, None]].mean(axis=(1, 2)))
+    cut = int(0.025 * n_boot)
+    b_low, b_high = float(boots[cut]), float(boots[n_boot - 1 - cut])
+    p_boot = 1.0 if not d.any() else min(1.0, 2 * min(float((boots <= 0).mean()), float((boots >= 0).mean())))
+    return {"diff": float(mean), "low": min(t_low, b_low), "high": max(t_high, b_high), "p": max(p_t, p_boot),
+            "items": n_items, "seeds": n_seeds, "per_seed": per_seed.tolist(), "covers": "seeds and items"}

@@ -24,6 +24,7 @@ from .files import atomic_write_json
 STAMP = "fingerprint.json"
 WEIGHTS_MEMO = ".weights_digest.json"
 _NOT_CONTENT = {STAMP, WEIGHTS_MEMO, ".lock"}
+_NOT_WEIGHTS = _NOT_CONTENT | {"exgrpo_conversion.json"}  # a converted model's note: where it came from
 
 
 class StaleOutputError(RuntimeError):
@@ -47,7 +48,7 @@ def file_digest(path: str | os.PathLike) -> str:
 def weights_digest(folder: str | os.PathLike) -> str:
     """Digest of the files directly in a model folder (weights, configs, tokenizer), memoised."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in _NOT_CONTENT)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in _NOT_WEIGHTS)
     stats = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
     memo = folder / WEIGHTS_MEMO
     try:
@@ -62,6 +63,21 @@ def weights_digest(folder: str | os.PathLike) -> str:
     except OSError:  # a read-only model folder: hash again next time
         pass
     return value
+
+
+_FILES_MEMO: dict[tuple, str] = {}
+
+
+def files_digest(folder: str | os.PathLike, names: tuple[str, ...]) -> str:
+    """Digest of the named files of ``folder`` (a missing one counts as missing), remembered in this
+    process by their sizes and modification times."""
+    folder = Path(folder)
+    stats = tuple((n, *((p.stat().st_size, p.stat().st_mtime_ns) if (p := folder / n).is_file() else (None, None)))
+                  for n in names)
+    key = (str(folder.resolve()), stats)
+    if key not in _FILES_MEMO:
+        _FILES_MEMO[key] = digest({n: file_digest(folder / n) if size is not None else None for n, size, _ in stats})
+    return _FILES_MEMO[key]
 
 
 def read_stamp(folder: str | os.PathLike) -> dict | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import results_root
+from .settings import SettingsError
 
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 TRAIN_LOG = "train_log.jsonl"
@@ -55,8 +56,18 @@ def method_of(rid: str) -> tuple[str, int]:
 
 
 def safe_label(label: str) -> str:
-    """A free-text label as a folder name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    """A free-text label as a folder name: characters other than letters, digits, '_', '.' and '-'
+    become '_'; a label that would name no folder of its own (empty, '.', '..', or hidden: starting
+    with '.') is refused with a one-line SettingsError.
+
+    >>> safe_label("sft (seed 1)")
+    'sft_seed_1_'
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    if not name or name.startswith("."):
+        raise SettingsError(f"label {label!r}: a label names a folder, so it must not be empty, '.' or '..', nor "
+                            "start with '.'; use letters, digits, '_', '-' and '.' (other characters become '_')")
+    return name
 
 
 @dataclass(frozen=True)

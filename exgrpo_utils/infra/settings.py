@@ -11,7 +11,8 @@ default lives, and its metadata says what it means and where the value comes fro
 
 A class's ``PREFIX`` turns its fields into the flat parameter names the notebooks, presets and
 ``--set`` use (``SFTSettings.learning_rate`` is ``sft_learning_rate``), so one name means one
-thing everywhere. Values given as text (``--set``) are typed by the field they set.
+thing everywhere. Values given as text (``--set``) are typed by the field they set, and a field
+declared with ``choices`` takes only those values (:func:`check_choice`).
 """
 from __future__ import annotations
 
@@ -35,13 +36,16 @@ class SettingsError(ValueError):
     """A parameter that is unknown, of the wrong type, or malformed; the message is one line."""
 
 
-def setting(default: Any, help: str, source: str = "kit default"):
-    """A dataclass field with its meaning (``help``) and where its value comes from (``source``)."""
+def setting(default: Any, help: str, source: str = "kit default", choices: tuple = ()):
+    """A dataclass field with its meaning (``help``), where its value comes from (``source``) and,
+    where only some values are meaningful, the values it accepts (``choices``)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults: use a tuple")
-    return field(default=default, metadata={"help": help, "source": source})
+    if choices and default not in choices:
+        raise ValueError(f"default {default!r} is not one of the choices {choices}")
+    return field(default=default, metadata={"help": help, "source": source, "choices": tuple(choices)})
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Param:
     default: Any
     help: str
     source: str
+    choices: tuple = ()  # the values it accepts; empty: any value of its type
 
     @property
     def type_name(self) -> str:
@@ -69,7 +74,7 @@ def params_of(cls) -> list[Param]:
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} is not declared with setting(): no help text")
         out.append(Param(prefix + f.name, cls, f.name, hints[f.name], plain(f.default), f.metadata["help"],
-                         f.metadata["source"]))
+                         f.metadata["source"], f.metadata.get("choices", ())))
     return out
 
 
@@ -151,6 +156,14 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
     raise SettingsError(f"{name}: unsupported type {tp!r}")
 
 
+def check_choice(name: str, choices: tuple, value: Any) -> Any:
+    """``value`` if ``choices`` is empty or holds it, else a one-line SettingsError naming the
+    parameter, the value and the accepted values."""
+    if choices and value not in choices:
+        raise SettingsError(f"{name}: {value!r} is not accepted; use one of {', '.join(map(str, choices))}")
+    return value
+
+
 def parse_text(name: str, tp: Any, text: str) -> Any:
     """A ``--set`` value: text fields take the text as it is, others are read as YAML and typed."""
     if tp is str:
@@ -178,7 +191,7 @@ def build(cls, params: Mapping[str, Any], **fixed):
         if p.field in fixed:
             continue
         if p.name in params:
-            value = coerce(p.name, p.type, params[p.name])
+            value = check_choice(p.name, p.choices, coerce(p.name, p.type, params[p.name]))
             kwargs[p.field] = _as_field_value(p.type, value)
     kwargs.update(fixed)
     return cls(**kwargs)

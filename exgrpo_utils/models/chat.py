@@ -9,7 +9,10 @@
 * ``CachedBackend``: wraps any of them with the persistent :class:`~exgrpo_utils.models.cache.CompletionCache`.
 
 API keys are read from the environment variable named in the configuration, at request time, and
-appear nowhere else: not in the cache key, the cache, logs, errors or results.
+appear nowhere else: not in the cache key, the cache, logs, errors or results. Every error text that
+comes from a server (response bodies, headers, transport errors) passes through :func:`redact` first:
+a server that echoes the request's headers in its error body must not put the key into an executed
+notebook.
 """
 from __future__ import annotations
 
@@ -21,10 +24,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence
+from urllib.parse import quote, quote_plus
 
+from ..infra.paths import resolve
 from .cache import ChatResult, CompletionCache, request_key
 from .generation import FastGenerator, SamplingConfig, TransformersGenerator, VLLMGenerator
+from .registry import MODELS, model_identity
 
 # httpx is imported inside the functions that use it (heavy, or needed only on some paths).
 
@@ -76,6 +83,33 @@ class UsageCounter:
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")  # GEMINI_API_KEY; API keys have lower case or "-"
+REDACTED = "[redacted]"
+# the value of a credential header or parameter, as a server may echo it: "Authorization: Bearer ..",
+# '"x-api-key": ".."', "api_key=..", "?key=.."; a value already redacted is left as it is
+_CREDENTIAL_RE = re.compile(
+    r"""(?ix)
+    ( (?:proxy-)?authorization | x-goog-api-key | x-api-key | api[-_]?key | access[-_]?token | (?<=[?&])key )
+    ( ["']? \s* [:=] \s* ["']? )
+    (?!\[redacted\]) (?:\[redacted\]|[^\s"'\r\n,;&{}\[\]]) (?:\[redacted\]|[^"'\r\n,;&{}\[\]])*""")
+_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+(?!\[redacted\])[^\s\"',;{}\[\]]+")
+
+
+def redact(text: object, secrets: Sequence[str] = ()) -> str:
+    """``text`` without ``secrets`` (as they are, URL-encoded or JSON-escaped) and without the values of
+    credential headers and parameters (Authorization, Bearer tokens, api-key, x-api-key, ?key=).
+
+    >>> redact('{"Authorization": "Bearer sk/1", "echo": "sk/1 and sk%2F1"}', ["sk/1"])
+    '{"Authorization": "[redacted]", "echo": "[redacted] and [redacted]"}'
+    >>> redact("HTTP 500: bad token Bearer abc.def for /v1?key=xyz&alt=json")
+    'HTTP 500: bad token Bearer [redacted] for /v1?key=[redacted]&alt=json'
+    """
+    text = str(text)
+    variants = {v for s in secrets if s
+                for v in (s, quote(s, safe=""), quote(s), quote_plus(s), json.dumps(s)[1:-1])}
+    if variants:
+        text = re.sub("|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True)), REDACTED, text)
+    text = _CREDENTIAL_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return _BEARER_RE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 
 class OpenAICompatibleBackend:
@@ -141,6 +175,41 @@ class OpenAICompatibleBackend:
         base = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
         return base * (0.5 + random.random() / 2)
 
+    def _redact(self, text: object, limit: int | None = None) -> str:
+        """A server's text (body, header, transport error) fit for an error message: :func:`redact`
+        with the configured key, then cut to ``limit`` characters (cut after redacting: a key cut in
+        two would no longer be found)."""
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        return redact(text, (key,) if key else ())[:limit]
+
+    def _error(self, cls: type[TeacherError], message: str) -> TeacherError:
+        return cls(self._redact(message))
+
+    def _read(self, resp, url: str) -> tuple[ChatResult | None, str]:
+        """(the result, "") of a 2xx answer with a well-formed body, else (None, what went wrong) for a
+        retry; raises for answers retrying cannot fix."""
+        status = resp.status_code
+        if status in (401, 403):
+            raise self._error(TeacherAuthError, f"{url} refused the credentials (HTTP {status}). Check the key in "
+                              f"${self.api_key_env or '<no api_key_env configured>'} and its permissions.")
+        if status == 404 or (status == 400 and "model" in resp.text.lower() and "not" in resp.text.lower()):
+            raise self._error(TeacherConfigError, f"{url} answered HTTP {status} for model {self.model!r}: wrong model "
+                              f"name or base URL? Server said: {self._redact(resp.text, 300)}")
+        if status in RETRY_STATUS:
+            return None, f"HTTP {status}: {self._redact(resp.text, 200)}"
+        if status >= 400:
+            raise self._error(TeacherError, f"{url} answered HTTP {status}: {self._redact(resp.text, 300)}")
+        try:
+            payload = resp.json()
+            text = payload["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            return None, (f"malformed response body ({type(exc).__name__}: {self._redact(exc, 100)}): "
+                          f"{self._redact(resp.text, 200)!r}")
+        usage = payload.get("usage") or {}
+        return ChatResult(text, usage.get("prompt_tokens"), usage.get("completion_tokens")), ""
+
     def complete_one(self, messages: Messages, sampling: SamplingConfig) -> ChatResult:
         import httpx
 
@@ -153,39 +222,17 @@ class OpenAICompatibleBackend:
             try:
                 resp = self._client.post(url, headers=self._headers(), content=json.dumps(self._body(messages, sampling)))
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {self._redact(exc, 300)}"
             else:
-                status = resp.status_code
-                if status in (401, 403):
-                    raise TeacherAuthError(
-                        f"{url} refused the credentials (HTTP {status}). Check the key in "
-                        f"${self.api_key_env or '<no api_key_env configured>'} and its permissions.")
-                if status == 404 or (status == 400 and "model" in resp.text.lower() and "not" in resp.text.lower()):
-                    raise TeacherConfigError(
-                        f"{url} answered HTTP {status} for model {self.model!r}: wrong model name or base URL? "
-                        f"Server said: {resp.text[:300]}")
-                if status in RETRY_STATUS:
-                    last = f"HTTP {status}: {resp.text[:200]}"
-                    retry_after = resp.headers.get("retry-after")
-                elif status >= 400:
-                    raise TeacherError(f"{url} answered HTTP {status}: {resp.text[:300]}")
-                else:
-                    try:
-                        payload = resp.json()
-                        text = payload["choices"][0]["message"]["content"]
-                        if not isinstance(text, str):
-                            raise TypeError("content is not a string")
-                    except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        last = f"malformed response body ({type(exc).__name__}: {str(exc)[:100]}): {resp.text[:200]!r}"
-                    else:
-                        usage = payload.get("usage") or {}
-                        result = ChatResult(text, usage.get("prompt_tokens"), usage.get("completion_tokens"))
-                        self.usage.add(requests=1, prompt_tokens=result.prompt_tokens,
-                                       completion_tokens=result.completion_tokens)
-                        return result
+                result, last = self._read(resp, url)
+                if result is not None:
+                    self.usage.add(requests=1, prompt_tokens=result.prompt_tokens,
+                                   completion_tokens=result.completion_tokens)
+                    return result
+                retry_after = resp.headers.get("retry-after") if resp.status_code in RETRY_STATUS else None
             if attempt < self.max_retries:
                 time.sleep(self._sleep_for(attempt, retry_after))
-        raise TeacherError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+        raise self._error(TeacherError, f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
 
     def complete(self, batch: Sequence[Messages], sampling: SamplingConfig, on_result=None) -> list[ChatResult]:
         """At most ``max_in_flight`` requests at once; ``on_result(i, result)`` fires as each arrives."""
@@ -220,11 +267,16 @@ class GeneratorBackend:
 
     @property
     def identity(self) -> dict:
-        """What the cache key records besides the model name: the weights' dtype, and the stop tokens
-        where they are more than the tokenizer's EOS (the chat template's end-of-turn token)."""
+        """What the cache key records besides the model name: the model's content (a registry model or
+        a model folder: ``registry.model_identity``, so weights altered in place under the same name
+        or path never reuse old answers), the weights' dtype, and the stop tokens where they are more
+        than the tokenizer's EOS (the chat template's end-of-turn token)."""
         weights = getattr(self.generator, "model", None)
         dtype = getattr(weights, "dtype", None) or getattr(self.generator, "dtype", None)
         ident = {"dtype": str(dtype)} if dtype is not None else {}
+        name = str(self.model)
+        if name in MODELS or Path(resolve(name)).is_dir():
+            ident["model"] = model_identity(name)
         stops = tuple(getattr(self.generator, "stop_ids", ()) or ())
         eos = getattr(getattr(self.generator, "tokenizer", None), "eos_token_id", None)
         if stops and stops != (eos,):

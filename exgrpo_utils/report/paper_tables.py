@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..data.datasets import DATASETS, HELD_IN, OOD, task_eval_sets
 from ..evaluate.evaluation import item_records
-from ..evaluate.stats import mcnemar_exact, mean_interval, paired_bootstrap, seed_interval, wilson_interval
+from ..evaluate.stats import mcnemar_exact, mean_interval, seed_interval, seed_level_comparison, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
 from ..experiments.runs import collect
 from ..infra.files import atomic_write_text, read_train_log
@@ -223,10 +223,12 @@ def item_scores(layouts: Sequence[RunLayout], df, key: str, task: str, dataset: 
 def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets: Sequence[str] | None = None,
                        alpha: float = 0.05):
     """Method against baseline, item by item, on every task's test set and paired OOD sets (``datasets``:
-    only these), both trained on the same task: over the seeds both ran and the items both scored with
-    the same prompt, the accuracy difference with a 95% paired-bootstrap interval (items resampled with
-    all their seeds) and its p-value, and the exact McNemar test on the first common seed's items (one
-    pair per item: pooling an item's seeds would count correlated pairs as independent)."""
+    only these), both trained on the same task, over the seeds both ran and the items both scored with
+    the same prompt: the accuracy difference with its 95% interval and p-value from
+    ``evaluate.stats.seed_level_comparison`` (two seeds or more: over seeds and items; one seed: over
+    items only, one model against one, and said so in ``interval covers``), each seed's difference,
+    and the exact McNemar test on the first common seed's items (one pair per item). The verdict needs
+    the interval to exclude zero and p < ``alpha`` (with one seed, McNemar's p too)."""
     df = load_records(layouts)
     rows = []
     for task in tasks_of(df):
@@ -249,16 +251,17 @@ def _compare(layouts, df, a: str, b: str, task: str, ds: str, alpha: float) -> d
         return {**row, "items": 0, "verdict": "not comparable: the items were asked with other prompts"}
     first = [[sb[s][i][0] for s in seeds] for i in items]
     second = [[sa[s][i][0] for s in seeds] for i in items]
-    boot = paired_bootstrap(first, second)
+    cmp = seed_level_comparison(first, second)
     only_a = sum(x[0] and not y[0] for x, y in zip(second, first))
     only_b = sum(y[0] and not x[0] for x, y in zip(second, first))
     n = len(items) * len(seeds)
     p_mcnemar = mcnemar_exact(only_a, only_b)
-    better = boot["low"] > 0 and p_mcnemar < alpha
-    worse = boot["high"] < 0 and p_mcnemar < alpha
+    shown = cmp["p"] < alpha and (len(seeds) > 1 or p_mcnemar < alpha)
+    better, worse = shown and cmp["low"] > 0, shown and cmp["high"] < 0
     return {**row, "items": len(items), "method %": 100 * sum(map(sum, second)) / n,
-            "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * boot["diff"],
-            "low": 100 * boot["low"], "high": 100 * boot["high"], "bootstrap p": boot["p"],
+            "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * cmp["diff"],
+            "low": 100 * cmp["low"], "high": 100 * cmp["high"], "p": cmp["p"], "interval covers": cmp["covers"],
+            "per-seed differences": " ".join(f"{100 * d:+.1f}" for d in cmp["per_seed"]),
             "only method right": only_a, "only baseline right": only_b, "McNemar seed": seeds[0],
             "McNemar p": p_mcnemar,
             "verdict": "method better" if better else ("baseline better" if worse else "no difference shown")}
@@ -270,16 +273,18 @@ def _fmt_p(p: float) -> str:
 
 
 def comparisons_markdown(table) -> str:
-    lines = ["| method | baseline | dataset | seeds | items | method % | baseline % | difference [95%] | "
-             "bootstrap p | McNemar p (first seed) | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | baseline | dataset | seeds | items | method % | baseline % | difference [95%] | interval covers | "
+             "per-seed differences | p | McNemar p (first seed) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
         if not r.get("items"):
-            lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | 0 | – | – | – | – | – | "
+            lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | 0 | – | – | – | – | – | – | – | "
                          f"{r['verdict']} |")
             continue
         lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | {r['items']} | "
                      f"{r['method %']:.1f} | {r['baseline %']:.1f} | {r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | "
-                     f"{_fmt_p(r['bootstrap p'])} | {_fmt_p(r['McNemar p'])} | {r['verdict']} |")
+                     f"{r['interval covers']} | {r['per-seed differences']} | {_fmt_p(r['p'])} | {_fmt_p(r['McNemar p'])} | "
+                     f"{r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -330,7 +335,8 @@ def token_points(df, column: Column | None = None):
 
 
 def reward_curves(layouts: Sequence[RunLayout], keys=("exgrpo",)):
-    """Figure 3's data: per-step R_base and r_dsu of the ExGRPO runs (every seed) of ``layouts``."""
+    """Figure 3's data: per-step R_base, r_dsu and the bonus's fired and effective shares of the
+    ExGRPO runs (every seed) of ``layouts`` (``bonus_effective`` NaN where it was not logged)."""
 
     frames = []
     for lay in layouts:
@@ -343,5 +349,7 @@ def reward_curves(layouts: Sequence[RunLayout], keys=("exgrpo",)):
                 continue
             log = log[log["exgrpo/r_base"].notna()]
             frames.append(pd.DataFrame({"run_id": rid, "step": log["step"], "r_base": log["exgrpo/r_base"],
-                                        "r_dsu": log.get("exgrpo/r_dsu"), "bonus_fired": log.get("exgrpo/bonus_fired")}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "step", "r_base", "r_dsu", "bonus_fired"])
+                                        "r_dsu": log.get("exgrpo/r_dsu"), "bonus_fired": log.get("exgrpo/bonus_fired"),
+                                        "bonus_effective": log.get("exgrpo/bonus_effective")}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["run_id", "step", "r_base", "r_dsu", "bonus_fired", "bonus_effective"])

@@ -156,9 +156,11 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
 
 
 def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training"):
-    """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean."""
+    """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean; and the
+    share of questions per step where the bonus fired (Eq. 5) beside the share where it changed an
+    advantage (``exgrpo/bonus_effective``; runs logged before it was measured show fired only)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, col, name in ((axes[0], "r_base", "R_base (Eq. 4)"), (axes[1], "r_dsu", "mean r_dsu (Eq. 5)")):
         if len(curves):
             for rid, grp in curves.groupby("run_id"):
@@ -167,10 +169,27 @@ def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGR
             ax.plot(mean.index, mean.values, lw=2.5, color="k", label="mean")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("training step")
+    _bonus_panel(axes[2], curves)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _detached(fig)
+
+
+def _bonus_panel(ax, curves) -> None:
+    """Cumulative share of questions where the bonus fired, and where it acted, over the seeds."""
+    for col, label, style in (("bonus_fired", "fired (Eq. 5)", "--"), ("bonus_effective", "changed an advantage", "-")):
+        if col in curves and curves[col].notna().any():
+            per_step = curves.groupby("step")[col].mean()
+            ax.plot(per_step.index, per_step.expanding().mean().values, style, lw=2, label=label)
+    if "bonus_effective" not in curves or not curves["bonus_effective"].notna().any():
+        ax.text(0.5, 0.5, "effect on advantages\nnot logged in these runs", ha="center", va="center",
+                transform=ax.transAxes, fontsize=8, color="0.4")
+    ax.set_ylim(0, 1)
+    ax.set_title("DSU bonus: share of questions (cumulative)", fontsize=10)
+    ax.set_xlabel("training step")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data fraction"):

@@ -25,6 +25,7 @@ from ..infra.progress import progress
 from ..models.chat import CachedBackend, OpenAICompatibleBackend, TeacherConfigError, transformers_backend, vllm_backend
 from ..models.generation import SamplingConfig
 from ..models.local_server import serve_locally
+from ..models.registry import model_identity
 from .program_teacher import ProgramTeacher
 from .records import ProbeDraft
 from .rules import Rule, RuleSet
@@ -102,6 +103,14 @@ def _gold_text(ex: Example) -> str:
 SERVED_IDENTITY = {"served_locally": "kit engine, float32"}  # the cache identity of a teacher_serve server
 
 
+def served_identity(model: str) -> dict:
+    """The cache identity of a ``teacher_serve`` server: the engine, and the served model's content
+    where that is more than its name (a folder, or a registry model whose weights are not the
+    pristine conversion: ``models.registry.model_identity``), so changed weights are asked again."""
+    weights = model_identity(model).get("weights")
+    return {**SERVED_IDENTITY, **({"weights": weights} if weights else {})}
+
+
 def endpoint(settings: TeacherSettings) -> str:
     """Where an openai teacher's answers come from, as recorded in provenance: its base URL, or (for
     ``teacher_serve``) the locally served model, whatever port it ran on."""
@@ -151,7 +160,7 @@ def build_teacher(kind: str, rules: RuleSet, *, model: str = "", base_url: str =
                                      "https://generativelanguage.googleapis.com/v1beta/openai (Gemini) or "
                                      "http://127.0.0.1:8000/v1 (vllm serve / transformers serve)")
         chat = OpenAICompatibleBackend(base_url=base_url, model=model, api_key_env=api_key_env or None,
-                                       max_in_flight=max_in_flight, identity=SERVED_IDENTITY if served else None)
+                                       max_in_flight=max_in_flight, identity=served_identity(model) if served else None)
     elif kind == "transformers":
         chat = transformers_backend(model, dtype=dtype, batch_size=batch_size)
     elif kind == "vllm":

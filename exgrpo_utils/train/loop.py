@@ -117,6 +117,18 @@ def trained_tokens(log_history: Sequence[dict]) -> int:
     return int(max((h.get("num_tokens", 0) for h in log_history), default=0))
 
 
+def curve_loss(records: Sequence[dict]) -> float | None:
+    """The mean training loss over a run's logged steps (each logged ``loss`` averages the steps since
+    the previous log, so it weighs that many steps): over every resumed call, unlike the trainer's
+    ``train_loss``, which averages only the steps of its own call."""
+    total, steps, last = 0.0, 0, 0
+    for r in sorted((r for r in records if "loss" in r and "step" in r), key=lambda r: r["step"]):
+        total += float(r["loss"]) * (r["step"] - last)
+        steps += r["step"] - last
+        last = r["step"]
+    return round(total / steps, 6) if steps else None
+
+
 def finished_run(out_dir: Path, summary_name: str, settings, **same) -> dict | None:
     """The summary of a finished run in ``out_dir`` with these settings (and ``same`` fields), else None.
 
@@ -251,10 +263,11 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
         final = out_dir / "final"
         trainer.save_model(str(final))
         built.tokenizer.save_pretrained(str(final))
+        curve = read_log_jsonl(out_dir / TRAIN_LOG)  # one curve over every resumed call (JsonlLogCallback)
         summary = {**{k: portable(v) for k, v in identity.items()}, "settings": asdict(settings), **built.summary,
                    "steps": trainer.state.global_step, **run_cost(out_dir, summary_name, time.time() - t0),
                    "resumed_from": portable(ckpt) if ckpt else None,
-                   "train_tokens": trained_tokens(trainer.state.log_history),
-                   "train_token_kinds": token_kinds(trainer.state.log_history), "final": portable(final)}
+                   "train_tokens": trained_tokens(curve), "train_loss": curve_loss(curve),
+                   "train_token_kinds": token_kinds(curve), "final": portable(final)}
         atomic_write_json(out_dir / summary_name, summary)
         return summary

@@ -9,7 +9,13 @@
 
 ``ExGRPOReward`` is the reward function TRL calls once per step with every rollout of the step: it
 scores each final answer (Eq. 4), groups the rollouts by question and applies Eq. 5-6 per group, and
-logs R_base, P_full, P_partial and how often the bonus fired. TRL then normalises per group (Eq. 7).
+logs R_base, P_full, P_partial, how often the bonus fired and how often it *acted*. TRL then
+normalises per group (Eq. 7).
+
+Fired is not acted: under Eq. 7's division by the group's standard deviation, a bonus that raises
+every correct rollout of a group whose correct rollouts are all Scenario A (P_partial = 0) rescales
+the group's rewards uniformly ([1.5, 0, 0, 0] and [1, 0, 0, 0]), and the advantages do not change.
+``bonus_effect`` compares the advantages with and without the bonus, as TRL computes them.
 """
 from __future__ import annotations
 
@@ -69,6 +75,47 @@ def group_advantages(rewards: Sequence[float], eps: float = 1e-4, scale: bool = 
     return [(r - mean) / (std + eps) for r in rewards]
 
 
+def step_advantages(rewards: Sequence[float], groups: Sequence[Sequence[int]], scaling: str = "group",
+                    eps: float = 1e-4) -> list[float]:
+    """The advantages TRL gives one step's rollouts (``groups``: the indices of each question's
+    rollouts): the reward minus its group's mean, divided by the group's standard deviation
+    (``scaling`` "group", Eq. 7), by the whole step's ("batch"), or not divided ("none"); + ``eps``.
+
+    >>> [round(a, 3) for a in step_advantages([1.5, 0, 0, 0, 1, 0, 0, 0], [[0, 1, 2, 3], [4, 5, 6, 7]])]
+    [1.5, -0.5, -0.5, -0.5, 1.5, -0.5, -0.5, -0.5]
+    """
+    if scaling not in ("group", "batch", "none"):
+        raise ValueError(f"scaling must be group, batch or none, got {scaling!r}")
+    out = [0.0] * len(rewards)
+    for idx in groups:
+        centred = group_advantages([rewards[i] for i in idx], eps=eps, scale=scaling == "group")
+        for i, a in zip(idx, centred):
+            out[i] = a
+    if scaling == "batch" and len(rewards) > 1:
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1))
+        out = [a / (std + eps) for a in out]
+    return out
+
+
+def bonus_effect(base: Sequence[float], totals: Sequence[float], groups: Sequence[Sequence[int]],
+                 scaling: str = "group", tol: float = 1e-3) -> dict:
+    """What Eq. 5-6's bonus changed in one step: the advantages with it (``totals``) against those
+    without it (``base``). Returns ``changed_groups`` (groups where an advantage moved by more than
+    ``tol``: eps alone moves them by about 1e-4) and ``mean_abs_change`` over every rollout.
+
+    >>> bonus_effect([1, 0, 0, 0], [1.5, 0, 0, 0], [[0, 1, 2, 3]])["changed_groups"]  # P_partial = 0
+    0
+    >>> bonus_effect([1, 1, 1, 0], [1.5, 1.5, 1, 0], [[0, 1, 2, 3]])["changed_groups"]  # A, A right, one B right
+    1
+    """
+    with_bonus = step_advantages(totals, groups, scaling)
+    without = step_advantages(base, groups, scaling)
+    delta = [abs(a - b) for a, b in zip(with_bonus, without)]
+    changed = sum(any(delta[i] > tol for i in idx) for idx in groups)
+    return {"changed_groups": changed, "mean_abs_change": sum(delta) / len(delta) if delta else 0.0}
+
+
 def exgrpo_group_rewards(base: Sequence[float], scenarios: Sequence[str], delta: float, nu: float) -> tuple[list[float], dict]:
     """R_total for one question's G rollouts in any order; ``scenarios[i]`` is "A" (full) or "B" (partial).
 
@@ -111,7 +158,7 @@ class ExGRPOReward:
             return base
         base = [r_base(self.items[q], f) for q, f in zip(question_id, final_text)]
         totals = [0.0] * len(base)
-        stats = []
+        stats, groups = [], []
         for qid in dict.fromkeys(question_id):  # groups in order of appearance
             idx = [i for i, q in enumerate(question_id) if q == qid]
             group_totals, group_stats = exgrpo_group_rewards([base[i] for i in idx], [scenario[i] for i in idx],
@@ -119,9 +166,13 @@ class ExGRPOReward:
             for i, v in zip(idx, group_totals):
                 totals[i] = v
             stats.append(group_stats)
+            groups.append(idx)
         if log_metric:
+            effect = bonus_effect(base, totals, groups)  # TRL's default scaling, per group (Eq. 7)
             log_metric("exgrpo/r_base", _mean(base))
             log_metric("exgrpo/bonus_fired", _mean([s["fired"] for s in stats]))
+            log_metric("exgrpo/bonus_effective", effect["changed_groups"] / len(groups))
+            log_metric("exgrpo/bonus_adv_change", effect["mean_abs_change"])
             log_metric("exgrpo/p_full", _mean([s["p_full"] for s in stats]))
             log_metric("exgrpo/p_partial", _mean([s["p_partial"] for s in stats]))
             log_metric("exgrpo/r_dsu", _mean([t - b for t, b in zip(totals, base)]))

@@ -55,7 +55,8 @@ class ExGRPOSettings:
     rollout_backend: str = setting("fast", "how rollouts are sampled without vLLM: fast (the kit's engine: all "
                                    "rollouts of a step together, each dialogue's KV cache kept across turns) or "
                                    "generate (transformers generate, one turn of every dialogue at a time, the "
-                                   "dialogue re-encoded each turn; grpo mode: TRL's own generation)")
+                                   "dialogue re-encoded each turn; grpo mode: TRL's own generation)",
+                                   choices=("fast", "generate"))
     revealing_probes: str = setting("exclude", "probes that state the original question's answer "
                                     "(reveals_answer): exclude (kit default: the DSU bonus then rewards the "
                                     "dialogue's structure, not copying an answer it was shown) or allow (Table 3's "

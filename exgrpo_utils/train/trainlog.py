@@ -21,13 +21,17 @@ class JsonlLogCallback(TrainerCallback):
     """Appends every ``on_log`` record (step, epoch, wall time, the trainer's metrics) to ``path``.
 
     On a resume, records past the checkpoint's step are dropped first (they will be logged again),
-    so the file holds one curve with no duplicated steps.
+    so the file holds one curve with no duplicated steps. TRL's ``num_tokens`` counts from zero in each
+    ``train`` call: a resumed call's values are logged plus the count its checkpoint had reached, so
+    the file's ``num_tokens`` is the whole run's, as if it had never stopped (exactly so when the
+    checkpoint's step was logged: ``logging_steps`` 1, the default).
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.t0 = time.time()
         self.offset = 0.0
+        self.tokens_offset = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         records = read_log_jsonl(self.path)
@@ -35,6 +39,7 @@ class JsonlLogCallback(TrainerCallback):
         if len(kept) != len(records):
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.offset = kept[-1].get("wall_time_s", 0.0) if kept else 0.0
+        self.tokens_offset = max((r.get("num_tokens", 0) for r in kept), default=0)
         self.t0 = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -45,5 +50,5 @@ class JsonlLogCallback(TrainerCallback):
                "tokens_seen": state.num_input_tokens_seen}
         for k, v in logs.items():
             if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-                rec[k] = v
+                rec[k] = v + self.tokens_offset if k == "num_tokens" else v
         append_jsonl(self.path, [rec])
