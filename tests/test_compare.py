@@ -182,3 +182,23 @@ def test_student_t_p_values_hand_computed():
     assert stats.t_two_sided_p(1.0, 2) == pytest.approx(1 - 1 / 3 ** 0.5)  # closed form for 2 degrees of freedom
     assert stats.t_two_sided_p(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| > 1) = 1/2
     assert stats.t_two_sided_p(4.303, 2) == pytest.approx(0.05, abs=1e-4)
+
+
+def test_zero_shot_stands_beside_every_seed_of_the_trained_method(tmp_path):
+    """Zero-shot is one untrained model (greedy, no seed): SFT's three seeds are each compared with it,
+    so the interval covers SFT's seeds (per-seed +20, +18, +16 -> t-interval [+13.0, +23.0])."""
+    from exgrpo_utils.report import paper_tables
+
+    layout = RunLayout.of("cpu", tmp_path)
+    for key, seed, right in (("zero-shot", 0, 23), ("sft", 0, 63), ("sft", 1, 59), ("sft", 2, 55)):
+        rid = key if seed == 0 else f"{key}-s{seed}"
+        _write(tmp_path, "eval_arith", rid, "arith", {f"i{k}": (str(k), k < right) for k in range(200)})
+        rec = {"run_id": rid, "key": key, "label": key, "kind": key if key == "zero-shot" else "sft", "seed": seed,
+               "train_dataset": "arith", "status": "ok", "reason": "", "train_tokens": 1, "train_seconds": 1.0,
+               "accuracy": {"arith": right / 2}, "n": {"arith": 200}, "correct": {"arith": right}}
+        layout.record(rid).parent.mkdir(parents=True, exist_ok=True)
+        layout.record(rid).write_text(json.dumps(rec))
+    row = paper_tables.paired_comparisons([layout], pairs=(("sft", "zero-shot"),), datasets=("arith",)).iloc[0]
+    assert row["seeds"] == 3 and row["interval covers"] == "seeds and items"
+    assert row["per-seed differences"] == "+20.0 +18.0 +16.0"
+    assert (round(row["low"], 1), round(row["high"], 1)) == (13.0, 23.0) and row["verdict"] == "method better"

@@ -35,6 +35,20 @@ def mean_interval(ks: Sequence[int], ns: Sequence[int], z: float = 1.959964) -> 
     return (max(0.0, m - half), min(1.0, m + half))
 
 
+def newcombe_difference(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float, float]:
+    """(p1 - p2, low, high): the 95% interval of the difference of two independent proportions from
+    their Wilson intervals (Newcombe's hybrid score method, his method 10).
+
+    >>> tuple(round(x, 4) for x in newcombe_difference(56, 70, 48, 80))  # Newcombe (1998), example (a)
+    (0.2, 0.0524, 0.3339)
+    """
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1)
+    l2, u2 = wilson_interval(k2, n2)
+    d = p1 - p2
+    return (d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 

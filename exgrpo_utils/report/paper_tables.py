@@ -13,6 +13,7 @@ average, the interval of a mean of independent accuracies).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,27 @@ def load_records(layouts: Sequence[RunLayout]):
     order = {lay.name: i for i, lay in enumerate(layouts)}
     df["_order"] = df["run"].map(order)
     last = df.groupby(["train_dataset", "key", "seed"])["_order"].transform("max")
-    return df[df["_order"] == last].drop(columns="_order").reset_index(drop=True)
+    out = df[df["_order"] == last].drop(columns="_order").reset_index(drop=True)
+    out.attrs["sft_epochs"] = sft_epochs(layouts)
+    return out
+
+
+def sft_epochs(layouts: Sequence[RunLayout]) -> list[float]:
+    """The epochs the runs' SFT warm-ups (method ``sft``, every task and seed) trained, from their summaries."""
+    found = set()
+    for lay in layouts:
+        for path in lay.train_root.glob("*/sft_summary.json") if lay.train_root.is_dir() else ():
+            if method_of(path.parent.name)[0] == "sft":
+                found.add(float(json.loads(path.read_text()).get("settings", {}).get("epochs", "nan")))
+    return sorted(found)
+
+
+def _notes(name: str, key: str, df) -> list[str]:
+    """What a reader must know to compare a row with the paper's (beside the skip reasons)."""
+    epochs = df.attrs.get("sft_epochs") or []
+    if name == "table3" and key == "sft" and epochs and epochs != [3.0]:
+        return [f"the paper's row trains 3 epochs; ours {', '.join(f'{e:g}' for e in epochs)}"]
+    return []
 
 
 def tasks_of(df) -> list[str]:
@@ -181,7 +202,7 @@ def build_table(name: str, df, paper):
         skipped = df[(df["key"] == key) & (df["status"] == "skipped")]
         partly = (status == "ok").any()  # then say which task's run was skipped
         reasons = dict.fromkeys(f"{t}: {r}" if partly else r for t, r in zip(skipped["train_dataset"], skipped["reason"]))
-        row["note"] = "not run in these results" if status.empty else "; ".join(reasons)
+        row["note"] = "not run in these results" if status.empty else "; ".join(list(reasons) + _notes(name, key, df))
         for student in PAPER_STUDENTS:
             v = paper_value(paper, name, student, PAPER_NAMES[name].get(key), PAPER_SPLIT[name])
             row[f"paper: {student} ({PAPER_SPLIT[name]})"] = "–" if math.isnan(v) else f"{v:.2f}"
@@ -226,7 +247,8 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets: Seq
     only these), both trained on the same task, over the seeds both ran and the items both scored with
     the same prompt: the accuracy difference with its 95% interval and p-value from
     ``evaluate.stats.seed_level_comparison`` (two seeds or more: over seeds and items; one seed: over
-    items only, one model against one, and said so in ``interval covers``), each seed's difference,
+    items only, one model against one, and said so in ``interval covers``; zero-shot, untrained,
+    stands beside every seed of the other method), each seed's difference,
     and the exact McNemar test on the first common seed's items (one pair per item). The verdict needs
     the interval to exclude zero and p < ``alpha`` (with one seed, McNemar's p too)."""
     df = load_records(layouts)
@@ -239,8 +261,18 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets: Seq
     return pd.DataFrame(rows)
 
 
+def _untrained_for_every_seed(scores: dict, key: str, other: dict) -> dict:
+    """An untrained method (zero-shot: one greedy evaluation, no training seed) stands beside each seed
+    of the trained method it is compared with, so the comparison covers that method's seeds."""
+    if METHODS[key].kind == "zero-shot" and len(scores) == 1:
+        only = next(iter(scores.values()))
+        return {s: only for s in other}
+    return scores
+
+
 def _compare(layouts, df, a: str, b: str, task: str, ds: str, alpha: float) -> dict:
     sa, sb = item_scores(layouts, df, a, task, ds), item_scores(layouts, df, b, task, ds)
+    sa, sb = _untrained_for_every_seed(sa, a, sb), _untrained_for_every_seed(sb, b, sa)
     seeds = sorted(sa.keys() & sb.keys())
     row = {"method": METHODS[a].label, "baseline": METHODS[b].label, "train_dataset": task, "dataset": ds,
            "seeds": len(seeds)}

@@ -155,6 +155,27 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
     return _detached(fig)
 
 
+def figure1_ei_test(points, title: str = "Figure 1: accuracy on the test set and on its EI-Test"):
+    """Per model, its accuracy on the original test questions beside its accuracy on the EI-Test
+    (``evaluate.ei_test.figure1_points``), with 95% intervals."""
+    plt = _plt()
+    models = list(dict.fromkeys(points["model"])) if len(points) else []
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(models) + 1.5), 3.5))
+    width = 0.38
+    for j, name in enumerate(("original", "EI-Test")):
+        grp = points[points["set"] == name].set_index("model").reindex(models)
+        xs = [i + (j - 0.5) * width for i in range(len(models))]
+        err = [(grp["accuracy"] - grp["low"]).clip(lower=0), (grp["high"] - grp["accuracy"]).clip(lower=0)]
+        ax.bar(xs, grp["accuracy"], width, yerr=err, capsize=3, label=name)
+    ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    if models:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _detached(fig)
+
+
 def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training"):
     """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean; and the
     share of questions per step where the bonus fired (Eq. 5) beside the share where it changed an

@@ -1,0 +1,117 @@
+"""The EI-Test of the paper's Figure 1: a test set made of Explanatory-Inversion probes of test questions.
+
+The paper motivates the method with it: a distilled student loses much more than its teacher when the
+test questions are replaced by EI probes of them. The kit builds it the way training probes are made
+(``teach.inversion.run_pipeline``: the teacher's chain of thought, one probe per rule, the teacher's
+answer to each probe, Eq. 1's consistency check) from a task's *test* questions, without Eq. 2 (that
+filter is about what the untrained student finds hard, a training choice). Each probe Eq. 1 kept is
+one item, its gold the teacher's answer (exact on ``arith``, where the program teacher computes it),
+its rule and source question in ``meta``. Nothing here is ever used for training.
+
+    examples = build_ei_test(items, teacher, rules, out_dir=run / "ei_test" / "arith")  # cached, fingerprinted
+    records = evaluate_examples(generator, examples, out_dir / "arith-ei.jsonl", sampling=...)
+    ei_test_scores(records)      # overall and per rule, with Wilson intervals
+    figure1_points(...)          # original test set beside the EI-Test, per model (report.plotting.figure1_ei_test)
+
+The items are asked with the evaluation prompt of their answer type (``data.prompts.messages_for``),
+as the original test questions are, so the two accuracies differ by the questions only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from ..data import answers
+from ..data.example import Example
+from ..infra.files import atomic_write_text, iter_jsonl
+from ..infra.fingerprint import check_stamp, digest
+from ..teach.inversion import run_pipeline
+from ..teach.records import ItemRecord
+from ..teach.rules import RuleSet
+from ..teach.settings import EISettings
+from .stats import newcombe_difference, wilson_interval
+
+EI_TEST_VERSION = 1  # part of the set's fingerprint: bump when the way items are made changes
+EI_TEST_FILE = "ei_test.jsonl"
+
+
+def ei_test_examples(records: Iterable[dict]) -> list[Example]:
+    """The EI-Test items of stage-1 records (``ItemRecord`` dicts): every probe Eq. 1 kept, in order."""
+    out = []
+    for d in records:
+        rec = ItemRecord.from_dict(d)
+        for p in rec.kept_probes():
+            out.append(Example(
+                id=f"{rec.example.id}/{p.rule}", dataset=f"{rec.example.dataset}-ei", question=p.probe,
+                answer=answers.probe_gold(p.teacher_answer),
+                meta={"answer_type": p.answer_type or answers.infer_answer_type(p.teacher_answer), "rule": p.rule,
+                      "source_id": rec.example.id, "reveals_answer": p.reveals_answer}))
+    return out
+
+
+def build_ei_test(items: Sequence[Example], teacher, rules: RuleSet, *, out_dir: str | Path,
+                  teacher_identity: dict, require_teacher_correct: bool = True, fresh: bool = False,
+                  log=print) -> list[Example]:
+    """The EI-Test of ``items`` (a task's test questions), written to ``out_dir/ei_test.jsonl`` with the
+    stage-1 records beside it and a fingerprint of what made it (the items, the rules, the teacher,
+    this module's version); a set already there with the same fingerprint is read back, one made from
+    other inputs is refused (``fresh`` moves it aside). ``teacher_identity``: the teacher as recorded
+    (kind, model, endpoint); its answers come through the completion cache."""
+    out_dir = Path(out_dir)
+    inputs = {"stage": "ei-test", "version": EI_TEST_VERSION, "items": digest([asdict(ex) for ex in items]),
+              "rules": digest(rules.content), "teacher": teacher_identity,
+              "require_teacher_correct": require_teacher_correct}
+    check_stamp(out_dir, inputs, what="EI-Test", fresh=fresh, log=log)
+    path = out_dir / EI_TEST_FILE
+    if path.exists():
+        return [Example.from_dict(d) for _, d in iter_jsonl(path)]
+    config = EISettings(require_teacher_correct=require_teacher_correct)
+    result = run_pipeline(items, teacher, rules, student=None, config=config)  # no Eq. 2: a test set
+    examples = ei_test_examples(result["records"])
+    atomic_write_text(out_dir / "ei_test_records.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result["records"]))
+    atomic_write_text(path, "".join(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n" for ex in examples))
+    return examples
+
+
+def ei_test_scores(records: Sequence[dict], examples: Sequence[Example]):
+    """Accuracy on the EI-Test overall and per rule (``records``: evaluation records, scored
+    ``correct_flexible``; ``examples``: the set, for each item's rule), with 95% Wilson intervals."""
+    rule_of = {ex.id: ex.meta["rule"] for ex in examples}
+    rows = []
+    scored = [(rule_of[r["id"]], bool(r.get("correct_flexible"))) for r in records if r["id"] in rule_of]
+    for rule in ["all"] + sorted({rule for rule, _ in scored}):
+        hits = [ok for r, ok in scored if rule in ("all", r)]
+        low, high = wilson_interval(sum(hits), len(hits))
+        rows.append({"rule": rule, "n": len(hits), "correct": sum(hits), "accuracy": 100 * sum(hits) / len(hits),
+                     "low": 100 * low, "high": 100 * high})
+    return pd.DataFrame(rows, columns=["rule", "n", "correct", "accuracy", "low", "high"])
+
+
+def ei_test_deficit(rows: Sequence[dict]):
+    """Figure 1's table: per model (``rows``: {model, original_correct, original_n, ei_correct, ei_n}),
+    the accuracy on the original test set, on the EI-Test and the deficit (original - EI-Test) with a
+    95% Newcombe interval (two independent proportions: the two sets hold other items). One model's
+    evaluation each: the interval covers the items, not training seeds."""
+    out = []
+    for r in rows:
+        d, low, high = newcombe_difference(r["original_correct"], r["original_n"], r["ei_correct"], r["ei_n"])
+        out.append({"model": r["model"], "original %": 100 * r["original_correct"] / r["original_n"],
+                    "EI-Test %": 100 * r["ei_correct"] / r["ei_n"], "deficit": 100 * d, "low": 100 * low,
+                    "high": 100 * high, "original n": r["original_n"], "EI-Test n": r["ei_n"]})
+    return pd.DataFrame(out)
+
+
+def figure1_points(deficits) -> pd.DataFrame:
+    """Figure 1's bars from ``ei_test_deficit``'s table: per model, each set's accuracy and Wilson interval."""
+    rows = []
+    for r in deficits.to_dict("records"):
+        for name, pct, n in (("original", r["original %"], r["original n"]), ("EI-Test", r["EI-Test %"], r["EI-Test n"])):
+            k = round(pct * n / 100)
+            low, high = wilson_interval(k, n)
+            rows.append({"model": r["model"], "set": name, "accuracy": pct, "low": 100 * low, "high": 100 * high, "n": n})
+    return pd.DataFrame(rows, columns=["model", "set", "accuracy", "low", "high", "n"])

@@ -1,0 +1,85 @@
+"""The EI-Test (the paper's Figure 1): probes of test questions made as training probes are, scored
+like test questions; with the program teacher on arith (exact answers, no model)."""
+import pytest
+
+from exgrpo_utils.data import datasets as data
+from exgrpo_utils.evaluate import ei_test, evaluation
+from exgrpo_utils.infra.fingerprint import StaleOutputError
+from exgrpo_utils.models.generation import Completion, SamplingConfig
+from exgrpo_utils.teach import rules, teachers
+
+IDENTITY = {"kind": "program"}
+
+
+class GoldGenerator:
+    """Answers every item with its gold (looked up by the question), or a wrong number for some rules."""
+
+    name = "gold"
+
+    def __init__(self, examples, wrong_rules=()):
+        self.by_question = {ex.question: ex for ex in examples}
+        self.wrong_rules = set(wrong_rules)
+
+    def render(self, messages):
+        return messages[-1]["content"]
+
+    def generate(self, batch, sampling):
+        outs = []
+        for m in batch:
+            ex = self.by_question[m[-1]["content"].split("\n\n")[0]]
+            answer = "-12345" if ex.meta.get("rule") in self.wrong_rules else ex.answer
+            outs.append(Completion(f"The answer is {answer}.", 5, True))
+        return outs
+
+
+class NoTeacher:
+    def __getattr__(self, name):
+        raise AssertionError(f"the teacher was asked ({name}) although the EI-Test was on disk")
+
+
+@pytest.fixture(scope="module")
+def items():
+    return data.load("arith", "test", limit=6, sample_seed=0)
+
+
+def test_the_ei_test_holds_each_probe_eq1_kept_with_the_teachers_exact_answer(items, tmp_path):
+    rule_set = rules.load_rules()
+    examples = ei_test.build_ei_test(items, teachers.ProgramTeacher(), rule_set, out_dir=tmp_path, teacher_identity=IDENTITY)
+    assert len(examples) > len(items)  # several rules per question
+    assert {ex.meta["source_id"] for ex in examples} <= {ex.id for ex in items}
+    assert all(ex.dataset == "arith-ei" and ex.meta["rule"] and ex.answer for ex in examples)
+    assert len({ex.id for ex in examples}) == len(examples)
+    again = ei_test.build_ei_test(items, NoTeacher(), rule_set, out_dir=tmp_path, teacher_identity=IDENTITY)
+    assert again == examples  # read back, the teacher not asked
+    with pytest.raises(StaleOutputError, match="EI-Test made from other inputs"):
+        ei_test.build_ei_test(items[:3], NoTeacher(), rule_set, out_dir=tmp_path, teacher_identity=IDENTITY)
+
+
+def test_ei_test_scores_overall_and_per_rule(items, tmp_path):
+    examples = ei_test.build_ei_test(items, teachers.ProgramTeacher(), rules.load_rules(), out_dir=tmp_path / "set",
+                                     teacher_identity=IDENTITY)
+    wrong = sorted({ex.meta["rule"] for ex in examples})[0]
+    recs = evaluation.evaluate_examples(GoldGenerator(examples, wrong_rules=[wrong]), examples, tmp_path / "arith-ei.jsonl",
+                                        sampling=SamplingConfig(), progress=False)
+    scores = ei_test.ei_test_scores(recs, examples).set_index("rule")
+    n_wrong = sum(ex.meta["rule"] == wrong for ex in examples)
+    assert scores.loc["all", "n"] == len(examples) and scores.loc["all", "correct"] == len(examples) - n_wrong
+    assert scores.loc[wrong, "accuracy"] == 0 and all(scores.drop(index=["all", wrong])["accuracy"] == 100)
+    assert scores.loc["all", "low"] < scores.loc["all", "accuracy"] <= scores.loc["all", "high"]
+
+
+def test_the_deficit_table_and_figure_one(tmp_path):
+    from exgrpo_utils.report import plotting
+
+    table = ei_test.ei_test_deficit([
+        {"model": "teacher", "original_correct": 56, "original_n": 70, "ei_correct": 48, "ei_n": 80},
+        {"model": "student", "original_correct": 60, "original_n": 100, "ei_correct": 20, "ei_n": 100}])
+    row = table.set_index("model").loc["teacher"]
+    assert (round(row["deficit"], 1), round(row["low"], 2), round(row["high"], 2)) == (20.0, 5.24, 33.39)  # Newcombe (1998)
+    assert table.set_index("model").loc["student", "deficit"] == pytest.approx(40)
+    points = ei_test.figure1_points(table)
+    assert list(points["set"]) == ["original", "EI-Test"] * 2 and (points["low"] <= points["accuracy"]).all()
+    fig = plotting.figure1_ei_test(points)
+    assert len(fig.axes[0].patches) == 4
+    plotting.publish(fig, tmp_path / "figure1")
+    assert (tmp_path / "figure1.png").exists() and (tmp_path / "figure1.pdf").exists()
