@@ -162,3 +162,37 @@ def test_benchmark_decode_breakdown_accounts_for_the_step():
     assert b["rows"] == 4 and b["width"] == max(map(len, jobs[:4])) + 4
     with pytest.raises(SystemExit, match="needs 9 decode steps"):
         bench.decode_breakdown(model, jobs, eos=10_000, pad=0, slots=4, skip=4, steps=5, max_new_tokens=3)
+
+
+def test_jobs_from_a_source_join_the_running_engine_and_match_running_alone():
+    model = tiny()
+    ps = prompts(4, seed=7)
+    arrivals = {5: [single_turn(ps[1], 4)], 9: [single_turn(ps[2], 4), single_turn(ps[3], 6)]}  # step -> new jobs
+    engine = SlotEngine(model, stop_ids=[10_000], pad_id=0, slots=2)  # no stop: every budget is used up
+    waiting, seen = [], []
+
+    def source(free):  # the jobs that have arrived by this step, at most as many as there are free slots
+        assert 0 < free <= 2
+        for step in [k for k in arrivals if k <= engine.stats["forwards"]]:
+            waiting.extend(arrivals.pop(step))
+        given = waiting[:free]
+        del waiting[:free]
+        return given
+
+    got = engine.run([single_turn(ps[0], 30)], source=source, on_done=lambda i, r: seen.append(i))
+    assert got == [reference(model, p, b) for p, b in zip(ps, (30, 4, 4, 6))]  # greedy: as each one alone
+    assert seen[:3] == [1, 2, 3] and seen[-1] == 0  # the short jobs ended while the long one ran
+    assert not arrivals and not waiting
+
+
+def test_a_cancelled_job_leaves_the_queue_or_its_slot_at_the_next_step():
+    model = tiny()
+    ps = prompts(3, seed=8)
+    engine = SlotEngine(model, stop_ids=[10_000], pad_id=0, slots=2)
+    seen = []
+    gone = {2}  # job 2 waits for a slot when it is cancelled; job 0 is cancelled while it runs
+    got = engine.run([single_turn(p, 40) for p in ps], on_done=lambda i, r: seen.append(i),
+                     cancelled=lambda i: i in gone or (i == 0 and engine.stats["forwards"] >= 5))
+    assert got[0] is None and got[2] is None and got[1] == reference(model, ps[1], 40)
+    assert seen == [1]
+    assert engine.stats["decode_tokens"] < 40 + 10  # job 0 left after a few steps, job 2 never ran

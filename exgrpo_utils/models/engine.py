@@ -153,13 +153,32 @@ class _Row:
 
 class _Schedule:
     """The jobs of one ``SlotEngine.run``: the queue waiting for a slot, the row in each cache slot
-    (``rows[i]`` lives in slot i; None: free), and the results as jobs end."""
+    (``rows[i]`` lives in slot i; None: free), and the results as jobs end. ``source`` and
+    ``cancelled``: see ``SlotEngine.run``."""
 
-    def __init__(self, jobs: Sequence[Job], on_done: Callable[[int, object], None] | None):
-        self.jobs, self.on_done = jobs, on_done
+    def __init__(self, jobs: Sequence[Job], on_done: Callable[[int, object], None] | None,
+                 source: Callable[[int], Sequence[Job]] | None = None, cancelled: Callable[[int], bool] | None = None):
+        self.jobs, self.on_done = list(jobs), on_done
+        self.source, self.cancelled = source, cancelled
         self.queue = deque(range(len(jobs)))
         self.rows: list[_Row | None] = []
         self.results: list = [None] * len(jobs)
+
+    def pending(self, slots: int) -> bool:
+        """Whether a job waits or runs, once cancelled jobs are dropped and the source asked for jobs."""
+        if self.cancelled is not None:
+            self.queue = deque(i for i in self.queue if not self.cancelled(i))
+            for s, row in enumerate(self.rows):
+                if row is not None and self.cancelled(row.job_index):
+                    row.job.close()
+                    self.rows[s] = None  # the slot is free: refilled, or compacted away
+        if self.source is not None:
+            free = slots - sum(r is not None for r in self.rows) - len(self.queue)
+            for job in self.source(free) if free > 0 else ():
+                self.queue.append(len(self.jobs))
+                self.jobs.append(job)
+                self.results.append(None)
+        return bool(self.queue or self.rows)
 
     def fill(self, slots: int) -> None:
         """Refill free slots, then open new ones, while jobs wait."""
@@ -234,20 +253,27 @@ class SlotEngine:
 
     # -------------------------------------------------------------------------------------------
     def run(self, jobs: Sequence[Job], *, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-            on_done: Callable[[int, object], None] | None = None) -> list:
+            on_done: Callable[[int, object], None] | None = None,
+            source: Callable[[int], Sequence[Job]] | None = None, cancelled: Callable[[int], bool] | None = None) -> list:
         """Run every job to its end; return their results in order. ``on_done(i, result)`` fires as
-        each job ends (so a caller can save it at once)."""
+        each job ends (so a caller can save it at once).
+
+        Jobs that arrive during the run (a server's requests): ``source(free)`` is asked between steps,
+        when ``free`` > 0 slots would stay empty, for at most that many jobs, numbered after those so
+        far; the run ends when none waits or runs and the source has none. ``cancelled(i)`` is checked
+        between steps: job ``i`` then leaves the queue or its slot (closed; result None, no
+        ``on_done``). Without these two a run is what it was before they existed."""
         import torch
 
-        book = _Schedule(jobs, on_done)
-        if not jobs:
+        book = _Schedule(jobs, on_done, source, cancelled)
+        if not jobs and source is None:
             return book.results
         gen = torch.Generator(device="cpu")  # no seed: drawn from torch's global generator, as generate() samples
         gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         cache = SlotCache(self.slots, self.capacity)
         sampling = (float(temperature), float(top_p), gen)
         with torch.inference_mode():
-            while book.queue or book.rows:
+            while book.pending(self.slots):
                 book.fill(self.slots)
                 if None in book.rows:  # the queue is empty: the last live rows fill the holes
                     book.rows = self._compact(cache, book.rows)
