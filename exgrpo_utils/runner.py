@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
@@ -57,18 +58,19 @@ def data_digests(data_dir: str = "") -> dict:
 
 def _done_records(results_executed: Path, run_name: str) -> dict[str, dict]:
     """{notebook: done record} of run ``run_name``, from every executed folder (a run may be made
-    by several presets: cpu, then cpu-full), the newest where two hold one."""
-    found: dict[str, tuple[float, dict]] = {}
-    for path in results_executed.glob("*/*.done.json"):
+    by several presets: cpu, then cpu-full), the one that finished last where two hold one (by
+    the ``finished`` stamp, which starts with its time: files' times change with a checkout)."""
+    found: dict[str, dict] = {}
+    for path in sorted(results_executed.glob("*/*.done.json")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         stem = path.name[: -len(".done.json")]
         if (rec.get("parameters") or {}).get("run_name") == run_name and rec.get("finished"):
-            if stem not in found or path.stat().st_mtime > found[stem][0]:
-                found[stem] = (path.stat().st_mtime, rec)
-    return {stem: rec for stem, (_, rec) in found.items()}
+            if stem not in found or rec["finished"] > found[stem]["finished"]:
+                found[stem] = rec
+    return found
 
 
 def notebook_inputs(stem: str, params: dict, results_executed: Path) -> dict:
@@ -125,7 +127,7 @@ def run_notebook(stem: str, params: dict, out_dir: Path, *, force: bool = False,
         _make_portable(out_nb)
     seconds = round(time.time() - t0, 1)
     atomic_write_json(done_file, {"parameters": params, "inputs": inputs, "seconds": seconds,
-                                  "finished": f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{uuid.uuid4().hex[:8]}"})
+                                  "finished": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}-{uuid.uuid4().hex[:8]}"})
     log(f"[done] {stem} in {seconds} s")
     return True
 

@@ -196,3 +196,19 @@ def test_a_cancelled_job_leaves_the_queue_or_its_slot_at_the_next_step():
     assert got[0] is None and got[2] is None and got[1] == reference(model, ps[1], 40)
     assert seen == [1]
     assert engine.stats["decode_tokens"] < 40 + 10  # job 0 left after a few steps, job 2 never ran
+
+
+def test_the_shape_profile_names_the_cpu_its_peak_and_every_projection(capsys):
+    """benchmarks/profile_shapes.py at a token size: one row count, a few milliseconds a shape."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "profile_shapes.py"
+    spec = importlib.util.spec_from_file_location("profile_shapes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--model", "no-such/model", "--rows", "2", "--seconds", "0.01"])
+    out = capsys.readouterr().out
+    assert "CPU: " in out and "peak: 2048^3 matmul" in out
+    for name in ("attention q, o (r x 576 x 576)", "MLP up, gate (r x 576 x 1536)", "vocabulary projection (r x 576 x 49152)"):
+        assert name in out

@@ -123,7 +123,7 @@ def test_method_table_matches_the_paper_rows():
 
 def test_seed_interval_hand_computed():
     mean, lo, hi = stats.seed_interval([10.0, 20.0, 30.0])
-    half = 4.303 * 10.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    half = 4.302653 * 10.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
     assert (mean, lo, hi) == (20.0, pytest.approx(20 - half), pytest.approx(20 + half))
     mean, lo, hi = stats.seed_interval([5.0])
     assert mean == 5.0 and math.isnan(lo) and math.isnan(hi)

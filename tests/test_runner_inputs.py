@@ -9,6 +9,17 @@ import pytest
 from exgrpo_utils import runner
 
 
+@pytest.fixture(autouse=True)
+def converted_student(monkeypatch, tmp_path):
+    """A stand-in for the converted embedded student (its identity is taken by content, converting
+    it first when needed: these tests must not pay for a conversion)."""
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    monkeypatch.setenv("EXGRPO_CACHE_DIR", str(tmp_path / "cache"))
+    return folder
+
+
 @pytest.fixture
 def fake_papermill(monkeypatch, tmp_path):
     import papermill

@@ -49,7 +49,17 @@ def newcombe_difference(k1: int, n1: int, k2: int, n2: int) -> tuple[float, floa
     return (d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+def t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (bisection on ``t_two_sided_p``).
+
+    >>> [round(t_975(df), 3) for df in (1, 2, 4, 10, 30)]
+    [12.706, 4.303, 2.776, 2.228, 2.042]
+    """
+    low, high = 0.0, 1000.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if t_two_sided_p(mid, df) > 0.05 else (low, mid)
+    return (low + high) / 2
 
 
 def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
@@ -61,7 +71,7 @@ def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
     if len(vals) < 2:
         return (m, float("nan"), float("nan"))
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    t = T_975.get(len(vals) - 1, 1.96)
+    t = t_975(len(vals) - 1)
     half = t * sd / math.sqrt(len(vals))
     return (m, m - half, m + half)
 
@@ -153,7 +163,8 @@ def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Seq
     paired difference d_s = mean_i(second) - mean_i(first); with two seeds or more the result is the
     95% Student-t interval of mean(d_s) over seeds (training noise) widened to hold the two-level
     bootstrap's (seeds resampled, then items within each: item noise too), with the larger of the two
-    p-values; it is never narrower than the t-interval. One seed: the item-level bootstrap, labelled as
+    p-values; it is never narrower than the t-interval. Each bootstrap resample draws one set of items
+    for all its seeds (the seeds share the items). One seed: the item-level bootstrap, labelled as
     one model against one. Returns diff, low, high, p, items, seeds, per_seed and ``covers``."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if a.shape != b.shape or a.ndim != 2 or not a.size:
@@ -169,7 +180,10 @@ def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Seq
     rng = np.random.default_rng(seed)
     d = b - a
     seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    items = rng.integers(0, n_items, size=(n_boot, n_seeds, n_items))
+    # one draw of items per resample, shared by its seeds: every seed is scored on the same items, so
+    # an item's advantage for one method is common to all of them (drawing items anew per seed would
+    # divide the item variance by the number of seeds)
+    items = rng.integers(0, n_items, size=(n_boot, 1, n_items))
     boots = np.sort(d[items, seeds[:, :, None]].mean(axis=(1, 2)))
     cut = int(0.025 * n_boot)
     b_low, b_high = float(boots[cut]), float(boots[n_boot - 1 - cut])

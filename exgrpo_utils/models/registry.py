@@ -234,9 +234,8 @@ def model_identity(spec: str) -> dict:
     if spec in MODELS:
         m = MODELS[spec]
         ident = {"registry": spec, "source": m.hf_id, "package": m.package, "file": m.gguf_file}
-        converted = cache_dir() / "models" / m.name
-        if m.package and (converted / "config.json").exists():
-            found = files_digest(converted, CONVERTED_CONTENT)
+        if m.package:  # converted first, so the identity never depends on whether that has happened yet
+            found = files_digest(ensure_local(spec), CONVERTED_CONTENT)
             if found != m.converted_digest:
                 ident["weights"] = found
         return ident
