@@ -24,14 +24,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Protocol, Sequence
 from urllib.parse import quote, quote_plus
 
-from ..infra.paths import resolve
 from .cache import ChatResult, CompletionCache, request_key
 from .generation import FastGenerator, SamplingConfig, TransformersGenerator, VLLMGenerator
-from .registry import MODELS, model_identity
+from .registry import model_identity
 
 # httpx is imported inside the functions that use it (heavy, or needed only on some paths).
 
@@ -274,9 +272,9 @@ class GeneratorBackend:
         weights = getattr(self.generator, "model", None)
         dtype = getattr(weights, "dtype", None) or getattr(self.generator, "dtype", None)
         ident = {"dtype": str(dtype)} if dtype is not None else {}
-        name = str(self.model)
-        if name in MODELS or Path(resolve(name)).is_dir():
-            ident["model"] = model_identity(name)
+        content = model_identity(str(self.model))
+        if "name" not in content:  # a hub id or a served name is known by its name alone, as before
+            ident["model"] = content
         stops = tuple(getattr(self.generator, "stop_ids", ()) or ())
         eos = getattr(getattr(self.generator, "tokenizer", None), "eos_token_id", None)
         if stops and stops != (eos,):
