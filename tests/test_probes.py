@@ -284,3 +284,29 @@ def test_program_pipeline_on_arith_end_to_end(tmp_path):
     assert stats.probes_kept_eq1 == stats.probes_generated >= 150  # the exact teacher keeps every probe it writes
     for name in ("ei_records.jsonl", "probe_dataset.jsonl", "stats_items.csv", "stats_rules.csv", "ei_summary.json"):
         assert (tmp_path / name).exists()
+
+
+def test_the_teachers_solution_and_its_probe_answers_share_one_step_style():
+    """The original question's solution is written as the probe answers are ("Step k: <sentence>
+    a + b = c."), so no trained model picks up from the probes a style the questions never show."""
+    step = re.compile(r"Step \d+: [A-Z][^.]*\. -?\d+ [-+*/] \d+ = -?\d+\.")
+    items = data.load("arith", "train", limit=20)
+    teacher = teachers.ProgramTeacher()
+    for ex, cot in zip(items, teacher.solve(items)):
+        lines = cot.splitlines()
+        assert [bool(step.fullmatch(line)) for line in lines[1:-1]] == [True] * len(ex.meta["steps"])
+        assert lines[-1] == f"The answer is {ex.answer}."
+        drafts = [d for d in teacher.write_probes([ex], [cot], RULES.rules)[0] if d.text]
+        probe_steps = [line for a in teacher.answer_probes(drafts) for line in a.splitlines() if re.match(r"Step \d+:", line)]
+        assert probe_steps and all(step.fullmatch(line) for line in probe_steps)
+
+
+def test_an_answer_that_is_also_one_of_the_questions_numbers_is_still_caught():
+    """arith-train-47: the answer 14 is also the question's start; the inversion probe states it anew
+    ("Now she has 14 cards") and holds 14 as often as the question does. It reveals the answer."""
+    ex = Example("arith-train-47", "arith", "Zoe has 14 cards. Then she gets 14 more cards. Then she splits the cards "
+                 "into 2 equal groups and keeps one group. How many cards does Zoe have now?", "14")
+    inversion = ("Zoe had some cards. Then she got 14 more cards. Then she split the cards into 2 equal groups and kept "
+                 "one group. Now she has 14 cards. How many cards did Zoe have at the start?")
+    assert probes.reveals_answer(ex, inversion)
+    assert not probes.reveals_answer(ex, ex.question + " Describe the process. How many cards are there before the last step?")

@@ -140,12 +140,25 @@ def reverse_text(p: Program) -> str:
     return " ".join(sentences)
 
 
-def forward_rationale(p: Program) -> str:
-    vals = p.values
+def step_lines(p: Program, upto: int | None = None) -> list[str]:
+    """The worked steps of ``p`` in the one chain-of-thought style of the kit's arith teacher: each
+    step's sentence, then its arithmetic ("Step 2: Then he gets 4 more books. 20 + 4 = 24.").
+
+    >>> step_lines(Program("Ravi", "books", 20, (("add", 4),)))
+    ['Ravi starts with 20 books.', 'Step 1: Then he gets 4 more books. 20 + 4 = 24.']
+    """
+    vals, pr = p.values, pronoun(p.name)
     lines = [f"{p.name} starts with {p.start} {p.item}."]
-    lines += [f"{vals[k]} {SYMBOL[o]} {n} = {vals[k + 1]}." for k, (o, n) in enumerate(p.steps)]
-    lines.append(f"The answer is {vals[-1]}.")
-    return "\n".join(lines)
+    for k, (o, n) in enumerate(p.steps[:upto]):
+        sentence = TEMPLATES[o][0].format(p=pr, n=n, i=p.item)
+        lines.append(f"Step {k + 1}: {sentence} {vals[k]} {SYMBOL[o]} {n} = {vals[k + 1]}.")
+    return lines
+
+
+def forward_rationale(p: Program) -> str:
+    """The teacher's solution of the forward question: its steps in the style of ``step_lines`` (the
+    style of every probe answer too, so that no method's targets mix two styles), then the answer."""
+    return "\n".join(step_lines(p) + [f"The answer is {p.values[-1]}."])
 
 
 def reverse_rationale(p: Program) -> str:

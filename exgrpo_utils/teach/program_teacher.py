@@ -24,13 +24,17 @@ def _step_sentence(meta: dict, k: int) -> str:
 
 
 def _explain_steps(meta: dict, upto: int | None = None, start: int | None = None) -> list[str]:
-    value = meta["start"] if start is None else start
-    lines = [f"{meta['name']} starts with {value} {meta['item']}."]
-    for k, step in enumerate(meta["steps"][:upto]):
-        new = synthetic.apply_op(step["op"], value, step["operand"])
-        lines.append(f"Step {k + 1}: {_step_sentence(meta, k)} {value} {synthetic.SYMBOL[step['op']]} {step['operand']} = {new}.")
-        value = new
-    return lines
+    """The worked steps (``synthetic.step_lines``, the style of the teacher's solutions), from
+    ``start`` instead of the item's own start when given."""
+    program = _as_program(meta)
+    if start is not None:
+        program = synthetic.Program(program.name, program.item, start, program.steps)
+    return synthetic.step_lines(program, upto)
+
+
+def _step_line(meta: dict, k: int) -> str:
+    """Step k's line of the worked solution (``synthetic.step_lines``)."""
+    return synthetic.step_lines(_as_program(meta), k + 1)[-1]
 
 
 def _program_of(meta: dict) -> list[tuple[str, int]]:
@@ -116,9 +120,7 @@ def _probe_why(meta, rng):
     text = (f"{_problem_text(meta)} Why does the number of {meta['item']} change at step {k + 1}? "
             "Name the operation that step applies: add, subtract, multiply or divide.")
     word = OP_WORD[step["op"]]
-    expl = [f"Step {k + 1}: {_step_sentence(meta, k)}",
-            f"It takes the count from {step['before']} to {step['before']} {synthetic.SYMBOL[step['op']]} "
-            f"{step['operand']} = {step['after']}, so the operation is {word}."]
+    expl = [_step_line(meta, k), f"It takes the count from {step['before']} to {step['after']}, so the operation is {word}."]
     return text, word, expl
 
 
@@ -202,8 +204,8 @@ def _probe_decomposition(meta, rng):
     text = (f"{_problem_text(meta)} Break the problem into its steps and take step {n} on its own: if it were "
             f"applied directly to the {meta['start']} {meta['item']} {meta['name']} starts with, how many "
             f"{meta['item']} would there be?")
-    expl = [f"Step {n} on its own: {_step_sentence(meta, n - 1)}",
-            f"{meta['start']} {synthetic.SYMBOL[last['op']]} {last['operand']} = {value}."]
+    expl = [f"Step {n} on its own: {_step_sentence(meta, n - 1)} {meta['start']} {synthetic.SYMBOL[last['op']]} "
+            f"{last['operand']} = {value}."]
     return text, str(value), expl
 
 
@@ -217,9 +219,7 @@ def _probe_explanatory_challenge(meta, rng):
     verb = {"add": "adds", "sub": "takes away", "mul": "multiplies the count by", "div": "divides the count by"}[step["op"]]
     text = (f"{_problem_text(meta)} A student claims that step {k + 1} {verb} {wrong}. Is the claim right? "
             f"Justify the step and give the number step {k + 1} really uses.")
-    expl = [f"Step {k + 1}: {_step_sentence(meta, k)}",
-            f"{step['before']} {synthetic.SYMBOL[step['op']]} {step['operand']} = {step['after']}, so the claim of "
-            f"{wrong} is wrong; the step uses {step['operand']}."]
+    expl = [_step_line(meta, k), f"So the claim of {wrong} is wrong; the step uses {step['operand']}."]
     return text, str(step["operand"]), expl
 
 
