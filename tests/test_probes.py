@@ -303,10 +303,14 @@ def test_the_teachers_solution_and_its_probe_answers_share_one_step_style():
 
 def test_an_answer_that_is_also_one_of_the_questions_numbers_is_still_caught():
     """arith-train-47: the answer 14 is also the question's start; the inversion probe states it anew
-    ("Now she has 14 cards") and holds 14 as often as the question does. It reveals the answer."""
-    ex = Example("arith-train-47", "arith", "Zoe has 14 cards. Then she gets 14 more cards. Then she splits the cards "
-                 "into 2 equal groups and keeps one group. How many cards does Zoe have now?", "14")
-    inversion = ("Zoe had some cards. Then she got 14 more cards. Then she split the cards into 2 equal groups and kept "
-                 "one group. Now she has 14 cards. How many cards did Zoe have at the start?")
-    assert probes.reveals_answer(ex, inversion)
-    assert not probes.reveals_answer(ex, ex.question + " Describe the process. How many cards are there before the last step?")
+    ("Now she has 14 cards") and holds 14 as often as the question does, so the text test misses it.
+    The program teacher knows its inversion probe states the answer, and the record says so."""
+    items = [ex for ex in data.load("arith", "train", limit=400) if ex.answer in {str(ex.meta["start"])} |
+             {str(s["operand"]) for s in ex.meta["steps"]}]
+    assert items  # answers that are also numbers of their question exist in the training set
+    rule_set = rules.load_rules()
+    result = probes.run_pipeline(items[:5], teachers.ProgramTeacher(), rule_set)
+    for rec in result["records"]:
+        inversion = next(p for p in rec["probes"] if p["rule"] == "inversion")
+        if inversion["probe"]:
+            assert inversion["reveals_answer"], inversion["probe"]

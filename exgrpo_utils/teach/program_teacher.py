@@ -32,6 +32,12 @@ def _explain_steps(meta: dict, upto: int | None = None, start: int | None = None
     return synthetic.step_lines(program, upto)
 
 
+# Rules whose probe gives the original question's answer as a premise: the inversion probe starts
+# from the final count ("Now she has 14 cards"). The text test (inversion.reveals_answer) misses it
+# when that count is also one of the question's numbers.
+STATES_ANSWER = frozenset({"inversion"})
+
+
 def _step_line(meta: dict, k: int) -> str:
     """Step k's line of the worked solution (``synthetic.step_lines``)."""
     return synthetic.step_lines(_as_program(meta), k + 1)[-1]
@@ -72,7 +78,8 @@ class ProgramTeacher:
                     drafts.append(ProbeDraft.not_applicable(rule.id, "rule not applicable to this item"))
                 else:
                     text, gold, explanation = made
-                    drafts.append(ProbeDraft(rule.id, text, None, gold, tuple(explanation)))
+                    drafts.append(ProbeDraft(rule.id, text, None, gold, tuple(explanation),
+                                             states_answer=rule.id in STATES_ANSWER))
             out.append(drafts)
         return out
 

@@ -73,7 +73,9 @@ class ProbeDraft:
     """What a teacher wrote for one rule and item: the probe's text, or None with the reason and the
     status saying why (``NOT_APPLICABLE``: the rule does not fit the item; ``MALFORMED``: the reply
     was empty or restated the question). ``gold`` and ``explanation``: the exact answer and its
-    worked steps, when the teacher knows them (the program teacher).
+    worked steps, when the teacher knows them (the program teacher); ``states_answer``: the teacher
+    knows its probe states the original question's answer (the program teacher's inversion probe
+    gives the final count as a premise), whatever the text test ``inversion.reveals_answer`` finds.
 
     >>> ProbeDraft.not_applicable("hypothesis", "rule not applicable to this item").failure
     <ProbeStatus.NOT_APPLICABLE: 'not applicable'>
@@ -86,6 +88,7 @@ class ProbeDraft:
     gold: str | None = None
     explanation: tuple[str, ...] | None = None
     status: ProbeStatus | None = None  # for a draft without text: NOT_APPLICABLE, else MALFORMED
+    states_answer: bool = False
 
     @classmethod
     def not_applicable(cls, rule: str, reason: str) -> "ProbeDraft":
