@@ -41,7 +41,8 @@ def test_dsu_rejects_out_of_range_parameters():
     with pytest.raises(ValueError, match="ν must be >= 1"):
         rewards.dsu_bonus([1], [0], delta=0.5, nu=0.9)
     with pytest.raises(ValueError, match="δ must be > 0"):
-        rewards.dsu_bonus([1], [0], delta=0.0)
+        rewards.dsu_bonus([1], [0], delta=-0.5)
+    assert rewards.dsu_bonus([1, 0], [0, 0], delta=0.0) == [1.0, 0.0]  # δ = 0: the bonus off (Table 3's ablation)
 
 
 def test_bonus_never_lowers_the_expected_reward_of_a_full_rollout():
@@ -444,3 +445,19 @@ def test_the_reward_logs_how_often_the_bonus_acted_beside_how_often_it_fired():
            scenario=["A", "A", "B", "B"] * 2, final_text=finals)
     assert logged["exgrpo/bonus_fired"] == 1.0 and logged["exgrpo/bonus_effective"] == 0.5
     assert logged["exgrpo/bonus_adv_change"] == pytest.approx(0.125, abs=1e-3)
+
+
+def test_the_bonus_off_row_keeps_dialogues_and_aux_loss_and_the_scaling_reaches_trl():
+    from exgrpo_utils.experiments.methods import METHODS, rl_settings
+    from exgrpo_utils.train.exgrpo import grpo_config
+
+    run = ExGRPOSettings(delta=0.5, aux_lambda=0.1)
+    off, on = rl_settings(METHODS["exgrpo-nobonus"], run, 1), rl_settings(METHODS["exgrpo"], run, 1)
+    assert (off.delta, on.delta) == (0.0, 0.5) and off.mode == on.mode == "exgrpo" and off.aux_lambda == on.aux_lambda == 0.1
+    assert off.seed == on.seed == 1
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = grpo_config(ExGRPOSettings(scale_rewards="none"), Path(tmp), device="cpu", bf16=False)
+    assert cfg.scale_rewards == "none"

@@ -29,6 +29,7 @@ class Method:
     mode: str = "exgrpo"  # rl: "exgrpo" or "grpo"
     aux: bool = True  # rl: Eq. 8's aux SFT loss on (lambda from the settings) or off (lambda = 0)
     revealing_probes: str = ""  # rl: "exclude" or "allow" answer-revealing probes; "": the run's rl_revealing_probes
+    dsu: bool = True  # rl, exgrpo mode: Eq. 5-6's bonus on (the run's delta) or off (delta = 0)
 
 
 def _methods() -> dict[str, Method]:
@@ -42,6 +43,8 @@ def _methods() -> dict[str, Method]:
         Method("cold-grpo-aux", "RL cold start + aux SFT", "rl", init="base", mode="grpo", aux=True),
         Method("exgrpo-revealing", "ExGRPO, answer-revealing probes allowed", "rl", init="sft", mode="exgrpo", aux=True,
                revealing_probes="allow"),
+        Method("exgrpo-nobonus", "ExGRPO without the DSU bonus (δ = 0)", "rl", init="sft", mode="exgrpo", aux=True,
+               dsu=False),
         Method("opd", "On-Policy Distillation", "opd"),
     ]
     ms += [Method(b.replace("_", "-"), LABELS[b], "sft", data=b) for b in BASELINES]
@@ -61,7 +64,7 @@ GROUPS = {
     "core": ("zero-shot", "sft", "sft-grpo", "exgrpo"),
     "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd",
                   "exgrpo"),
-    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-revealing"),
+    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-nobonus", "exgrpo-revealing"),
     "table4": ("rephrase", "sft-rule-counterfactual", "sft-rule-causal_verification", "sft-rule-explanatory_challenge", "sft"),
     "fraction": ("sft-p0.1", "exgrpo-p0.1", "sft-p0.25", "exgrpo-p0.25", "sft-p0.5", "exgrpo-p0.5", "sft", "exgrpo"),
 }
@@ -113,10 +116,11 @@ def sft_settings(m: Method, run_sft: SFTSettings, seed: int) -> SFTSettings:
 
 def rl_settings(m: Method, run_rl: ExGRPOSettings, seed: int) -> ExGRPOSettings:
     """An RL method's settings: the run's ExGRPO settings at ``seed`` in the method's mode (ExGRPO or
-    plain GRPO), with Eq. 8's aux SFT loss on (the run's lambda) or off, and the method's policy on
+    plain GRPO), with Eq. 8's aux SFT loss on (the run's lambda) or off, Eq. 5-6's bonus on (the run's
+    delta) or off (delta 0: the same dialogues and aux loss without it), and the method's policy on
     answer-revealing probes (the run's when it has none)."""
     return replace(run_rl, seed=seed, mode=m.mode, aux_lambda=run_rl.aux_lambda if m.aux else 0.0,
-                   revealing_probes=m.revealing_probes or run_rl.revealing_probes)
+                   delta=run_rl.delta if m.dsu else 0.0, revealing_probes=m.revealing_probes or run_rl.revealing_probes)
 
 
 def rl_question_fraction(m: Method, run_sft: SFTSettings) -> float:

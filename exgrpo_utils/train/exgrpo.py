@@ -12,7 +12,7 @@ module by module, following the calls:
    by turn (``rollout_dialogues``); only the student's own tokens are policy tokens (``env_mask``).
    It returns TRL's fields and Eq. 8's teacher-forced dialogues together (``Rollout``);
 3. reward (``rewards.ExGRPOReward``): Eq. 4 per final answer, Eq. 5-6 per question's group;
-4. advantages: TRL's group normalisation (Eq. 7, ``scale_rewards="group"``);
+4. advantages: TRL's normalisation (Eq. 7, ``scale_rewards`` = the ``scale_rewards`` setting, "group" by default);
 5. loss (``exgrpo_trainer.ExGRPOTrainer.compute_loss``): TRL's clipped surrogate with ``beta`` * KL
    to the reference (Eq. 7) plus lambda * ``aux_sft_loss`` (Eq. 8). The reference is the SFT model:
    the SFT weights are the frozen base and ExGRPO trains a fresh LoRA adapter on top, so TRL's
@@ -59,7 +59,7 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
     return GRPOConfig(
         output_dir=str(out_dir / "checkpoints"),
         # Eq. 7: clipped surrogate, group-normalised advantages, KL to the reference
-        loss_type="grpo", scale_rewards="group", multi_objective_aggregation="sum_then_normalize",
+        loss_type="grpo", scale_rewards=settings.scale_rewards, multi_objective_aggregation="sum_then_normalize",
         epsilon=settings.epsilon, epsilon_high=settings.epsilon, delta=None, beta=settings.beta,
         importance_sampling_level="token", num_iterations=1, steps_per_generation=1,
         mask_truncated_completions=False, top_entropy_quantile=1.0, use_bias_correction_kl=False,

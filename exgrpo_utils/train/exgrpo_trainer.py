@@ -8,7 +8,7 @@ One step, in the order TRL runs it (``GRPOTrainer._generate_and_score_completion
    Eq. 8 come back in the same result (``Rollout.aux``) and are kept for this step's loss (plain
    GRPO's aux rows are its probe rows with their teacher answers, ``probe_answer_batch``);
 2. reward: TRL calls ``rewards.ExGRPOReward`` (Eq. 4-6) on every rollout of the step;
-3. advantages: TRL normalises the rewards per group (Eq. 7, ``scale_rewards="group"``);
+3. advantages: TRL normalises the rewards (Eq. 7, per group by default: the ``scale_rewards`` setting);
 4. loss: TRL's clipped surrogate with beta * KL to the reference (Eq. 7), plus lambda * ``aux_sft_loss``
    (Eq. 8) in ``ExGRPOTrainer.compute_loss``.
 

@@ -53,9 +53,11 @@ def dsu_bonus(full: Sequence[float], partial: Sequence[float], delta: float = 0.
     [1.5, 1.5, 0.0, 1.5]
     >>> dsu_bonus([1, 0], [1, 1])
     [1.0, 0.0]
+
+    δ = 0 turns the bonus off (Table 3's ExGRPO without Eq. 5-6: the same dialogues and aux loss).
     """
-    if delta <= 0:
-        raise ValueError(f"δ must be > 0 (method.md Eq. 5), got {delta}")
+    if delta < 0:
+        raise ValueError(f"δ must be > 0 (method.md Eq. 5), or 0 for no bonus; got {delta}")
     fires = dsu_fires(full, partial, nu)
     return [float(r) + (delta if fires and r > 0 else 0.0) for r in full]
 
@@ -168,7 +170,7 @@ class ExGRPOReward:
             stats.append(group_stats)
             groups.append(idx)
         if log_metric:
-            effect = bonus_effect(base, totals, groups)  # TRL's default scaling, per group (Eq. 7)
+            effect = bonus_effect(base, totals, groups, self.settings.scale_rewards)  # as TRL will scale them
             log_metric("exgrpo/r_base", _mean(base))
             log_metric("exgrpo/bonus_fired", _mean([s["fired"] for s in stats]))
             log_metric("exgrpo/bonus_effective", effect["changed_groups"] / len(groups))

@@ -43,8 +43,13 @@ class ExGRPOSettings:
                         "question an independent sample: the ablation)", "paper")
     k: int = setting(5, "probes per Scenario A dialogue (paper: about 5)", "paper")
     G: int = setting(8, "rollouts per question, half Scenario A and half Scenario B")
-    delta: float = setting(0.5, "δ: size of the DSU bonus (Eq. 5)")
+    delta: float = setting(0.5, "δ: size of the DSU bonus (Eq. 5); 0 turns the bonus off (an ablation)")
     nu: float = setting(1.0, "ν >= 1: margin of the DSU condition (Eq. 5)")
+    scale_rewards: str = setting("group", "Eq. 7's scaling of the rewards into advantages, after subtracting the group "
+                                 "mean: group (divide by the group's standard deviation, the paper's Eq. 7 and TRL's "
+                                 "default), batch (by the step's) or none (no division: a DSU bonus on a group "
+                                 "whose correct rollouts are all full dialogues then still acts)",
+                                 choices=("group", "batch", "none"))
     beta: float = setting(0.04, "β: weight of the KL term to the SFT model (Eq. 7)")
     epsilon: float = setting(0.2, "ε: clip range of the surrogate (Eq. 7)")
     aux_lambda: float = setting(0.1, "λ: weight of the aux SFT loss (Eq. 8); 0 disables it")
