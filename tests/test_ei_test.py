@@ -4,6 +4,7 @@ import pytest
 
 from exgrpo_utils.data import datasets as data
 from exgrpo_utils.evaluate import ei_test, evaluation
+from exgrpo_utils.evaluate.stats import newcombe_difference
 from exgrpo_utils.infra.fingerprint import StaleOutputError
 from exgrpo_utils.models.generation import Completion, SamplingConfig
 from exgrpo_utils.teach import rules, teachers
@@ -83,3 +84,38 @@ def test_the_deficit_table_and_figure_one(tmp_path):
     assert len(fig.axes[0].patches) == 4
     plotting.publish(fig, tmp_path / "figure1")
     assert (tmp_path / "figure1.png").exists() and (tmp_path / "figure1.pdf").exists()
+
+
+def _record(layout, key, seed, acc, acc_ei, n=200, n_ei=100):
+    import json
+
+    rid = key if seed == 0 else f"{key}-s{seed}"
+    rec = {"run_id": rid, "key": key, "label": key, "kind": "zero-shot" if key == "zero-shot" else "sft", "seed": seed,
+           "train_dataset": "arith", "status": "ok", "reason": "", "train_tokens": 1, "train_seconds": 1.0,
+           "accuracy": {"arith": acc, "arith_rev": 5.0, "arith-ei": acc_ei}, "n": {"arith": n, "arith_rev": n, "arith-ei": n_ei},
+           "correct": {"arith": round(acc * n / 100), "arith_rev": round(5 * n / 100), "arith-ei": round(acc_ei * n_ei / 100)}}
+    layout.record(rid).parent.mkdir(parents=True, exist_ok=True)
+    layout.record(rid).write_text(json.dumps(rec))
+
+
+def test_figure_one_from_the_records_deficit_over_seeds_and_for_one_model(tmp_path):
+    """SFT's three seeds lose 30, 28 and 26 points on the EI-Test (t-interval over seeds: 28 +- 4.97);
+    zero-shot, one model, loses 12 - 5 = 7 points (Newcombe's interval over the items)."""
+    from exgrpo_utils.infra.layout import RunLayout
+    from exgrpo_utils.report import figure1, paper_tables
+
+    layout = RunLayout.of("cpu", tmp_path)
+    _record(layout, "zero-shot", 0, 12.0, 5.0)
+    for seed, (acc, acc_ei) in enumerate([(31.0, 1.0), (30.0, 2.0), (29.0, 3.0)]):
+        _record(layout, "sft", seed, acc, acc_ei)
+    table = figure1.ei_test_table(paper_tables.load_records([layout])).set_index("key")
+    assert list(table.index) == ["zero-shot", "sft"]
+    assert table.loc["sft", "deficit_mean"] == pytest.approx(28.0) and table.loc["sft", "interval covers"] == "seeds"
+    assert table.loc["sft", "deficit"] == "+28.0 [+23.0, +33.0]"
+    d, _, _ = newcombe_difference(24, 200, 5, 100)
+    assert table.loc["zero-shot", "deficit_mean"] == pytest.approx(100 * d) and table.loc["zero-shot", "interval covers"] == "items (one model)"
+    points = figure1.figure1_points(table.reset_index())
+    assert len(points) == 4 and set(points["set"]) == {"original", "EI-Test"}
+    assert "| arith | SFT (EI, all rules) |" in figure1.table_markdown(table.reset_index())
+    comparisons = paper_tables.paired_comparisons([layout], pairs=(("sft", "zero-shot"),))
+    assert "arith-ei" in set(comparisons["dataset"])  # the EI-Test is compared item by item like the test sets

@@ -26,13 +26,18 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from ..data import answers
+from ..data.datasets import load
 from ..data.example import Example
 from ..infra.files import atomic_write_text, iter_jsonl
 from ..infra.fingerprint import check_stamp, digest
+from ..infra.layout import RunLayout
+from ..infra.paths import cache_dir
+from ..models.cache import CompletionCache
 from ..teach.inversion import run_pipeline
 from ..teach.records import ItemRecord
-from ..teach.rules import RuleSet
-from ..teach.settings import EISettings
+from ..teach.rules import RuleSet, load_rules
+from ..teach.settings import EISettings, TeacherSettings
+from ..teach.teachers import endpoint, teacher_session
 from .stats import newcombe_difference, wilson_interval
 
 EI_TEST_VERSION = 1  # part of the set's fingerprint: bump when the way items are made changes
@@ -46,7 +51,7 @@ def ei_test_examples(records: Iterable[dict]) -> list[Example]:
         rec = ItemRecord.from_dict(d)
         for p in rec.kept_probes():
             out.append(Example(
-                id=f"{rec.example.id}/{p.rule}", dataset=f"{rec.example.dataset}-ei", question=p.probe,
+                id=f"{rec.example.id}/{p.rule}", dataset=ei_test_name(rec.example.dataset), question=p.probe,
                 answer=answers.probe_gold(p.teacher_answer),
                 meta={"answer_type": p.answer_type or answers.infer_answer_type(p.teacher_answer), "rule": p.rule,
                       "source_id": rec.example.id, "reveals_answer": p.reveals_answer}))
@@ -76,6 +81,36 @@ def build_ei_test(items: Sequence[Example], teacher, rules: RuleSet, *, out_dir:
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result["records"]))
     atomic_write_text(path, "".join(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n" for ex in examples))
     return examples
+
+
+def build_ei_tests(layout: RunLayout, settings: EISettings, teacher: TeacherSettings, *, data_dir: str | None = None,
+                   sample_seed: int | None = 0, fresh: bool = False, log=print) -> dict[str, list[Example]]:
+    """Notebook 01: the EI-Test of each of ``settings.datasets`` from ``settings.test_items`` of its
+    test questions (the seeded subsample the evaluations use), with the rules and the teacher of the
+    training probes, into ``layout.ei_test_dir(dataset)``; {} when ``test_items`` is 0."""
+    if settings.test_items <= 0:
+        return {}
+    rule_set = load_rules(settings.rules_file or None).subset(list(settings.rules))
+    identity = {"kind": teacher.teacher, "model": teacher.teacher_model, "base_url": endpoint(teacher)}
+    out = {}
+    with teacher_session(teacher, rule_set, cache=CompletionCache(cache_dir() / "completions.sqlite")) as t:
+        for name in settings.datasets:
+            items = load(name, "test", data_dir=data_dir, limit=settings.test_items, sample_seed=sample_seed)
+            out[name] = build_ei_test(items, t, rule_set, out_dir=layout.ei_test_dir(name), teacher_identity=identity,
+                                      require_teacher_correct=settings.require_teacher_correct, fresh=fresh, log=log)
+            log(f"EI-Test of {name}: {len(out[name])} probes of {len(items)} test questions")
+    return out
+
+
+def ei_test_name(dataset: str) -> str:
+    """The EI-Test's name in evaluation folders and records: ``arith-ei`` for ``arith``."""
+    return f"{dataset}-ei"
+
+
+def load_ei_test(layout: RunLayout, dataset: str) -> list[Example]:
+    """The EI-Test notebook 01 built for ``dataset`` in this run ([] when it built none)."""
+    path = layout.ei_test_dir(dataset) / EI_TEST_FILE
+    return [Example.from_dict(d) for _, d in iter_jsonl(path)] if path.exists() else []
 
 
 def ei_test_scores(records: Sequence[dict], examples: Sequence[Example]):

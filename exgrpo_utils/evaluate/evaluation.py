@@ -267,12 +267,14 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
                    limit_per_dataset: int | None = None, sample_seed: int | None = 0,
                    max_new_tokens: int = SuiteSettings.max_new_tokens, batch_size: int = SuiteSettings.batch_size, backend: str = "fast", dtype: str = "auto", label: str = "",
                    data_dir: str | None = None, generator: Generator | None = None, progress: bool = True,
-                   fresh: bool = False):
-    """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04)."""
+                   fresh: bool = False, extra: dict[str, list[Example]] | None = None):
+    """Load the datasets, build the generator, evaluate, and return the summary table (notebook 04).
+    ``extra``: more item sets by name, evaluated with them (an EI-Test: ``evaluate.ei_test``)."""
     suites = {}
     for name in datasets:
         ds_split = split if split in DATASETS[name].splits else "test"
         suites[name] = load(name, ds_split, data_dir=data_dir or None, limit=limit_per_dataset, sample_seed=sample_seed)
+    suites.update(extra or {})
 
     settings = EvalIdentity(model=portable(model), max_new_tokens=max_new_tokens, dtype=resolved_dtype(dtype, backend),
                             backend=backend,
@@ -292,7 +294,7 @@ def resolved_dtype(dtype: str, backend: str) -> str:
 
 
 def evaluate_on(settings: TaskEvalSettings | SuiteSettings, run: RunSettings, *, model: str, out_dir: str | Path,
-                label: str = "", generator: Generator | None = None):
+                label: str = "", generator: Generator | None = None, extra: dict[str, list[Example]] | None = None):
     """``run_evaluation`` with a notebook's evaluation settings (the quick ``eval_*`` ones or the
     ``suite_*`` ones) and the run-wide ones (``sample_seed``, ``dtype``, ``backend``, ``data_dir``,
     ``fresh``)."""
@@ -300,7 +302,7 @@ def evaluate_on(settings: TaskEvalSettings | SuiteSettings, run: RunSettings, *,
                           split=getattr(settings, "split", "test"), limit_per_dataset=settings.limit,
                           sample_seed=run.sample_seed, max_new_tokens=settings.max_new_tokens,
                           batch_size=settings.batch_size, backend=run.backend, dtype=run.dtype, label=label,
-                          data_dir=run.data_dir or None, generator=generator, fresh=run.fresh)
+                          data_dir=run.data_dir or None, generator=generator, fresh=run.fresh, extra=extra)
 
 
 def resolve_models(models: Sequence[str], layout: RunLayout, student: str) -> dict[str, str]:

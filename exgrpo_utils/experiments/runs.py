@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from ..data.datasets import DATASETS, task_eval_sets
+from ..evaluate.ei_test import ei_test_name, load_ei_test
 from ..evaluate.evaluation import evaluate_on
 from ..evaluate.settings import SuiteSettings, TaskEvalSettings
 from ..infra.fingerprint import digest
@@ -203,12 +204,14 @@ def _add_training(rec: dict, summary: dict, ctx: Context, task: str, done: dict[
 
 
 def _evaluate(ctx: Context, model: str, key: str, seed: int, task: str, label: str) -> dict:
-    """The record's scores: the task's test set and its paired OOD sets; under ``suite`` the
+    """The record's scores: the task's test set, its paired OOD sets and its EI-Test; under ``suite`` the
     12-dataset suite for ``exp_suite_keys`` (the train_dataset model, seed 0)."""
     rid = ctx.rid(key, seed, task)
     settings = ctx.eval_for(task)
-    table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label)
-    scores = records.scores(table[table["dataset"].isin(settings.datasets)])  # not the 12-dataset averages of 1-2 sets
+    ei_test = load_ei_test(ctx.layout, task)  # the task's EI-Test, when notebook 01 built one (Figure 1)
+    extra = {ei_test_name(task): ei_test} if ei_test else {}
+    table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label, extra=extra)
+    scores = records.scores(table[table["dataset"].isin(list(settings.datasets) + list(extra))])  # no 12-dataset averages
     if key in ctx.experiments.suite_keys and seed == 0 and task == ctx.run.train_dataset and ctx.suite.datasets:
         scores["suite"] = records.scores(evaluate_on(ctx.suite, ctx.run, model=model,
                                                      out_dir=ctx.layout.suite_eval_dir(rid), label=label))

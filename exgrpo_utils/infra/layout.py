@@ -3,6 +3,7 @@
     results/runs/<run>/
       00_setup.json                        environment and dataset tour (notebook 00)
       ei/<dataset>/                        probe dataset, EI records, Eq. 1/Eq. 2 statistics (01)
+      ei_test/<dataset>/                   the EI-Test of its test questions (01; Figure 1)
       train/<run_id>/                      a training: log, checkpoints, final/, merged/, summary (02, 03, 05)
       eval_task/<run_id>/                  evaluation on the training task and its paired OOD sets (02, 03, 05;
                                            a run folder written before this name holds it as eval_arith/)
@@ -110,6 +111,10 @@ class RunLayout:
 
     def ei_records(self, dataset: str) -> Path:
         return self.ei_dir(dataset) / "ei_records.jsonl"
+
+    def ei_test_dir(self, dataset: str) -> Path:
+        """The EI-Test of ``dataset`` (Figure 1): probes of its test questions, never trained on."""
+        return self.root / "ei_test" / dataset
 
     # -- training -------------------------------------------------------------------------------
     @property

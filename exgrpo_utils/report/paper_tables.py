@@ -22,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..data.datasets import DATASETS, HELD_IN, OOD, task_eval_sets
+from ..evaluate.ei_test import ei_test_name
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact, mean_interval, seed_interval, seed_level_comparison, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
@@ -111,8 +112,14 @@ def ood_of(df) -> list[str]:
     return [o for t in tasks_of(df) for o in task_eval_sets(t)[1:]]
 
 
+# OOD sets whose form the EI-trained methods have seen in training: arith_rev's template is the text
+# of the inversion probe and of RevThink's backward question (a reversal test for the others only)
+NEAR_EI = {"arith_rev": "near-distribution for EI and RevThink"}
+
+
 def _split(sets: Sequence[str], what: str, per_dataset: bool) -> list[Column]:
-    cols = [Column(f"{d} ({what})", (d,)) for d in sets] if per_dataset or len(sets) == 1 else []
+    cols = [Column(f"{d} ({what}{'; ' + NEAR_EI[d] if d in NEAR_EI else ''})", (d,)) for d in sets] \
+        if per_dataset or len(sets) == 1 else []
     if len(sets) > 1:
         cols.append(Column(f"{what} avg over {len(sets)} (per-task models)", tuple(sets)))
     return cols
@@ -224,7 +231,7 @@ def write_tables(df, paper, out_dir: str | Path) -> dict[str, Path]:
 
 
 # The paired comparisons the README reports: (method, baseline), each on every task's test sets.
-PAIRED = (("exgrpo", "sft-grpo"), ("exgrpo", "sft"), ("sft", "zero-shot"), ("sft", "skd"))
+PAIRED = (("exgrpo", "sft-grpo"), ("exgrpo", "exgrpo-nobonus"), ("exgrpo", "sft"), ("sft", "zero-shot"), ("sft", "skd"))
 
 
 def item_scores(layouts: Sequence[RunLayout], df, key: str, task: str, dataset: str) -> dict[int, dict[str, tuple[int, str]]]:
@@ -254,7 +261,8 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets: Seq
     df = load_records(layouts)
     rows = []
     for task in tasks_of(df):
-        sets = [d for d in task_eval_sets(task) if datasets is None or d in datasets]
+        ei = [ei_test_name(task)] if (df["dataset"] == ei_test_name(task)).any() else []  # Figure 1's EI-Test too
+        sets = [d for d in task_eval_sets(task) + ei if datasets is None or d in datasets]
         for a, b in pairs:
             for ds in sets:
                 rows.append(_compare(layouts, df, a, b, task, ds, alpha))

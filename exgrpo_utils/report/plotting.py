@@ -165,7 +165,7 @@ def figure1_ei_test(points, title: str = "Figure 1: accuracy on the test set and
     for j, name in enumerate(("original", "EI-Test")):
         grp = points[points["set"] == name].set_index("model").reindex(models)
         xs = [i + (j - 0.5) * width for i in range(len(models))]
-        err = [(grp["accuracy"] - grp["low"]).clip(lower=0), (grp["high"] - grp["accuracy"]).clip(lower=0)]
+        err = [(grp["accuracy"] - grp["low"]).clip(lower=0).fillna(0), (grp["high"] - grp["accuracy"]).clip(lower=0).fillna(0)]
         ax.bar(xs, grp["accuracy"], width, yerr=err, capsize=3, label=name)
     ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")

@@ -45,3 +45,6 @@ class EISettings:
                                       "null or -1: no explicit bound (Λ = N', too easy, is always dropped)")
     student_max_new_tokens: int = setting(1024, "token budget of the untrained student's answers in Eq. 2 (greedy)")
     student_batch_size: int = setting(64, "generation batch size of the Eq. 2 student pass", "speed only")
+    test_items: int = setting(0, "EI-Test (Figure 1): test questions of each dataset made into EI probes as the "
+                              "training probes are (no Eq. 2), never trained on, and scored for every model of "
+                              "notebook 05; 0: no EI-Test")
