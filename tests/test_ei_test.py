@@ -119,3 +119,17 @@ def test_figure_one_from_the_records_deficit_over_seeds_and_for_one_model(tmp_pa
     assert "| arith | SFT (EI, all rules) |" in figure1.table_markdown(table.reset_index())
     comparisons = paper_tables.paired_comparisons([layout], pairs=(("sft", "zero-shot"),))
     assert "arith-ei" in set(comparisons["dataset"])  # the EI-Test is compared item by item like the test sets
+
+
+def test_an_ei_test_left_by_an_earlier_call_is_moved_aside_when_none_is_asked_for(tmp_path):
+    """With ei_test_items 0 notebook 05 must not score a set an earlier call of notebook 01 built."""
+    from exgrpo_utils.infra.layout import RunLayout
+    from exgrpo_utils.teach.settings import EISettings, TeacherSettings
+
+    layout = RunLayout.of("r", tmp_path)
+    (layout.ei_test_dir("arith")).mkdir(parents=True)
+    (layout.ei_test_dir("arith") / ei_test.EI_TEST_FILE).write_text("{}\n")
+    out = ei_test.build_ei_tests(layout, EISettings(datasets=("arith",), test_items=0), TeacherSettings(teacher="program"),
+                                 log=lambda *_: None)
+    assert out == {} and ei_test.load_ei_test(layout, "arith") == []
+    assert (layout.ei_test_dir("arith").parent / "arith.replaced-1" / ei_test.EI_TEST_FILE).exists()  # kept, not deleted

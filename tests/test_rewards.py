@@ -461,3 +461,8 @@ def test_the_bonus_off_row_keeps_dialogues_and_aux_loss_and_the_scaling_reaches_
     with tempfile.TemporaryDirectory() as tmp:
         cfg = grpo_config(ExGRPOSettings(scale_rewards="none"), Path(tmp), device="cpu", bf16=False)
     assert cfg.scale_rewards == "none"
+
+
+def test_with_delta_zero_the_bonus_never_counts_as_fired():
+    totals, stats = rewards.exgrpo_group_rewards([1, 0, 0, 0], ["A", "A", "B", "B"], delta=0.0, nu=1.0)
+    assert totals == [1.0, 0.0, 0.0, 0.0] and stats["fired"] is False

@@ -29,7 +29,7 @@ from ..data import answers
 from ..data.datasets import load
 from ..data.example import Example
 from ..infra.files import atomic_write_text, iter_jsonl
-from ..infra.fingerprint import check_stamp, digest
+from ..infra.fingerprint import check_stamp, digest, move_aside
 from ..infra.layout import RunLayout
 from ..infra.paths import cache_dir
 from ..models.cache import CompletionCache
@@ -37,7 +37,7 @@ from ..teach.inversion import run_pipeline
 from ..teach.records import ItemRecord
 from ..teach.rules import RuleSet, load_rules
 from ..teach.settings import EISettings, TeacherSettings
-from ..teach.teachers import endpoint, teacher_session
+from ..teach.teachers import endpoint, served_identity, teacher_session
 from .stats import newcombe_difference, wilson_interval
 
 EI_TEST_VERSION = 1  # part of the set's fingerprint: bump when the way items are made changes
@@ -88,12 +88,18 @@ def build_ei_tests(layout: RunLayout, settings: EISettings, teacher: TeacherSett
     """Notebook 01: the EI-Test of each of ``settings.datasets`` from ``settings.test_items`` of its
     test questions (the seeded subsample the evaluations use), with the rules and the teacher of the
     training probes, into ``layout.ei_test_dir(dataset)``; {} when ``test_items`` is 0."""
-    if settings.test_items <= 0:
+    if settings.test_items <= 0:  # none asked for: a set left by an earlier call must not be scored
+        for name in settings.datasets:
+            if layout.ei_test_dir(name).exists():
+                log(f"[ei_test_items 0] moved the EI-Test of an earlier call aside: {move_aside(layout.ei_test_dir(name))}")
         return {}
     rule_set = load_rules(settings.rules_file or None).subset(list(settings.rules))
-    identity = {"kind": teacher.teacher, "model": teacher.teacher_model, "base_url": endpoint(teacher)}
+    identity = {"kind": teacher.teacher, "model": teacher.teacher_model, "base_url": endpoint(teacher),
+                "max_new_tokens": teacher.teacher_max_new_tokens,
+                **({"served": served_identity(teacher.teacher_model)} if teacher.teacher_serve else {})}
     out = {}
     with teacher_session(teacher, rule_set, cache=CompletionCache(cache_dir() / "completions.sqlite")) as t:
+        identity["teacher_version"] = getattr(t, "version", None)  # the program teacher's outputs
         for name in settings.datasets:
             items = load(name, "test", data_dir=data_dir, limit=settings.test_items, sample_seed=sample_seed)
             out[name] = build_ei_test(items, t, rule_set, out_dir=layout.ei_test_dir(name), teacher_identity=identity,

@@ -51,6 +51,7 @@ class ProgramTeacher:
     """Exact teacher for ``arith`` items (``Example.meta`` holds the step program)."""
 
     name = "program"
+    version = 2  # part of what its outputs are keyed by (the EI-Test's fingerprint): bump when they change
 
     def __init__(self, seed: int = 0):
         self.seed = seed

@@ -130,7 +130,7 @@ def exgrpo_group_rewards(base: Sequence[float], scenarios: Sequence[str], delta:
     totals = [next(bonus) if s == "A" else float(b) for b, s in zip(base, scenarios)]
     stats = {"p_full": sum(full) / len(full) if full else float("nan"),
              "p_partial": sum(partial) / len(partial) if partial else float("nan"),
-             "fired": dsu_fires(full, partial, nu) if full else False}
+             "fired": bool(full) and delta > 0 and dsu_fires(full, partial, nu)}  # δ = 0: nothing to fire
     return totals, stats
 
 
