@@ -69,16 +69,16 @@ def test_ei_test_scores_overall_and_per_rule(items, tmp_path):
     assert scores.loc["all", "low"] < scores.loc["all", "accuracy"] <= scores.loc["all", "high"]
 
 
-def test_the_deficit_table_and_figure_one(tmp_path):
+def test_the_deficit_interval_and_figure_one(tmp_path):
+    import pandas as pd
+
     from exgrpo_utils.report import plotting
 
-    table = ei_test.ei_test_deficit([
-        {"model": "teacher", "original_correct": 56, "original_n": 70, "ei_correct": 48, "ei_n": 80},
-        {"model": "student", "original_correct": 60, "original_n": 100, "ei_correct": 20, "ei_n": 100}])
-    row = table.set_index("model").loc["teacher"]
-    assert (round(row["deficit"], 1), round(row["low"], 2), round(row["high"], 2)) == (20.0, 5.24, 33.39)  # Newcombe (1998)
-    assert table.set_index("model").loc["student", "deficit"] == pytest.approx(40)
-    points = ei_test.figure1_points(table)
+    d, low, high = newcombe_difference(56, 70, 48, 80)
+    assert (round(100 * d, 1), round(100 * low, 2), round(100 * high, 2)) == (20.0, 5.24, 33.39)  # Newcombe (1998)
+    assert 100 * newcombe_difference(60, 100, 20, 100)[0] == pytest.approx(40)
+    points = pd.DataFrame([{"model": m, "set": s, "accuracy": a, "low": a - 5, "high": a + 5}
+                           for m, pair in (("teacher", (80, 60)), ("student", (60, 20))) for s, a in zip(("original", "EI-Test"), pair)])
     assert list(points["set"]) == ["original", "EI-Test"] * 2 and (points["low"] <= points["accuracy"]).all()
     fig = plotting.figure1_ei_test(points)
     assert len(fig.axes[0].patches) == 4

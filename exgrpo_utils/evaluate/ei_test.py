@@ -11,7 +11,7 @@ its rule and source question in ``meta``. Nothing here is ever used for training
     examples = build_ei_test(items, teacher, rules, out_dir=run / "ei_test" / "arith")  # cached, fingerprinted
     records = evaluate_examples(generator, examples, out_dir / "arith-ei.jsonl", sampling=...)
     ei_test_scores(records)      # overall and per rule, with Wilson intervals
-    figure1_points(...)          # original test set beside the EI-Test, per model (report.plotting.figure1_ei_test)
+    report.figure1.ei_test_table(df)  # Figure 1 from the records: test set beside EI-Test, the deficit
 
 The items are asked with the evaluation prompt of their answer type (``data.prompts.messages_for``),
 as the original test questions are, so the two accuracies differ by the questions only.
@@ -38,7 +38,7 @@ from ..teach.records import ItemRecord
 from ..teach.rules import RuleSet, load_rules
 from ..teach.settings import EISettings, TeacherSettings
 from ..teach.teachers import endpoint, served_identity, teacher_session
-from .stats import newcombe_difference, wilson_interval
+from .stats import wilson_interval
 
 EI_TEST_VERSION = 1  # part of the set's fingerprint: bump when the way items are made changes
 EI_TEST_FILE = "ei_test.jsonl"
@@ -131,28 +131,3 @@ def ei_test_scores(records: Sequence[dict], examples: Sequence[Example]):
         rows.append({"rule": rule, "n": len(hits), "correct": sum(hits), "accuracy": 100 * sum(hits) / len(hits),
                      "low": 100 * low, "high": 100 * high})
     return pd.DataFrame(rows, columns=["rule", "n", "correct", "accuracy", "low", "high"])
-
-
-def ei_test_deficit(rows: Sequence[dict]):
-    """Figure 1's table: per model (``rows``: {model, original_correct, original_n, ei_correct, ei_n}),
-    the accuracy on the original test set, on the EI-Test and the deficit (original - EI-Test) with a
-    95% Newcombe interval (two independent proportions: the two sets hold other items). One model's
-    evaluation each: the interval covers the items, not training seeds."""
-    out = []
-    for r in rows:
-        d, low, high = newcombe_difference(r["original_correct"], r["original_n"], r["ei_correct"], r["ei_n"])
-        out.append({"model": r["model"], "original %": 100 * r["original_correct"] / r["original_n"],
-                    "EI-Test %": 100 * r["ei_correct"] / r["ei_n"], "deficit": 100 * d, "low": 100 * low,
-                    "high": 100 * high, "original n": r["original_n"], "EI-Test n": r["ei_n"]})
-    return pd.DataFrame(out)
-
-
-def figure1_points(deficits) -> pd.DataFrame:
-    """Figure 1's bars from ``ei_test_deficit``'s table: per model, each set's accuracy and Wilson interval."""
-    rows = []
-    for r in deficits.to_dict("records"):
-        for name, pct, n in (("original", r["original %"], r["original n"]), ("EI-Test", r["EI-Test %"], r["EI-Test n"])):
-            k = round(pct * n / 100)
-            low, high = wilson_interval(k, n)
-            rows.append({"model": r["model"], "set": name, "accuracy": pct, "low": 100 * low, "high": 100 * high, "n": n})
-    return pd.DataFrame(rows, columns=["model", "set", "accuracy", "low", "high", "n"])

@@ -157,7 +157,7 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
 
 def figure1_ei_test(points, title: str = "Figure 1: accuracy on the test set and on its EI-Test"):
     """Per model, its accuracy on the original test questions beside its accuracy on the EI-Test
-    (``evaluate.ei_test.figure1_points``), with 95% intervals."""
+    (``report.figure1.figure1_points``), with 95% intervals."""
     plt = _plt()
     models = list(dict.fromkeys(points["model"])) if len(points) else []
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(models) + 1.5), 3.5))
