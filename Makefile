@@ -58,7 +58,7 @@ smoke: setup
 	$(PY) -m exgrpo_utils.runner --preset smoke --run-name smoke
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

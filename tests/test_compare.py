@@ -1,5 +1,6 @@
 """The reproduction's comparison with the committed reference, and the paired tests it uses."""
 import json
+import math
 
 import pytest
 
@@ -216,3 +217,66 @@ def test_seeds_that_agree_keep_the_item_noise_in_the_interval():
     r = stats.seed_level_comparison(first, second)
     width, items_width = r["high"] - r["low"], items_only["high"] - items_only["low"]
     assert 0.85 * items_width <= width <= 1.15 * items_width
+
+
+def _as_clusters(rows, copies: int):
+    """Each item repeated ``copies`` times, the copies one cluster (probes of one test question that
+    all score alike)."""
+    return [r for r in rows for _ in range(copies)], [f"q{i}" for i in range(len(rows)) for _ in range(copies)]
+
+
+def test_clusters_of_identical_probes_give_the_intervals_of_their_questions():
+    """Ten identical probes per question carry one question's information: resampled by question, every
+    interval equals the interval of the questions alone (the same draws); resampled one by one it is
+    about sqrt(10) too narrow."""
+    first, second = _per_seed_scores([20])
+    first3, second3 = _per_seed_scores([30, 20, 10])
+    for a, b in ((first, second), (first3, second3)):
+        dup_a, clusters = _as_clusters(a, 10)
+        dup_b, _ = _as_clusters(b, 10)
+        plain, grouped = stats.seed_level_comparison(a, b), stats.seed_level_comparison(dup_a, dup_b, clusters=clusters)
+        assert (grouped["low"], grouped["high"], grouped["p"]) == pytest.approx((plain["low"], plain["high"], plain["p"]))
+        assert grouped["items"] == 10 * plain["items"] and "questions" in grouped["covers"]
+        one_by_one = stats.seed_level_comparison(dup_a, dup_b)
+        narrowing = 0.5 if len(a[0]) == 1 else 1.0  # three seeds that disagree: the t-interval over seeds rules
+        assert one_by_one["high"] - one_by_one["low"] <= narrowing * (grouped["high"] - grouped["low"])
+    scores, clusters = _as_clusters([[x] for x in [1, 0, 1, 1, 0, 0, 1, 0] * 2], 10)
+    alone = stats.seed_cluster_interval([(1.0, [[x] for x in [1, 0, 1, 1, 0, 0, 1, 0] * 2], [f"q{i}" for i in range(16)])])
+    grouped = stats.seed_cluster_interval([(1.0, scores, clusters)])
+    assert (grouped["low"], grouped["high"]) == pytest.approx((alone["low"], alone["high"]))
+    assert grouped["covers"] == "items and questions" and grouped["mean"] == 0.5
+    test_set = [[1]] * 30 + [[0]] * 70
+    d = stats.seed_cluster_interval([(1.0, test_set, None), (-1.0, scores, clusters)])
+    assert d["mean"] == pytest.approx(0.3 - 0.5) and d["low"] < d["mean"] < d["high"]
+
+
+def test_a_cluster_bootstrap_weighs_questions_by_their_probes_hand_computed():
+    """Question a: three probes all right, question b: one probe wrong. Each resample draws two
+    questions: {a, a} -> 1, {b, b} -> 0, {a, b} -> 3/4 (the mean over the probes drawn), with chances
+    1/4, 1/4, 1/2: the 95% interval runs from 0 to 1. When every question scores 1/2, every resample
+    does too. Below ``min_clusters`` questions there is no interval at all."""
+    two = stats.seed_cluster_interval([(1.0, [[1], [1], [1], [0]], ["a", "a", "a", "b"])], min_clusters=1)
+    assert (two["mean"], two["low"], two["high"]) == (0.75, 0.0, 1.0)
+    half = stats.seed_cluster_interval([(1.0, [[1], [0], [0], [1], [1], [0]], list("aabbcc"))], min_clusters=1)
+    assert (half["low"], half["high"]) == (0.5, 0.5)
+    few = stats.seed_cluster_interval([(1.0, [[1], [1], [1], [0]], ["a", "a", "a", "b"])])
+    assert few["mean"] == 0.75 and math.isnan(few["low"]) and few["covers"] == "no interval: 2 questions (fewer than 10)"
+    cmp = stats.seed_level_comparison([[0]] * 6, [[1]] * 6, clusters=list("aaabbb"))  # one question's probes decide nothing
+    assert cmp["diff"] == 1.0 and math.isnan(cmp["p"]) and cmp["covers"].startswith("no interval: 2 questions")
+    with pytest.raises(ValueError, match="clusters name 2 items, the scores hold 3"):
+        stats.seed_cluster_interval([(1.0, [[1], [0], [1]], ["a", "b"])], min_clusters=1)
+
+
+def test_the_seed_and_question_interval_over_seeds_is_never_narrower_than_the_t_interval():
+    """Three seeds whose deficits are 28, 30 and 32 points: Student-t gives 30 +- 4.97; seeds that agree
+    item by item keep the items' and questions' noise (the bootstrap), as for the comparisons."""
+    questions = [f"q{i // 5}" for i in range(100)]
+    test = [[int(i < 60 - 2 * s) for s in range(3)] for i in range(100)]
+    ei = [[int(i < 30 - 4 * s) for s in range(3)] for i in range(100)]
+    r = stats.seed_cluster_interval([(1.0, test, None), (-1.0, ei, questions)])
+    assert [round(100 * v) for v in r["per_seed"]] == [30, 32, 34] and r["seeds"] == 3
+    _, t_low, t_high = stats.seed_interval(r["per_seed"])
+    assert r["low"] <= t_low and r["high"] >= t_high and r["covers"] == "seeds, items and questions"
+    agree = stats.seed_cluster_interval([(1.0, [[x] * 3 for x in [1, 0] * 50], None)])
+    one = stats.seed_cluster_interval([(1.0, [[x] for x in [1, 0] * 50], None)])
+    assert agree["high"] - agree["low"] == pytest.approx(one["high"] - one["low"], rel=0.15) and agree["low"] < 0.5

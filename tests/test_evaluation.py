@@ -124,6 +124,20 @@ def test_question_shortened_inside_the_stored_prompt_is_refused(tmp_path):
     assert len(out.read_text().splitlines()) == 1  # nothing appended, nothing lost
 
 
+def test_fresh_moves_a_file_asked_other_questions_aside_and_evaluates_again(tmp_path):
+    """An EI-Test rebuilt from other inputs keeps its item ids (<question>/<rule>) with other probes:
+    under ``fresh`` the old records are moved aside, kept, and the new items evaluated."""
+    out = tmp_path / "arith-ei.jsonl"
+    old = [Example("q0/inversion", "arith-ei", "Item 0 old probe: how many pens?", "0", meta={"answer_type": "number"})]
+    evaluation.evaluate_examples(FakeGenerator(), old, out, sampling=SamplingConfig(), progress=False)
+    new = [Example("q0/inversion", "arith-ei", "Item 0 new probe: how many books?", "0", meta={"answer_type": "number"})]
+    logged = []
+    recs = evaluation.evaluate_pooled(FakeGenerator(), {"": (new, out)}, sampling=SamplingConfig(), progress=False,
+                                      fresh=True, log=logged.append)[""]
+    assert [r["prompt"].count("new probe") for r in recs] == [1] and len(out.read_text().splitlines()) == 1
+    assert "old probe" in (tmp_path / "arith-ei.jsonl.replaced-1").read_text() and "moved it aside" in logged[0]
+
+
 def test_another_system_prompt_is_refused(tmp_path):
     out = tmp_path / "gsm8k.jsonl"
     evaluation.evaluate_examples(_SystemAware(), _examples(1), out, sampling=SamplingConfig(), progress=False)

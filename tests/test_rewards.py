@@ -455,6 +455,9 @@ def test_the_bonus_off_row_keeps_dialogues_and_aux_loss_and_the_scaling_reaches_
     off, on = rl_settings(METHODS["exgrpo-nobonus"], run, 1), rl_settings(METHODS["exgrpo"], run, 1)
     assert (off.delta, on.delta) == (0.0, 0.5) and off.mode == on.mode == "exgrpo" and off.aux_lambda == on.aux_lambda == 0.1
     assert off.seed == on.seed == 1
+    with pytest.raises(ValueError, match="exgrpo: rl_delta is 0.0.*exgrpo-nobonus"):  # not a no-bonus run under ExGRPO's label
+        rl_settings(METHODS["exgrpo"], ExGRPOSettings(delta=0.0), 0)
+    assert rl_settings(METHODS["exgrpo-nobonus"], ExGRPOSettings(delta=0.0), 0).delta == 0.0
     import tempfile
     from pathlib import Path
 

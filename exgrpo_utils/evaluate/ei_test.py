@@ -10,7 +10,7 @@ its rule and source question in ``meta``. Nothing here is ever used for training
 
     examples = build_ei_test(items, teacher, rules, out_dir=run / "ei_test" / "arith")  # cached, fingerprinted
     records = evaluate_examples(generator, examples, out_dir / "arith-ei.jsonl", sampling=...)
-    ei_test_scores(records)      # overall and per rule, with Wilson intervals
+    ei_test_scores(records, examples)  # overall and per rule (Wilson intervals: probes as independent)
     report.figure1.ei_test_table(df)  # Figure 1 from the records: test set beside EI-Test, the deficit
 
 The items are asked with the evaluation prompt of their answer type (``data.prompts.messages_for``),
@@ -113,6 +113,18 @@ def ei_test_name(dataset: str) -> str:
     return f"{dataset}-ei"
 
 
+def ei_source(item_id: str) -> str:
+    """The test question an EI-Test item (``<question id>/<rule>``) was made from: its probes are
+    resampled together by the intervals (``evaluate.stats``: ``clusters``)."""
+    return item_id.rsplit("/", 1)[0]
+
+
+def ei_test_ids(layouts: Sequence[RunLayout], dataset: str) -> set[str]:
+    """The item ids of ``dataset``'s current EI-Test in any of ``layouts`` (the runs a report reads):
+    evaluation files can hold records of an earlier build, which must not be counted."""
+    return {ex.id for layout in layouts for ex in load_ei_test(layout, dataset)}
+
+
 def load_ei_test(layout: RunLayout, dataset: str) -> list[Example]:
     """The EI-Test notebook 01 built for ``dataset`` in this run ([] when it built none)."""
     path = layout.ei_test_dir(dataset) / EI_TEST_FILE
@@ -121,7 +133,9 @@ def load_ei_test(layout: RunLayout, dataset: str) -> list[Example]:
 
 def ei_test_scores(records: Sequence[dict], examples: Sequence[Example]):
     """Accuracy on the EI-Test overall and per rule (``records``: evaluation records, scored
-    ``correct_flexible``; ``examples``: the set, for each item's rule), with 95% Wilson intervals."""
+    ``correct_flexible``; ``examples``: the set, for each item's rule), with 95% Wilson intervals,
+    which take the probes as independent (too narrow: a question's probes err together; Figure 1's
+    intervals resample questions, ``report.figure1``)."""
     rule_of = {ex.id: ex.meta["rule"] for ex in examples}
     rows = []
     scored = [(rule_of[r["id"]], bool(r.get("correct_flexible"))) for r in records if r["id"] in rule_of]

@@ -88,8 +88,9 @@ def evaluate_examples(generator: Generator, examples: Sequence[Example], out_pat
 
 def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example], str | Path]], *,
                     sampling: SamplingConfig, batch_size: int = 32, progress: bool = True,
-                    system_prompt: str | None = None) -> dict[str, list[dict]]:
+                    system_prompt: str | None = None, fresh: bool = False, log=print) -> dict[str, list[dict]]:
     """Several datasets at once: {name: (examples, out_path)} -> {name: records in example order}.
+    A file whose records were asked other prompts is refused (``fresh``: moved aside and redone).
 
     Items of every dataset share batches, longest prompts first (less padding, full batches even for
     small per-dataset subsamples); each record goes to its own dataset's file as its batch finishes
@@ -100,7 +101,7 @@ def evaluate_pooled(generator: Generator, jobs: dict[str, tuple[Sequence[Example
         return generator.render(prompts.messages_for(ex, system_prompt))
 
     for name, (examples, out_path) in jobs.items():
-        done[name] = _rescored(Path(out_path), {ex.id: ex for ex in examples}, rendered)
+        done[name] = _rescored(Path(out_path), {ex.id: ex for ex in examples}, rendered, fresh=fresh, log=log)
         todo += [(name, ex) for ex in examples if ex.id not in done[name]]
     if todo:
         msgs = {(name, ex.id): prompts.messages_for(ex, system_prompt) for name, ex in todo}
@@ -144,14 +145,16 @@ def _prompt_difference(stored: str, wanted: str) -> str:
     return f"first difference at character {i}: stored {stored[i:i + 40]!r}, now {wanted[i:i + 40]!r}"
 
 
-def _rescored(out_path: Path, by_id: dict[str, Example], rendered: Callable[[Example], str]) -> dict[str, dict]:
+def _rescored(out_path: Path, by_id: dict[str, Example], rendered: Callable[[Example], str], *, fresh: bool = False,
+              log=print) -> dict[str, dict]:
     """Finished records, re-scored with the current scorer; the file is rewritten if a score changed.
 
     A record is reused only when its gold answer and its stored prompt equal the dataset's answer and
     the prompt ``rendered`` now (the whole text: a question edited in the data, another system prompt
     or chat template is a different input). Completions are what costs; scores are cheap and must
     always come from the one scorer in ``answers`` (so an improved extractor updates old runs instead
-    of mixing two scorers).
+    of mixing two scorers). ``fresh``: a file holding another input is moved aside (an EI-Test rebuilt
+    from other inputs) and {} returned.
     """
     records = read_log_jsonl(out_path)
     changed = False
@@ -163,6 +166,9 @@ def _rescored(out_path: Path, by_id: dict[str, Example], rendered: Callable[[Exa
         if rec.get("answer") != ex.answer or rec.get("prompt") != prompt:
             what = (f"gold {rec.get('answer')!r} but the dataset now says {ex.answer!r}" if rec.get("answer") != ex.answer
                     else f"another prompt than the one rendered now ({_prompt_difference(rec.get('prompt') or '', prompt)})")
+            if fresh:
+                log(f"[fresh] {out_path}: record {rec['id']} has {what}; moved it aside to {move_aside(out_path)}")
+                return {}
             raise SettingsMismatchError(f"{out_path}: record {rec['id']} has {what}; the data or the prompt changed, "
                                         f"nothing in this file was reused: use another run name, or move {out_path} aside "
                                         "(the kit deletes nothing) and rerun to evaluate again")
@@ -245,7 +251,8 @@ def summary_table(scores: Sequence[DatasetScore], label: str = ""):
 # A whole suite
 
 def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_dir: str | Path, *,
-                   settings: EvalIdentity, batch_size: int = 32, label: str = "", progress: bool = True):
+                   settings: EvalIdentity, batch_size: int = 32, label: str = "", progress: bool = True,
+                   fresh: bool = False):
     """Evaluate several datasets into ``out_dir``; write ``summary.csv``; return the summary table."""
     out_dir = Path(out_dir)
     for name, examples in suites.items():
@@ -256,7 +263,7 @@ def evaluate_suite(generator: Generator, suites: dict[str, list[Example]], out_d
         check_settings(out_dir, settings)
         records = evaluate_pooled(generator, {name: (examples, out_dir / f"{name}.jsonl") for name, examples in suites.items()},
                                   sampling=sampling, batch_size=batch_size, progress=progress,
-                                  system_prompt=settings.system_prompt)
+                                  system_prompt=settings.system_prompt, fresh=fresh)
         scores = [score_records(name, records[name]) for name in suites]
         table = summary_table(scores, label=label)
         atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.2f"))
@@ -282,7 +289,7 @@ def run_evaluation(*, model: str, datasets: Sequence[str], out_dir: str | Path, 
     check_settings(Path(out_dir), settings, fresh=fresh)  # fail before loading a model, not after
     generator = generator or make_generator(model, backend=backend, dtype=dtype)
     return evaluate_suite(generator, suites, out_dir, settings=settings, batch_size=batch_size, label=label,
-                          progress=progress)
+                          progress=progress, fresh=fresh)
 
 
 def resolved_dtype(dtype: str, backend: str) -> str:

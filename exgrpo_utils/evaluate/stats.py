@@ -1,6 +1,10 @@
 """Intervals (Wilson for one accuracy, a mean of accuracies, Student-t over seeds; 95%) and paired
 tests: exact McNemar and a paired bootstrap over items (one model against another, items only), and
-``seed_level_comparison`` (two methods over several trained seeds: the seeds and the items)."""
+``seed_level_comparison`` (two methods over several trained seeds: the seeds and the items).
+
+Items that come in correlated groups (the EI-Test: about ten probes of one test question) are
+resampled by group: ``clusters`` names each item's group, and every bootstrap here then draws groups
+with all their items, so the interval covers the choice of questions, not of probes."""
 from __future__ import annotations
 
 import math
@@ -33,20 +37,6 @@ def mean_interval(ks: Sequence[int], ns: Sequence[int], z: float = 1.959964) -> 
     var = sum(((k + 2) / (n + 4)) * (1 - (k + 2) / (n + 4)) / (n + 4) for k, n in zip(ks, ns)) / len(ns) ** 2
     half = z * math.sqrt(var)
     return (max(0.0, m - half), min(1.0, m + half))
-
-
-def newcombe_difference(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float, float]:
-    """(p1 - p2, low, high): the 95% interval of the difference of two independent proportions from
-    their Wilson intervals (Newcombe's hybrid score method, his method 10).
-
-    >>> tuple(round(x, 4) for x in newcombe_difference(56, 70, 48, 80))  # Newcombe (1998), example (a)
-    (0.2, 0.0524, 0.3339)
-    """
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1)
-    l2, u2 = wilson_interval(k2, n2)
-    d = p1 - p2
-    return (d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
 def t_975(df: int) -> float:
@@ -93,12 +83,79 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _cluster_sums(d: np.ndarray, clusters: Sequence | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: the sum of ``d``'s rows (items; columns: seeds) and the number of items; without
+    ``clusters`` every item is its own group."""
+    if clusters is None:
+        return d, np.ones(len(d))
+    if len(clusters) != len(d):
+        raise ValueError(f"clusters name {len(clusters)} items, the scores hold {len(d)}")
+    index = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
+    rows = np.array([index[c] for c in clusters])
+    sums = np.zeros((len(index),) + d.shape[1:])
+    np.add.at(sums, rows, d)
+    return sums, np.bincount(rows, minlength=len(index)).astype(float)
+
+
+MIN_CLUSTERS = 10  # kit default: a bootstrap over fewer groups (questions) than this gives no interval
+
+
+def _percentiles(boots: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The two order statistics of a sorted bootstrap sample that bound its central ``level``."""
+    cut = int(round((1 - level) / 2 * len(boots)))
+    return float(boots[cut]), float(boots[len(boots) - 1 - cut])
+
+
+def _resampled_means(x: np.ndarray, clusters: Sequence | None, seed_draw: np.ndarray, rng) -> np.ndarray:
+    """Per resample, the mean of ``x`` (items x seeds) of each drawn seed (``seed_draw``: resamples x
+    seeds) over one draw of groups shared by those seeds (they are scored on the same items)."""
+    sums, counts = _cluster_sums(x, clusters)
+    idx = rng.integers(0, len(counts), size=(len(seed_draw), 1, len(counts)))
+    return sums[idx, seed_draw[:, :, None]].sum(axis=2) / counts[idx[:, 0, :]].sum(axis=1)[:, None]
+
+
+def seed_cluster_interval(parts: Sequence[tuple[float, Sequence[Sequence[float]], Sequence | None]], *,
+                          n_boot: int = 2000, seed: int = 0, min_clusters: int = MIN_CLUSTERS) -> dict:
+    """A signed sum of mean accuracies, with an interval that covers seeds, items and questions.
+
+    ``parts``: (sign, scores[i][s], clusters) per scored set: one set for an accuracy, (+1, test set),
+    (-1, EI-Test) for Figure 1's deficit. Per seed s the statistic is sum(sign * mean_i scores[i][s]).
+    The bootstrap draws seeds, then, for each set on its own, its groups (``clusters``: each item's
+    question) or items, one draw shared by the drawn seeds; the ratio of drawn sums to drawn items
+    makes an accuracy over items. Two seeds or more: the Student-t interval over the per-seed values,
+    widened to hold the bootstrap's (never narrower than either); one seed: the bootstrap's, over
+    items and questions only. The sets are resampled independently (a test set and its EI-Test share
+    questions and err together, so for their difference this is conservative). A set with fewer than
+    ``min_clusters`` groups gives NaN bounds: a percentile bootstrap over a handful of questions
+    understates the noise. Returns mean, low, high, seeds, per_seed and ``covers``."""
+    arrays = [(sign, np.asarray(x, dtype=float), c) for sign, x, c in parts]
+    n_seeds = arrays[0][1].shape[1]
+    if any(x.ndim != 2 or x.shape[1] != n_seeds or not len(x) for _, x, _ in arrays):
+        raise ValueError("seed_cluster_interval needs, for every set, items x the same seeds")
+    per_seed = sum(sign * x.mean(axis=0) for sign, x, _ in arrays)
+    mean = float(per_seed.mean())
+    what = ("seeds, " if n_seeds > 1 else "") + ("items and questions" if any(c is not None for *_, c in arrays) else "items")
+    out = {"mean": mean, "seeds": n_seeds, "per_seed": per_seed.tolist(), "covers": what}
+    few = [len(set(c)) for *_, c in arrays if c is not None and len(set(c)) < min_clusters]
+    if few:
+        return {**out, "low": math.nan, "high": math.nan, "covers": f"no interval: {min(few)} questions (fewer than {min_clusters})"}
+    rng = np.random.default_rng(seed)
+    seed_draw = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    boots = np.sort(sum(sign * _resampled_means(x, c, seed_draw, rng).mean(axis=1) for sign, x, c in arrays))
+    low, high = _percentiles(boots)
+    if n_seeds > 1:
+        _, t_low, t_high = seed_interval(per_seed.tolist())
+        low, high = min(low, t_low), max(high, t_high)
+    return {**out, "low": low, "high": high}
+
+
 def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], *, n_boot: int = 2000,
-                     seed: int = 0, z_level: float = 0.95) -> dict:
+                     seed: int = 0, z_level: float = 0.95, clusters: Sequence | None = None) -> dict:
     """Paired bootstrap over items of ``mean(second) - mean(first)``.
 
     ``first[i]`` and ``second[i]`` are item i's scores (0/1) under each method, one per seed (each
-    inner sequence the same length): items are resampled with all their seeds. The interval covers
+    inner sequence the same length): items are resampled with all their seeds (``clusters``: groups
+    of items resampled whole). The interval covers
     the choice of items only, for these trained models: it says nothing of how another training seed
     would do (with several seeds, compare methods with :func:`seed_level_comparison`). Returns the
     observed difference, its ``z_level`` percentile interval and a two-sided p-value (twice the
@@ -109,8 +166,14 @@ def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence
     n = len(d)
     observed = sum(d) / n
     rng = random.Random(seed)
-    boots = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    cut = int((1 - z_level) / 2 * n_boot)  # order statistics symmetric about the middle
+    if clusters is None:
+        boots = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    else:
+        sums, counts = _cluster_sums(np.asarray(d)[:, None], clusters)
+        m = len(counts)
+        draws = [[rng.randrange(m) for _ in range(m)] for _ in range(n_boot)]
+        boots = sorted(float(sums[k, 0].sum() / counts[k].sum()) for k in map(np.asarray, draws))
+    cut = int(round((1 - z_level) / 2 * n_boot))  # order statistics symmetric about the middle
     lo, hi = boots[cut], boots[n_boot - 1 - cut]
     below = sum(x <= 0 for x in boots) / n_boot
     above = sum(x >= 0 for x in boots) / n_boot
@@ -155,7 +218,7 @@ def t_two_sided_p(t: float, df: int) -> float:
 
 
 def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], *, n_boot: int = 2000,
-                          seed: int = 0) -> dict:
+                          seed: int = 0, clusters: Sequence | None = None, min_clusters: int = MIN_CLUSTERS) -> dict:
     """Two methods, each trained with the same seeds and scored on the same items, compared so that
     the interval covers both the training seeds and the items.
 
@@ -165,15 +228,20 @@ def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Seq
     bootstrap's (seeds resampled, then items within each: item noise too), with the larger of the two
     p-values; it is never narrower than the t-interval. Each bootstrap resample draws one set of items
     for all its seeds (the seeds share the items). One seed: the item-level bootstrap, labelled as
-    one model against one. Returns diff, low, high, p, items, seeds, per_seed and ``covers``."""
+    one model against one. ``clusters``: each item's group (an EI-Test probe's test question), resampled
+    whole by both bootstraps; fewer than ``min_clusters`` of them: no interval (NaN). Returns diff, low, high, p, items, seeds, per_seed and ``covers``."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if a.shape != b.shape or a.ndim != 2 or not a.size:
         raise ValueError(f"seed_level_comparison needs the same items and seeds in both: {a.shape} vs {b.shape}")
     per_seed = (b - a).mean(axis=0)
     n_items, n_seeds = a.shape
+    if clusters is not None and len(set(clusters)) < min_clusters:
+        return {"diff": float(per_seed.mean()), "low": math.nan, "high": math.nan, "p": math.nan, "items": n_items,
+                "seeds": n_seeds, "per_seed": per_seed.tolist(),
+                "covers": f"no interval: {len(set(clusters))} questions (fewer than {min_clusters})"}
     if n_seeds < 2:
-        boot = paired_bootstrap(first, second, n_boot=n_boot, seed=seed)
-        return {**boot, "seeds": 1, "per_seed": per_seed.tolist(), "covers": "items (one model each)"}
+        boot = paired_bootstrap(first, second, n_boot=n_boot, seed=seed, clusters=clusters)
+        return {**boot, "seeds": 1, "per_seed": per_seed.tolist(), "covers": _covers("items (one model each)", clusters)}
     mean, t_low, t_high = seed_interval(per_seed.tolist())
     sd = float(per_seed.std(ddof=1))
     p_t = 1.0 if sd == 0 and mean == 0 else t_two_sided_p(mean / (sd / math.sqrt(n_seeds)) if sd else math.inf, n_seeds - 1)
@@ -183,10 +251,12 @@ def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Seq
     # one draw of items per resample, shared by its seeds: every seed is scored on the same items, so
     # an item's advantage for one method is common to all of them (drawing items anew per seed would
     # divide the item variance by the number of seeds)
-    items = rng.integers(0, n_items, size=(n_boot, 1, n_items))
-    boots = np.sort(d[items, seeds[:, :, None]].mean(axis=(1, 2)))
-    cut = int(0.025 * n_boot)
-    b_low, b_high = float(boots[cut]), float(boots[n_boot - 1 - cut])
+    boots = np.sort(_resampled_means(d, clusters, seeds, rng).mean(axis=1))
+    b_low, b_high = _percentiles(boots)
     p_boot = 1.0 if not d.any() else min(1.0, 2 * min(float((boots <= 0).mean()), float((boots >= 0).mean())))
     return {"diff": float(mean), "low": min(t_low, b_low), "high": max(t_high, b_high), "p": max(p_t, p_boot),
-            "items": n_items, "seeds": n_seeds, "per_seed": per_seed.tolist(), "covers": "seeds and items"}
+            "items": n_items, "seeds": n_seeds, "per_seed": per_seed.tolist(), "covers": _covers("seeds and items", clusters)}
+
+
+def _covers(what: str, clusters: Sequence | None) -> str:
+    return what if clusters is None else what.replace("items", "questions (probes resampled with their question)")

@@ -118,7 +118,11 @@ def rl_settings(m: Method, run_rl: ExGRPOSettings, seed: int) -> ExGRPOSettings:
     """An RL method's settings: the run's ExGRPO settings at ``seed`` in the method's mode (ExGRPO or
     plain GRPO), with Eq. 8's aux SFT loss on (the run's lambda) or off, Eq. 5-6's bonus on (the run's
     delta) or off (delta 0: the same dialogues and aux loss without it), and the method's policy on
-    answer-revealing probes (the run's when it has none)."""
+    answer-revealing probes (the run's when it has none). A run-level delta of 0 is refused for an
+    ExGRPO method with the bonus: its row would be the no-bonus run under the ExGRPO label."""
+    if m.mode == "exgrpo" and m.dsu and run_rl.delta <= 0:
+        raise ValueError(f"{m.key}: rl_delta is {run_rl.delta}, but this method's row is ExGRPO with the DSU bonus "
+                         "(Eq. 5: delta > 0); the run without it is the method exgrpo-nobonus")
     return replace(run_rl, seed=seed, mode=m.mode, aux_lambda=run_rl.aux_lambda if m.aux else 0.0,
                    delta=run_rl.delta if m.dsu else 0.0, revealing_probes=m.revealing_probes or run_rl.revealing_probes)
 

@@ -1,17 +1,17 @@
 """The paper's Figure 1 from the records: each model's accuracy on a task's test set beside its
 accuracy on the task's EI-Test (``evaluate.ei_test``), and the deficit between the two.
 
-Per method and seed, the deficit is accuracy(test set) - accuracy(EI-Test) of one trained model.
-With two seeds or more its interval is the Student-t interval over the seeds (it covers training
-noise; the two sets are fixed); with one seed, Newcombe's interval for two independent proportions
-(the sets hold other items), which covers the items only. A deficit that shrinks from zero-shot to a
-method trained on probes is what EI training is meant to do.
-
-Known limit: the EI-Test's probes come about ten to a test question, and the probes of one question
-are correlated, while the Wilson and Newcombe intervals (and the item bootstrap of the paired
-comparisons on ``<task>-ei``) treat them as independent items, so those intervals are too narrow; the
-EI questions are also among the test set's. A bootstrap that resamples test questions with their
-probes is the fix, not yet built. Intervals over seeds are not affected.
+Per method, the deficit is accuracy(test set) - accuracy(EI-Test), averaged over its seeds. Both the
+EI-Test accuracy and the deficit come from the evaluation records item by item, with
+``evaluate.stats.seed_cluster_interval``: two seeds or more, the Student-t interval over seeds widened
+to a bootstrap over seeds, test items and EI questions; one model (zero-shot, or one seed), the
+bootstrap over items and questions only. The probes of one test question (about ten) are correlated,
+so they are always resampled together, never one by one; with fewer than ``stats.MIN_CLUSTERS``
+questions there is no interval. The two sets are resampled independently although they share
+questions (conservative for the deficit). Only the EI-Test items the run's current set holds are
+read (records of an earlier build are ignored). The teacher is not scored: the EI-Test's gold answers
+are its own (docs/method.md, EI-Test). A deficit that shrinks from zero-shot to a method trained on
+probes is what EI training is meant to do.
 """
 from __future__ import annotations
 
@@ -20,56 +20,65 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..evaluate.ei_test import ei_test_name
-from ..evaluate.stats import newcombe_difference, seed_interval
+from ..evaluate.ei_test import ei_source, ei_test_ids, ei_test_name
+from ..evaluate.stats import seed_cluster_interval
 from ..experiments.methods import METHODS
-from .paper_tables import cell_stats, fmt, tasks_of
+from ..infra.layout import RunLayout
+from .paper_tables import cell_stats, fmt, item_scores, tasks_of
 
 FIGURE1_KEYS = ("zero-shot", "skd", "sft", "sft-grpo", "exgrpo-nobonus", "exgrpo")
 
 
-def _per_seed(df, key: str, task: str) -> pd.DataFrame:
-    """Per seed of ``key`` trained on ``task``: accuracy, n and correct on the test set and the EI-Test."""
-    sets = (task, ei_test_name(task))
-    ok = df[(df["key"] == key) & (df["status"] == "ok") & (df["eval"] == "task") & (df["train_dataset"] == task)
-            & (df["dataset"].isin(sets))]
-    rows = []
-    for seed, g in ok.groupby("seed"):
-        by = g.set_index("dataset")
-        if all(s in by.index for s in sets):
-            rows.append({"seed": seed, **{f"{k}:{s}": by.loc[s, k] for s in sets for k in ("accuracy", "n", "correct")}})
-    return pd.DataFrame(rows)
-
-
-def deficit_stats(df, key: str, task: str) -> dict:
-    """The deficit of ``key`` on ``task`` (points): mean, interval, seeds and what the interval covers."""
-    seeds = _per_seed(df, key, task)
+def _items(layouts, df, key: str, task: str):
+    """``key``'s scores on the test set and on the EI-Test, items x seeds (the seeds that hold both,
+    the items every one of them scored; EI items of the run's current set only), and each EI item's
+    question; None when no seed holds both."""
     ei = ei_test_name(task)
-    if seeds.empty:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "covers": ""}
-    diffs = (seeds[f"accuracy:{task}"] - seeds[f"accuracy:{ei}"]).tolist()
-    if len(diffs) >= 2:
-        mean, low, high = seed_interval(diffs)
-        return {"mean": mean, "low": low, "high": high, "seeds": len(diffs), "covers": "seeds"}
-    r = seeds.iloc[0]
-    d, low, high = newcombe_difference(int(r[f"correct:{task}"]), int(r[f"n:{task}"]), int(r[f"correct:{ei}"]),
-                                       int(r[f"n:{ei}"]))
-    return {"mean": 100 * d, "low": 100 * low, "high": 100 * high, "seeds": 1, "covers": "items (one model)"}
+    on_test, on_ei = item_scores(layouts, df, key, task, task), item_scores(layouts, df, key, task, ei)
+    seeds = sorted(on_test.keys() & on_ei.keys())
+    if not seeds:
+        return None
+    current = ei_test_ids(layouts, task)
+    test_ids = sorted(set.intersection(*(set(on_test[s]) for s in seeds)))
+    ei_ids = sorted(set.intersection(*(set(on_ei[s]) for s in seeds)) & current)
+    if not test_ids or not ei_ids:
+        return None
+    return ([[on_test[s][i][0] for s in seeds] for i in test_ids], [[on_ei[s][i][0] for s in seeds] for i in ei_ids],
+            [ei_source(i) for i in ei_ids])
 
 
-def ei_test_table(df, keys: Sequence[str] = FIGURE1_KEYS):
+def _interval(stats: dict) -> dict:
+    """``seed_cluster_interval``'s result in points, as ``cell_stats`` gives a cell."""
+    return {"mean": 100 * stats["mean"], "low": 100 * stats["low"], "high": 100 * stats["high"],
+            "seeds": stats["seeds"], "covers": stats["covers"]}
+
+
+def deficit_and_ei(layouts, df, key: str, task: str) -> tuple[dict, dict]:
+    """(deficit, EI-Test accuracy) of ``key`` on ``task`` in points, each with its interval, seeds
+    and what the interval covers; seeds 0 when the records hold no item of both sets."""
+    scored = _items(layouts, df, key, task)
+    if scored is None:
+        none = {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "covers": ""}
+        return none, none
+    on_test, on_ei, questions = scored
+    deficit = seed_cluster_interval([(1.0, on_test, None), (-1.0, on_ei, questions)])
+    return _interval(deficit), _interval(seed_cluster_interval([(1.0, on_ei, questions)]))
+
+
+def ei_test_table(df, layouts: Sequence[RunLayout], keys: Sequence[str] = FIGURE1_KEYS):
     """Figure 1's table: per task with an EI-Test and per method that has it, the test set and EI-Test
-    accuracies (``cell_stats``: mean [interval] over seeds) and the deficit with its interval."""
+    accuracies (the test set's as the tables give it, ``cell_stats``; the EI-Test's by question,
+    ``deficit_and_ei``) and the deficit with its interval."""
     rows = []
     for task in tasks_of(df):
         ei = ei_test_name(task)
         if not (df["dataset"] == ei).any():
             continue
         for key in keys:
-            original, on_ei = cell_stats(df, key, task, "task", task), cell_stats(df, key, ei, "task", task)
+            original = cell_stats(df, key, task, "task", task)
+            d, on_ei = deficit_and_ei(layouts, df, key, task)
             if not on_ei["seeds"]:
                 continue
-            d = deficit_stats(df, key, task)
             rows.append({"train_dataset": task, "method": METHODS[key].label, "key": key, "test set": fmt(original),
                          "EI-Test": fmt(on_ei), "deficit": f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]",
                          "interval covers": d["covers"], "seeds": d["seeds"], "original": original, "ei": on_ei,
@@ -91,8 +100,10 @@ def table_markdown(table) -> str:
     cols = ["train_dataset", "method", "test set", "EI-Test", "deficit", "interval covers"]
     if table.empty:
         return "No EI-Test in these results (set ei_test_items > 0 for notebook 01).\n"
-    note = ("\nOne model's intervals treat the EI-Test's probes (about ten per test question) as independent "
-            "items: too narrow. Intervals over seeds are not affected.\n")
+    note = ("\nEI-Test and deficit intervals: with two seeds or more the Student-t interval over seeds widened to a "
+            "bootstrap over seeds, test items and EI questions; for one model the bootstrap over items and questions. "
+            "An EI question's probes are resampled together. The teacher is not scored: the EI-Test's gold answers are "
+            "its own.\n")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in table.to_dict("records")]
     return "\n".join(lines) + "\n" + note

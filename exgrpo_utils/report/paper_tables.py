@@ -22,7 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..data.datasets import DATASETS, HELD_IN, OOD, task_eval_sets
-from ..evaluate.ei_test import ei_test_name
+from ..evaluate.ei_test import ei_source, ei_test_ids, ei_test_name
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact, mean_interval, seed_interval, seed_level_comparison, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
@@ -238,7 +238,8 @@ def item_scores(layouts: Sequence[RunLayout], df, key: str, task: str, dataset: 
     """Per seed, each test item's (score, prompt) (score 1 right, 0 wrong) of method ``key`` trained on
     ``task`` on ``dataset``, read from the evaluation records of the run whose record ``df`` kept."""
     by_name = {lay.name: lay for lay in layouts}
-    rows = df[(df["key"] == key) & (df["train_dataset"] == task) & (df["eval"] == "task") & (df["dataset"] == dataset)]
+    rows = df[(df["key"] == key) & (df["train_dataset"] == task) & (df["eval"] == "task") & (df["dataset"] == dataset)
+              & (df["status"] == "ok")]
     out: dict[int, dict[str, tuple[int, str]]] = {}
     for r in rows.itertuples():
         path = by_name[r.run].task_eval_dir(r.run_id) / f"{dataset}.jsonl"
@@ -255,9 +256,9 @@ def paired_comparisons(layouts: Sequence[RunLayout], pairs=PAIRED, datasets: Seq
     the same prompt: the accuracy difference with its 95% interval and p-value from
     ``evaluate.stats.seed_level_comparison`` (two seeds or more: over seeds and items; one seed: over
     items only, one model against one, and said so in ``interval covers``; zero-shot, untrained,
-    stands beside every seed of the other method), each seed's difference,
-    and the exact McNemar test on the first common seed's items (one pair per item). The verdict needs
-    the interval to exclude zero and p < ``alpha`` (with one seed, McNemar's p too)."""
+    stands beside every seed of the other method), each seed's difference, and the exact McNemar test on
+    the first common seed's items (not on an EI-Test, whose probes are resampled by question). The
+    verdict needs the interval to exclude zero and p < ``alpha`` (one seed: McNemar's p too)."""
     df = load_records(layouts)
     rows = []
     for task in tasks_of(df):
@@ -285,31 +286,34 @@ def _compare(layouts, df, a: str, b: str, task: str, ds: str, alpha: float) -> d
     row = {"method": METHODS[a].label, "baseline": METHODS[b].label, "train_dataset": task, "dataset": ds,
            "seeds": len(seeds)}
     items = sorted(set.intersection(*(set(sa[s]) & set(sb[s]) for s in seeds))) if seeds else []
+    clustered = ds == ei_test_name(task)  # the EI-Test: about ten probes per test question, resampled together
+    if clustered:  # the run's current EI-Test only (a file can hold an earlier build's records)
+        items = sorted(set(items) & ei_test_ids(layouts, task))
     if not items:
         return {**row, "items": 0, "verdict": "not run in these results"}
     if any(sa[s][i][1] != sb[s][i][1] for s in seeds for i in items):
         return {**row, "items": 0, "verdict": "not comparable: the items were asked with other prompts"}
     first = [[sb[s][i][0] for s in seeds] for i in items]
     second = [[sa[s][i][0] for s in seeds] for i in items]
-    cmp = seed_level_comparison(first, second)
+    cmp = seed_level_comparison(first, second, clusters=[ei_source(i) for i in items] if clustered else None)
     only_a = sum(x[0] and not y[0] for x, y in zip(second, first))
     only_b = sum(y[0] and not x[0] for x, y in zip(second, first))
     n = len(items) * len(seeds)
-    p_mcnemar = mcnemar_exact(only_a, only_b)
-    shown = cmp["p"] < alpha and (len(seeds) > 1 or p_mcnemar < alpha)
+    p_mcnemar = math.nan if clustered else mcnemar_exact(only_a, only_b)  # McNemar takes pairs as independent
+    shown = cmp["p"] < alpha and (len(seeds) > 1 or clustered or p_mcnemar < alpha)
     better, worse = shown and cmp["low"] > 0, shown and cmp["high"] < 0
+    verdict = "method better" if better else ("baseline better" if worse else "no difference shown")
     return {**row, "items": len(items), "method %": 100 * sum(map(sum, second)) / n,
             "baseline %": 100 * sum(map(sum, first)) / n, "difference": 100 * cmp["diff"],
             "low": 100 * cmp["low"], "high": 100 * cmp["high"], "p": cmp["p"], "interval covers": cmp["covers"],
             "per-seed differences": " ".join(f"{100 * d:+.1f}" for d in cmp["per_seed"]),
             "only method right": only_a, "only baseline right": only_b, "McNemar seed": seeds[0],
-            "McNemar p": p_mcnemar,
-            "verdict": "method better" if better else ("baseline better" if worse else "no difference shown")}
+            "McNemar p": p_mcnemar, "verdict": cmp["covers"] if math.isnan(cmp["p"]) else verdict}
 
 
 def _fmt_p(p: float) -> str:
     """A p-value for the table; a bootstrap p of 0 means below the resolution of the resamples."""
-    return "< 0.001" if p == 0 else f"{p:.3g}"
+    return "n/a" if math.isnan(p) else ("< 0.001" if p == 0 else f"{p:.3g}")
 
 
 def comparisons_markdown(table) -> str:
@@ -322,7 +326,8 @@ def comparisons_markdown(table) -> str:
                          f"{r['verdict']} |")
             continue
         lines.append(f"| {r['method']} | {r['baseline']} | {r['dataset']} | {r['seeds']} | {r['items']} | "
-                     f"{r['method %']:.1f} | {r['baseline %']:.1f} | {r['difference']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}] | "
+                     f"{r['method %']:.1f} | {r['baseline %']:.1f} | {r['difference']:+.1f} " + ("[n/a]" if math.isnan(r["low"]) else
+                     f"[{r['low']:+.1f}, {r['high']:+.1f}]") + " | "
                      f"{r['interval covers']} | {r['per-seed differences']} | {_fmt_p(r['p'])} | {_fmt_p(r['McNemar p'])} | "
                      f"{r['verdict']} |")
     return "\n".join(lines) + "\n"

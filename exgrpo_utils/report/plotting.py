@@ -157,7 +157,8 @@ def training_curves(log, columns: dict[str, str], title: str = "", smooth: int =
 
 def figure1_ei_test(points, title: str = "Figure 1: accuracy on the test set and on its EI-Test"):
     """Per model, its accuracy on the original test questions beside its accuracy on the EI-Test
-    (``report.figure1.figure1_points``), with 95% intervals."""
+    (``report.figure1.figure1_points``), with 95% intervals; a bar without one (too few EI questions)
+    is hatched and drawn without an error bar."""
     plt = _plt()
     models = list(dict.fromkeys(points["model"])) if len(points) else []
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(models) + 1.5), 3.5))
@@ -166,7 +167,9 @@ def figure1_ei_test(points, title: str = "Figure 1: accuracy on the test set and
         grp = points[points["set"] == name].set_index("model").reindex(models)
         xs = [i + (j - 0.5) * width for i in range(len(models))]
         err = [(grp["accuracy"] - grp["low"]).clip(lower=0).fillna(0), (grp["high"] - grp["accuracy"]).clip(lower=0).fillna(0)]
-        ax.bar(xs, grp["accuracy"], width, yerr=err, capsize=3, label=name)
+        bars = ax.bar(xs, grp["accuracy"], width, yerr=err, capsize=3, label=name)
+        for bar, missing in zip(bars, grp["low"].isna()):
+            bar.set_hatch("//" if missing else None)
     ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")
     if models:

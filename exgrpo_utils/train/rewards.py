@@ -82,6 +82,9 @@ def step_advantages(rewards: Sequence[float], groups: Sequence[Sequence[int]], s
     """The advantages TRL gives one step's rollouts (``groups``: the indices of each question's
     rollouts): the reward minus its group's mean, divided by the group's standard deviation
     (``scaling`` "group", Eq. 7), by the whole step's ("batch"), or not divided ("none"); + ``eps``.
+    It recomputes them for the bonus-effect log from this process's rollouts: under "batch" with
+    several processes TRL divides by the standard deviation over all of them, so the logged change is
+    then this process's view.
 
     >>> [round(a, 3) for a in step_advantages([1.5, 0, 0, 0, 1, 0, 0, 0], [[0, 1, 2, 3], [4, 5, 6, 7]])]
     [1.5, -0.5, -0.5, -0.5, 1.5, -0.5, -0.5, -0.5]
