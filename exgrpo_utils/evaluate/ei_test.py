@@ -134,7 +134,7 @@ def load_ei_test(layout: RunLayout, dataset: str) -> list[Example]:
 def ei_test_scores(records: Sequence[dict], examples: Sequence[Example]):
     """Accuracy on the EI-Test overall and per rule (``records``: evaluation records, scored
     ``correct_flexible``; ``examples``: the set, for each item's rule), with 95% Wilson intervals,
-    which take the probes as independent (too narrow: a question's probes err together; Figure 1's
+    which take the probes as independent (a question's probes can err together; Figure 1's
     intervals resample questions, ``report.figure1``)."""
     rule_of = {ex.id: ex.meta["rule"] for ex in examples}
     rows = []
