@@ -100,6 +100,12 @@ def _cluster_sums(d: np.ndarray, clusters: Sequence | None) -> tuple[np.ndarray,
 MIN_CLUSTERS = 10  # kit default: a bootstrap over fewer groups (questions) than this gives no interval
 
 
+def _too_few(clusters: Sequence | None, min_clusters: int) -> str | None:
+    """What ``covers`` says when ``clusters`` name too few groups for a bootstrap; None otherwise."""
+    k = len(set(clusters)) if clusters is not None else min_clusters
+    return f"no interval: {k} questions (fewer than {min_clusters})" if k < min_clusters else None
+
+
 def _percentiles(boots: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The two order statistics of a sorted bootstrap sample that bound its central ``level``."""
     cut = int(round((1 - level) / 2 * len(boots)))
@@ -136,9 +142,9 @@ def seed_cluster_interval(parts: Sequence[tuple[float, Sequence[Sequence[float]]
     mean = float(per_seed.mean())
     what = ("seeds, " if n_seeds > 1 else "") + ("items and questions" if any(c is not None for *_, c in arrays) else "items")
     out = {"mean": mean, "seeds": n_seeds, "per_seed": per_seed.tolist(), "covers": what}
-    few = [len(set(c)) for *_, c in arrays if c is not None and len(set(c)) < min_clusters]
-    if few:
-        return {**out, "low": math.nan, "high": math.nan, "covers": f"no interval: {min(few)} questions (fewer than {min_clusters})"}
+    fewest = min((c for *_, c in arrays if c is not None), key=lambda c: len(set(c)), default=None)
+    if few := _too_few(fewest, min_clusters):
+        return {**out, "low": math.nan, "high": math.nan, "covers": few}
     rng = np.random.default_rng(seed)
     seed_draw = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
     boots = np.sort(sum(sign * _resampled_means(x, c, seed_draw, rng).mean(axis=1) for sign, x, c in arrays))
@@ -173,8 +179,7 @@ def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence
         m = len(counts)
         draws = [[rng.randrange(m) for _ in range(m)] for _ in range(n_boot)]
         boots = sorted(float(sums[k, 0].sum() / counts[k].sum()) for k in map(np.asarray, draws))
-    cut = int(round((1 - z_level) / 2 * n_boot))  # order statistics symmetric about the middle
-    lo, hi = boots[cut], boots[n_boot - 1 - cut]
+    lo, hi = _percentiles(boots, z_level)  # order statistics symmetric about the middle
     below = sum(x <= 0 for x in boots) / n_boot
     above = sum(x >= 0 for x in boots) / n_boot
     p = 1.0 if observed == 0 and all(x == 0 for x in d) else min(1.0, 2 * min(below, above))
@@ -235,10 +240,9 @@ def seed_level_comparison(first: Sequence[Sequence[float]], second: Sequence[Seq
         raise ValueError(f"seed_level_comparison needs the same items and seeds in both: {a.shape} vs {b.shape}")
     per_seed = (b - a).mean(axis=0)
     n_items, n_seeds = a.shape
-    if clusters is not None and len(set(clusters)) < min_clusters:
+    if few := _too_few(clusters, min_clusters):
         return {"diff": float(per_seed.mean()), "low": math.nan, "high": math.nan, "p": math.nan, "items": n_items,
-                "seeds": n_seeds, "per_seed": per_seed.tolist(),
-                "covers": f"no interval: {len(set(clusters))} questions (fewer than {min_clusters})"}
+                "seeds": n_seeds, "per_seed": per_seed.tolist(), "covers": few}
     if n_seeds < 2:
         boot = paired_bootstrap(first, second, n_boot=n_boot, seed=seed, clusters=clusters)
         return {**boot, "seeds": 1, "per_seed": per_seed.tolist(), "covers": _covers("items (one model each)", clusters)}
