@@ -6,6 +6,7 @@ vLLM itself needs a GPU; the stand-in below is TRL's ``VLLMGeneration`` class wi
 ``sync_weights`` and ``_iter_named_params`` left as they are, a fake ``llm`` whose model receives the
 synced tensors by name, and a ``generate`` that samples from those tensors and reports each sampled
 token's processed log-probability (after temperature) in vLLM's shape."""
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -197,3 +198,143 @@ def test_the_aux_batch_comes_back_with_the_rollout(tiny_student, arith_probe_rec
     for d in trainer._aux_batch:
         target = [t for t, m in zip(d.completion_ids, d.mask) if m]
         assert layout.tok.decode(target, skip_special_tokens=True).strip() in responses
+
+
+# --- evaluation through vLLM (models.generation.VLLMGenerator) -------------------------------------
+
+class _StandInSamplingParams:
+    """``vllm.SamplingParams`` with the keyword arguments the kit passes."""
+
+    def __init__(self, *, max_tokens, temperature, top_p, seed, stop_token_ids):
+        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.seed, self.stop_token_ids = seed, list(stop_token_ids)
+
+
+class _StandInLLM:
+    """``vllm.LLM`` as the kit uses it: built from a folder that holds a plain checkpoint (vLLM reads
+    its config.json; a PEFT adapter folder has none and is refused, as vLLM refuses it),
+    ``get_tokenizer()``, and ``generate(prompts, params, use_tqdm=...)`` returning one request output
+    per prompt whose ``outputs[0]`` has ``text`` (special tokens skipped), ``token_ids`` (the stop
+    token included) and ``finish_reason`` ("stop" or "length"). Greedy only (the evaluations)."""
+
+    built: list = []
+
+    def __init__(self, model, dtype="auto", gpu_memory_utilization=0.9, tensor_parallel_size=1, max_model_len=None):
+        from pathlib import Path
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (Path(model) / "config.json").exists():
+            raise ValueError(f"Invalid repository ID or local directory specified: '{model}'")
+        self.path = model
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+        self.tok = AutoTokenizer.from_pretrained(model)
+        _StandInLLM.built.append(self)
+
+    def get_tokenizer(self):
+        return self.tok
+
+    @torch.no_grad()
+    def generate(self, prompts, params, use_tqdm=True):
+        assert isinstance(prompts, list) and params.temperature == 0
+        outs = []
+        for prompt in prompts:
+            ids, new, finish = self.tok(prompt, add_special_tokens=False)["input_ids"], [], "length"
+            for _ in range(params.max_tokens):
+                new.append(int(self.model(torch.tensor([ids + new])).logits[0, -1].argmax()))
+                if new[-1] in params.stop_token_ids:
+                    finish = "stop"
+                    break
+            text = self.tok.decode(new, skip_special_tokens=True)
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=new, finish_reason=finish)]))
+        return outs
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    import sys
+
+    _StandInLLM.built.clear()
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=_StandInLLM, SamplingParams=_StandInSamplingParams))
+    return _StandInLLM.built
+
+
+def _adapter(base: str, out, seed: int) -> str:
+    """A LoRA adapter on ``base`` with random (nonzero) A and B: merged, it is another model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return str(out)
+
+
+_BATCH = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Is the sky green? Answer yes or no."}]]
+
+
+def test_vllm_evaluates_a_trained_adapter_through_a_merged_checkpoint_made_once(tiny_student, stand_in_vllm, tmp_path,
+                                                                                monkeypatch):
+    from pathlib import Path
+
+    from exgrpo_utils.models import generation, registry
+
+    monkeypatch.setenv("EXGRPO_CACHE_DIR", str(tmp_path / "cache"))
+    adapter = _adapter(tiny_student, tmp_path / "final", seed=0)
+    greedy = generation.SamplingConfig(max_new_tokens=8)
+    reference = generation.TransformersGenerator.from_pretrained(adapter, dtype="float32", device="cpu").generate(_BATCH, greedy)
+    base = generation.TransformersGenerator.from_pretrained(tiny_student, dtype="float32", device="cpu").generate(_BATCH, greedy)
+    assert reference != base  # the adapter changes the model
+
+    vllm = generation.make_generator(adapter, backend="vllm", dtype="float32")
+    assert vllm.generate(_BATCH, greedy) == reference
+    merged = Path(stand_in_vllm[-1].path)
+    assert merged.parent == tmp_path / "cache" / "merged" and (merged / "exgrpo_merge.json").exists()
+    assert not (merged / "adapter_config.json").exists()
+
+    with monkeypatch.context() as m:
+        m.setattr(registry, "load_model", lambda *a, **k: pytest.fail("merged again"))
+        assert registry.serving_checkpoint(adapter, dtype="float32") == str(merged)  # the cached merge, not redone
+
+    retrained = _adapter(tiny_student, tmp_path / "final", seed=1)  # same folder, other weights
+    assert registry.serving_checkpoint(retrained, dtype="float32") != str(merged)
+    assert sorted(p.name for p in (tmp_path / "cache" / "merged").iterdir()) == sorted(
+        [merged.name, Path(registry.serving_checkpoint(retrained, dtype="float32")).name])  # no temporary folder left
+
+
+def test_vllm_loads_full_checkpoints_and_registry_models_as_they_are(tiny_student, stand_in_vllm):
+    from exgrpo_utils.models import generation
+
+    gen = generation.make_generator(tiny_student, backend="vllm", dtype="float32")
+    assert stand_in_vllm[-1].path == tiny_student
+    greedy = generation.SamplingConfig(max_new_tokens=6)
+    expected = generation.TransformersGenerator.from_pretrained(tiny_student, dtype="float32", device="cpu").generate(_BATCH, greedy)
+    assert gen.generate(_BATCH, greedy) == expected
+
+
+def test_vllm_is_handed_the_converted_registry_student(student_path, stand_in_vllm):
+    from exgrpo_utils.models import generation
+
+    generation.make_generator("smollm2-135m-instruct", backend="vllm", dtype="float32")
+    assert stand_in_vllm[-1].path == student_path
+
+
+def test_an_evaluation_of_a_trained_adapter_with_backend_vllm_matches_the_fast_engine(tiny_student, stand_in_vllm,
+                                                                                      tmp_path, monkeypatch):
+    from exgrpo_utils.evaluate.evaluation import run_evaluation
+
+    monkeypatch.setenv("EXGRPO_CACHE_DIR", str(tmp_path / "cache"))
+    adapter = _adapter(tiny_student, tmp_path / "final", seed=0)
+    kw = dict(model=adapter, datasets=["arith"], limit_per_dataset=3, max_new_tokens=6, dtype="float32", progress=False)
+    fast = run_evaluation(out_dir=tmp_path / "fast", backend="fast", **kw)
+    vllm = run_evaluation(out_dir=tmp_path / "vllm", backend="vllm", **kw)
+    assert stand_in_vllm and "merged" in stand_in_vllm[-1].path
+    records = [[json.loads(x) for x in (tmp_path / b / "arith.jsonl").read_text().splitlines()] for b in ("fast", "vllm")]
+    assert [r["completion"] for r in records[0]] == [r["completion"] for r in records[1]] and len(records[0]) == 3
+    assert list(fast["accuracy"]) == list(vllm["accuracy"])

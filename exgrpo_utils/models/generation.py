@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from .engine import SlotEngine, single_turn
-from .registry import ensure_local, load_model
+from .registry import load_model, serving_checkpoint
 
 # torch, vllm are imported inside the functions that use them (heavy, or needed only on some paths).
 
@@ -161,8 +161,12 @@ class FastGenerator(TransformersGenerator):
         return [self._completion(row) for row in rows]
 
 
-class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm extra
-    """vLLM offline engine (GPU only). Install the ``gpu`` extra; TRL 1.16 accepts vLLM 0.22-0.31."""
+class VLLMGenerator:
+    """vLLM offline engine (GPU only). Install the ``gpu`` extra; TRL 1.16 accepts vLLM 0.22-0.31.
+
+    vLLM loads plain checkpoints: a trained LoRA adapter is merged once into its base and cached
+    (``registry.serving_checkpoint``); registry models and full checkpoints are loaded as they are.
+    ``tests/test_vllm_path.py`` drives this class on CPU through a stand-in for ``vllm.LLM``."""
 
     def __init__(self, name_or_path: str, *, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
                  tensor_parallel_size: int = 1, max_model_len: int | None = None):
@@ -173,7 +177,7 @@ class VLLMGenerator:  # pragma: no cover - needs a GPU and the optional vllm ext
                               "(vllm>=0.22,<=0.31, CUDA only)") from exc
 
         self.name = name_or_path
-        self.llm = LLM(model=ensure_local(name_or_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+        self.llm = LLM(model=serving_checkpoint(name_or_path, dtype=dtype), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
         self.tokenizer = self.llm.get_tokenizer()
         self.stop_ids = turn_stop_ids(self.tokenizer)

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..infra.fingerprint import files_digest, weights_digest
+from ..infra.fingerprint import digest, files_digest, weights_digest
 from ..infra.paths import cache_dir, resolve, results_root
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -214,6 +214,44 @@ def load_model(name_or_path: str, *, dtype: str = "auto", device: str | None = N
     if not for_training:
         model.eval()
     return model, tok
+
+
+def serving_checkpoint(name_or_path: str, *, dtype: str = "auto") -> str:
+    """A folder that an engine without PEFT support (vLLM) loads as a plain checkpoint.
+
+    A registry name, a hub id or a full checkpoint is returned as ``ensure_local`` gives it. A PEFT
+    adapter folder (``train/<method>/final``: no ``config.json``) is merged once into its base model
+    and saved, with the adapter's tokenizer, under ``<cache>/merged/<key>``; ``key`` is a digest of
+    the adapter's and the base's identities (by content, ``model_identity``) and of the dtype, so a
+    retrained adapter or another base gets a new folder and an unchanged one is merged only once. The
+    folder is written under a temporary name and renamed when complete (``exgrpo_merge.json`` inside
+    says what it was made from). ``dtype``: the merged weights' dtype ("auto": ``pick_dtype`` on
+    this machine's device)."""
+    source = ensure_local(name_or_path)
+    if not (Path(source) / "adapter_config.json").exists():
+        return source
+    torch_dtype = pick_dtype(dtype, default_device())
+    made_from = {"adapter": model_identity(source), "base": model_identity(ensure_local(adapter_base(source))),
+                 "dtype": str(torch_dtype).removeprefix("torch.")}
+    target = cache_dir() / "merged" / digest(made_from)
+    if (target / "exgrpo_merge.json").exists():
+        return str(target)
+    model, tok = load_model(source, dtype=made_from["dtype"], device="cpu")  # merged (merge_and_unload)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "exgrpo_merge.json").write_text(json.dumps({**made_from, "source": str(source)}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same merge first: keep its folder
+            if not (target / "exgrpo_merge.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
 
 
 # What a converted checkpoint computes with: its weights, architecture, tokenizer and chat template.
