@@ -9,13 +9,17 @@ It resolves the same parameters as notebooks 02 (``sft``) and 03 (``exgrpo``) an
 library functions, writing the same folders (``RunLayout``); the notebooks remain the place for the
 before/after evaluations and plots. With several processes each one must hold whole rollout groups
 (the DSU bonus compares the Scenario A and B rollouts of a question): the per-device batch is
-G x ``rl_questions_per_step``. This path is configured but has not been run in the kit's CI, which
-has no GPU.
+G x ``rl_questions_per_step``, and a step's questions are split between the processes (each rolled
+out on one; ``train/exgrpo/question_visits.jsonl`` lists them by process). One process writes
+(the fingerprint, the log, the summary, the merged SFT start). ``tests/test_distributed.py`` runs it
+for real with two processes on CPU (``configs/accelerate/cpu_two_processes.yaml``: torchrun, gloo) on
+a tiny model, against the same training in one process; no GPU run is in the kit's CI.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import for_notebook, load_preset, parse_overrides, resolve
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         params = stage_params(args.stage, args.preset, args.set, args.run_name)
     except (SettingsError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(json.dumps(train_stage(args.stage, params), indent=2, default=str))
+    summary = train_stage(args.stage, params)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every process returns it; one prints
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

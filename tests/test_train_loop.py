@@ -1,5 +1,6 @@
 """The one train-and-save path every trainer uses, with a stand-in trainer (no model)."""
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +19,22 @@ class FakeState:
     log_history: list = field(default_factory=list)
     epoch: float = 0.0
     num_input_tokens_seen: int = 0
+    is_world_process_zero: bool = True
+
+
+class FakeAccelerator:
+    at_barrier = None  # what the other processes do while this one waits (a test sets it)
+
+    def wait_for_everyone(self):
+        if FakeAccelerator.at_barrier:
+            FakeAccelerator.at_barrier()
 
 
 class FakeTrainer:
     def __init__(self, steps):
-        self.steps, self.state, self.callbacks, self.trained = steps, FakeState(), [], 0
+        self.steps, self.callbacks, self.trained = steps, [], 0
+        self.state = FakeState(is_world_process_zero=os.environ.get("RANK", "0") == "0")
+        self.accelerator = FakeAccelerator()
 
     def add_callback(self, cb):
         self.callbacks.append(cb)
@@ -164,9 +176,14 @@ def test_other_processes_of_a_distributed_launch_neither_lock_nor_stamp(tmp_path
 
     out = tmp_path / "train" / "sft"
     monkeypatch.setenv("RANK", "1")
+    written_by_main = {"steps": 3, "by": "process 0"}
+    monkeypatch.setattr(FakeAccelerator, "at_barrier", staticmethod(
+        lambda: (out / "sft_summary.json").write_text(json.dumps(written_by_main))))
     with folder_lock(out, "training"):  # held by process 0
         summary = train_and_save(build=_builder([]), **_kw(tmp_path))
-    assert summary["steps"] == 3 and not (out / "fingerprint.json").exists()
+    assert summary == written_by_main  # the main process's summary, read after the barrier
+    assert not (out / "fingerprint.json").exists() and not (out / "train_log.jsonl").exists()
+    assert not (out / "final" / "tok").exists()  # the tokenizer is saved by the main process only
 
 
 def test_rl_of_seed_k_starts_from_the_warm_up_of_seed_k(tmp_path, monkeypatch):
@@ -241,14 +258,14 @@ def test_a_resumed_call_logs_the_whole_runs_token_count_and_loss(tmp_path):
 
     path = tmp_path / "train_log.jsonl"
     first = JsonlLogCallback(path)
-    first.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    first.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=True), None)
     for step, (loss, tokens) in enumerate([(2.0, 700), (1.0, 1400), (0.5, 2100)], start=1):  # killed after step 3
-        first.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4, num_input_tokens_seen=0), None,
+        first.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4, num_input_tokens_seen=0, is_world_process_zero=True), None,
                      logs={"loss": loss, "num_tokens": tokens})
     resumed = JsonlLogCallback(path)  # from checkpoint-2: step 3 will be logged again
-    resumed.on_train_begin(None, SimpleNamespace(global_step=2), None)
+    resumed.on_train_begin(None, SimpleNamespace(global_step=2, is_world_process_zero=True), None)
     for step, (loss, tokens) in [(3, (0.5, 700)), (4, (0.5, 1400))]:
-        resumed.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4, num_input_tokens_seen=0), None,
+        resumed.on_log(None, SimpleNamespace(global_step=step, epoch=step / 4, num_input_tokens_seen=0, is_world_process_zero=True), None,
                        logs={"loss": loss, "num_tokens": tokens})
     curve = read_log_jsonl(path)
     assert [r["step"] for r in curve] == [1, 2, 3, 4]
@@ -257,3 +274,21 @@ def test_a_resumed_call_logs_the_whole_runs_token_count_and_loss(tmp_path):
     assert curve_loss(curve) == 1.0  # (2 + 1 + 0.5 + 0.5) / 4
     assert curve_loss([{"step": 2, "loss": 1.0}, {"step": 4, "loss": 3.0}]) == 2.0  # logged every 2 steps
     assert curve_loss([{"step": 1, "train_runtime": 3.0}]) is None
+
+
+def test_question_visits_are_counted_and_a_resume_drops_the_steps_past_its_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from exgrpo_utils.train.trainlog import QUESTION_VISITS, QuestionVisitsLog, visit_summary
+
+    assert visit_summary(tmp_path) == {}  # a training without the log (SFT)
+    log = QuestionVisitsLog(tmp_path / QUESTION_VISITS)
+    log.record(1, [["a", "b"], ["c"]], main=True)
+    log.record(1, [["x"]], main=False)  # another process: writes nothing
+    log.record(2, [["a"], ["d"]], main=True)
+    log.record(3, [["b"], ["a"]], main=True)
+    assert visit_summary(tmp_path) == {"question_visits": 7, "questions_visited": 4, "fewest_visits_per_question": 1}
+    log.on_train_begin(None, SimpleNamespace(global_step=2, is_world_process_zero=True), None)  # resumed at step 2
+    log.record(3, [["c"], ["d"]], main=True)
+    # step 3 of the first call dropped (a 3 -> 2, b 2 -> 1), the resumed step 3 added (c 1 -> 2, d 1 -> 2)
+    assert visit_summary(tmp_path) == {"question_visits": 7, "questions_visited": 4, "fewest_visits_per_question": 1}

@@ -71,22 +71,6 @@ def _stand_in(policy, accelerator, engine_model):
     return StandInVLLM()
 
 
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory, student_path):
-    """A randomly initialised model of the student's architecture (Llama) with its tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(student_path)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
 def _trainer(tiny_student, records, tmp_path):
     settings = ExGRPOSettings(G=2, k=1, max_steps=1, max_probe_tokens=6, max_final_tokens=6, lora=True, lora_r=4,
                               lora_alpha=8, bf16=False, temperature=1.0)

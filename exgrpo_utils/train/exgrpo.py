@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import prompts
+from ..infra.files import waiting_lock
 from ..infra.fingerprint import digest, weights_digest
 from ..infra.paths import portable
 from ..models.generation import use_turn_stops
@@ -46,6 +47,7 @@ from .rewards import ExGRPOReward
 from .rl_data import rl_records, rows_per_question, training_rows
 from .rollouts import DialogueRollout, SingleTurnRollout
 from .settings import ExGRPOSettings
+from .trainlog import QUESTION_VISITS, QuestionVisitsLog
 
 # trl, datasets and the trainer module (which imports TRL and torch) are imported inside the functions
 # that need them: heavy, and the data, rollout bookkeeping and rewards are tested without them.
@@ -98,16 +100,17 @@ def prepare_init(init_model: str, out_dir: Path) -> str:
     target = Path(source).parent / "merged" if Path(source).name == "final" else out_dir / "init"
     marker = target / "exgrpo_init.json"
     want = {"source": portable(source), "source_weights": weights_digest(source)}
-    if marker.exists() and json.loads(marker.read_text()) == want:  # merged from these very adapter weights
-        return str(target)
-    model, tok = load_model(source, dtype="float32", device="cpu")  # merges the adapter
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".init."))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "exgrpo_init.json").write_text(json.dumps(want))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with waiting_lock(target):  # under accelerate launch: one process merges, the others find it merged
+        if marker.exists() and json.loads(marker.read_text()) == want:  # merged from these very adapter weights
+            return str(target)
+        model, tok = load_model(source, dtype="float32", device="cpu")  # merges the adapter
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".init."))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "exgrpo_init.json").write_text(json.dumps(want))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     return str(target)
 
 
@@ -138,7 +141,7 @@ def build_trainer(*, init_model: str, probe_records: Sequence[dict], out_dir: Pa
         args=grpo_config(settings, out_dir, device=device, bf16=bf16, stop_ids=layout.stop_ids),
         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
         peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None,
-        rollout=rollout, aux_lambda=settings.aux_lambda, layout=layout)
+        rollout=rollout, aux_lambda=settings.aux_lambda, layout=layout, visits=QuestionVisitsLog(out_dir / QUESTION_VISITS))
     return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows), "questions": len(records)})
 
 

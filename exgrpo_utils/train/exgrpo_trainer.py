@@ -19,11 +19,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from .dialogue import ChatLayout, DialogueTokens, teacher_forced
 from .rl_data import QuestionBlockSampler, question_blocks
 from .rollouts import Rollout, log_metric
+from .trainlog import QuestionVisitsLog
 
 
 class ExGRPOTrainer(GRPOTrainer):
@@ -31,10 +33,13 @@ class ExGRPOTrainer(GRPOTrainer):
     Eq. 8's auxiliary SFT loss (weight ``aux_lambda``) on the teacher's probe answers, and a log of
     the tokens each step spends by kind."""
 
-    def __init__(self, *args, rollout=None, aux_lambda: float = 0.0, layout: ChatLayout | None = None, **kwargs):
+    def __init__(self, *args, rollout=None, aux_lambda: float = 0.0, layout: ChatLayout | None = None,
+                 visits: QuestionVisitsLog | None = None, **kwargs):
         self.rollout = rollout
         super().__init__(*args, rollout_func=self.run_rollout if rollout is not None else None, **kwargs)
-        self.aux_lambda, self.layout = aux_lambda, layout
+        self.aux_lambda, self.layout, self.visits = aux_lambda, layout, visits
+        if visits is not None:
+            self.add_callback(visits)
         self._rollout_aux: list[DialogueTokens] | None = None
         self._aux_batch: list[DialogueTokens] = []
 
@@ -61,6 +66,9 @@ class ExGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._rollout_aux = None
+        if self.visits is not None:  # every process's questions of this step, gathered to the main one
+            mine = list(dict.fromkeys(x["question_id"] for x in inputs))
+            self.visits.record(self.state.global_step + 1, gather_object([mine]), self.accelerator.is_main_process)
         output = super()._generate_and_score_completions(inputs)
         self._log_tokens(output)
         if self.aux_lambda > 0:

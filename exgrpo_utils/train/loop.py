@@ -28,7 +28,7 @@ from ..infra.layout import TRAIN_LOG
 from ..infra.paths import portable
 from ..infra.settings import result_fields
 from ..models.registry import cpu_has_fast_bf16, default_device, model_identity
-from .trainlog import JsonlLogCallback
+from .trainlog import JsonlLogCallback, visit_summary
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
 
@@ -255,19 +255,21 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
         built = build()
         trainer = built.trainer
         trainer.add_callback(JsonlLogCallback(out_dir / TRAIN_LOG))
-        for cb in tracking_callbacks(report_to, out_dir):
+        for cb in tracking_callbacks(report_to if main_process else (), out_dir):
             trainer.add_callback(cb)
         ckpt = last_checkpoint(out_dir, set_aside=main_process) if resume else None
         t0 = time.time()
         train_from(trainer, ckpt, max_steps)
         final = out_dir / "final"
-        trainer.save_model(str(final))
-        built.tokenizer.save_pretrained(str(final))
-        curve = read_log_jsonl(out_dir / TRAIN_LOG)  # one curve over every resumed call (JsonlLogCallback)
-        summary = {**{k: portable(v) for k, v in identity.items()}, "settings": asdict(settings), **built.summary,
-                   "steps": trainer.state.global_step, **run_cost(out_dir, summary_name, time.time() - t0),
-                   "resumed_from": portable(ckpt) if ckpt else None,
-                   "train_tokens": trained_tokens(curve), "train_loss": curve_loss(curve),
-                   "train_token_kinds": token_kinds(curve), "final": portable(final)}
-        atomic_write_json(out_dir / summary_name, summary)
-        return summary
+        trainer.save_model(str(final))  # every process calls it (sharded states are gathered); the main one writes
+        if main_process:
+            built.tokenizer.save_pretrained(str(final))
+            curve = read_log_jsonl(out_dir / TRAIN_LOG)  # one curve over every resumed call (JsonlLogCallback)
+            summary = {**{k: portable(v) for k, v in identity.items()}, "settings": asdict(settings), **built.summary,
+                       "steps": trainer.state.global_step, **run_cost(out_dir, summary_name, time.time() - t0),
+                       "resumed_from": portable(ckpt) if ckpt else None,
+                       "train_tokens": trained_tokens(curve), "train_loss": curve_loss(curve),
+                       "train_token_kinds": token_kinds(curve), **visit_summary(out_dir), "final": portable(final)}
+            atomic_write_json(out_dir / summary_name, summary)
+        trainer.accelerator.wait_for_everyone()  # the other processes return the summary the main one wrote
+        return summary if main_process else json.loads((out_dir / summary_name).read_text())

@@ -6,6 +6,7 @@ import json
 import math
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -34,16 +35,15 @@ class JsonlLogCallback(TrainerCallback):
         self.tokens_offset = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        records = read_log_jsonl(self.path)
-        kept = [r for r in records if r.get("step", 0) <= state.global_step]
-        if len(kept) != len(records):
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if not state.is_world_process_zero:  # under accelerate launch: one writer, the main process
+            return
+        kept = keep_through_step(self.path, state.global_step)
         self.offset = kept[-1].get("wall_time_s", 0.0) if kept else 0.0
         self.tokens_offset = max((r.get("num_tokens", 0) for r in kept), default=0)
         self.t0 = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not state.is_world_process_zero:
             return
         rec = {"step": state.global_step, "epoch": state.epoch,
                "wall_time_s": round(self.offset + time.time() - self.t0, 2),
@@ -52,3 +52,44 @@ class JsonlLogCallback(TrainerCallback):
             if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
                 rec[k] = v + self.tokens_offset if k == "num_tokens" else v
         append_jsonl(self.path, [rec])
+
+
+def keep_through_step(path: Path, step: int) -> list[dict]:
+    """Drop a per-step log's records past ``step`` (a resume logs them again); the records kept."""
+    records = read_log_jsonl(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) != len(records):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+QUESTION_VISITS = "question_visits.jsonl"  # inside an RL training folder
+
+
+class QuestionVisitsLog(TrainerCallback):
+    """Which questions each step rolled out, on every process: ``{"step": n, "questions": [[ids of
+    process 0], [ids of process 1], ...]}`` per step, written by the main process only
+    (``ExGRPOTrainer`` gathers the ids); records past a resumed checkpoint's step are dropped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            keep_through_step(self.path, state.global_step)
+
+    def record(self, step: int, per_process: list[list[str]], main: bool) -> None:
+        if main:
+            append_jsonl(self.path, [{"step": step, "questions": per_process}])
+
+
+def visit_summary(out_dir: str | Path) -> dict:
+    """An RL run's question-visits from its ``QUESTION_VISITS`` log (one visit: one question rolled out
+    G times and trained on in one step): the total, the distinct questions and the fewest visits any
+    visited question had. Empty for trainings without the log."""
+    path = Path(out_dir) / QUESTION_VISITS
+    if not path.exists():
+        return {}
+    counts = Counter(q for r in read_log_jsonl(path) for ids in r["questions"] for q in ids)
+    return {"question_visits": sum(counts.values()), "questions_visited": len(counts),
+            "fewest_visits_per_question": min(counts.values(), default=0)}
