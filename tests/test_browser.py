@@ -203,7 +203,7 @@ def test_notebook_06_runs_in_jupyterlab_and_shows_every_figure(chromium, lab, co
     assert not errors, "error output in the notebook:\n" + "\n".join(errors)
     assert not [o for o in outputs if o.output_type == "error"]
     assert all(PROMPT_DONE.fullmatch(p) for p in prompts), prompts
-    assert len(figures) == 3 and images == len(figures), f"{images} images rendered for the figures {figures}"
+    assert len(figures) == 4 and images == len(figures), f"{images} images rendered for the figures {figures}"
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(figures)
     assert len(list((committed_cpu_results / "runs" / "cpu" / "paper").glob("figure*.png"))) == len(figures)
     assert {p: p.stat().st_mtime_ns for p in committed_paper} == committed_paper  # the repository's results/ untouched

@@ -192,6 +192,7 @@ def test_an_ei_test_of_a_few_questions_gives_no_interval_and_still_a_figure(tmp_
         _items(layout, key, "arith-ei", right)
     table = figure1.ei_test_table(paper_tables.load_records([layout]), [layout]).set_index("key")
     assert table.loc["sft", "interval covers"] == "no interval: 2 questions (fewer than 10)"
+    assert table.loc["sft", "deficit"] == "-50.0 [n/a]"  # no interval written as one of nan bounds
     assert table.loc["zero-shot", "deficit_mean"] == pytest.approx(0.0) and table.loc["sft", "EI-Test"] == "100.0"
     fig = plotting.figure1_ei_test(figure1.figure1_points(table.reset_index()))
     assert [p.get_hatch() for p in fig.axes[0].patches][2:] == ["//", "//"]  # the EI-Test bars: no interval

@@ -172,7 +172,9 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
     records = {p.stem: json.loads(p.read_text()) for p in (run / "experiments").glob("*.json")}
     assert set(records) == {"zero-shot", "sft", "sft-grpo", "exgrpo", "rephrase", "sft-rule-counterfactual",
                             "sft-rule-causal_verification", "sft-rule-explanatory_challenge"}
-    assert set(records["sft-grpo"]["n"]) == {"arith", "arith_rev"}  # its task and the paired OOD set
+    # its task, the paired OOD set and the task's EI-Test (Figure 1), which notebook 01 built
+    assert (run / "ei_test" / "arith" / "ei_test.jsonl").read_text().strip()
+    assert set(records["sft-grpo"]["n"]) == {"arith", "arith_rev", "arith-ei"}
     assert set(records["sft-grpo"]["suite"]["n"]) >= {"gsm8k", "held-in-avg8"}  # and, apart, the 12-dataset suite
     assert {r["train_dataset"] for r in records.values()} == {"arith"}
     assert records["sft-rule-counterfactual"]["train_tokens"] > 0 and records["exgrpo"]["train_tokens"] > records["sft"]["train_tokens"]
@@ -180,8 +182,8 @@ def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, studen
     for rid in ("sft", "exgrpo", "sft-grpo"):  # every trainer reports to TensorBoard inside its training folder
         assert list((run / "train" / rid / "tensorboard").glob("events.out.tfevents*")), rid
     # 06: tables and figures from the records alone
-    for name in ("table1.md", "table2.md", "table3.md", "table4.md", "figure3_rewards.png", "figure4_fraction.pdf",
-                 "figure5_tokens.png"):
+    for name in ("table1.md", "table2.md", "table3.md", "table4.md", "figure1_ei_test.png", "figure1_ei_test.md",
+                 "figure3_rewards.png", "figure4_fraction.pdf", "figure5_tokens.png"):
         assert (run / "paper" / name).exists(), name
     assert "82.54" in (run / "paper" / "table3.md").read_text()  # the paper's number beside ours
     # records are portable: nothing a run commits holds the results root's absolute path (weights,
@@ -235,7 +237,7 @@ def test_the_figures_notebook_run_headless_holds_one_image_per_figure(committed_
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     made = figure_calls(ROOT / "notebooks" / f"{stem}.ipynb")
-    assert len(made) == 3 and len(images) == len(made), (made, len(images))
+    assert len(made) == 4 and len(images) == len(made), (made, len(images))
     written = sorted(p.stem for p in (committed_cpu_results / "runs" / "cpu" / "paper").glob("*.png"))
     assert len(written) == len(made)  # and each is saved as before
 
@@ -279,7 +281,9 @@ def test_paper_mini_smoke_runs_the_paper_protocol_end_to_end(tmp_path, monkeypat
         kept = len((run / "ei" / task / "probe_dataset.jsonl").read_text().splitlines())
         if kept or rec["key"] in ("zero-shot", "rephrase"):
             assert rec["status"] == "ok", rid
-            assert set(rec["n"]) == {task, {"strategyqa": "boolq", "arc_challenge": "openbookqa"}[task]}
+            ei_test = (run / "ei_test" / task / "ei_test.jsonl").read_text().strip()  # may hold no probe at this size
+            assert set(rec["n"]) == {task, {"strategyqa": "boolq", "arc_challenge": "openbookqa"}[task]} | (
+                {f"{task}-ei"} if ei_test else set())
             trained += rec["key"] != "zero-shot"
         else:
             assert rec["status"] == "skipped" and f"no {task} question survived" in rec["reason"]
@@ -302,12 +306,15 @@ def test_the_committed_paper_mini_run_follows_the_per_task_protocol():
     records = [json.loads(p.read_text()) for p in sorted((run / "experiments").glob("*.json"))]
     tasks = config.resolve(config.load_preset("paper-mini"))["exp_tasks"]
     assert {r["train_dataset"] for r in records} == set(tasks)
+    ei_tests = {f"{t}-ei" for t in tasks if (run / "ei_test" / t / "ei_test.jsonl").read_text().strip()}
     scored = set()
     for rec in records:
-        assert set(rec["accuracy"]) <= set(task_eval_sets(rec["train_dataset"])), rec["run_id"]
+        task = rec["train_dataset"]
+        assert set(rec["accuracy"]) <= set(task_eval_sets(task)) | {f"{task}-ei"}, rec["run_id"]
         assert rec["status"] == "ok" or rec["reason"], rec["run_id"]
         scored |= set(rec["accuracy"])
-    assert scored == {d for t in tasks for d in task_eval_sets(t)}  # boolq, openbookqa, arith_rev with their tasks
+    # boolq, openbookqa, arith_rev with their tasks, and each task's EI-Test (Figure 1) where it holds probes
+    assert ei_tests and scored == {d for t in tasks for d in task_eval_sets(t)} | ei_tests
     for name in ("table1", "table2", "table3", "table4"):
         assert (run / "paper" / f"{name}.md").exists(), name
 

@@ -80,7 +80,8 @@ def ei_test_table(df, layouts: Sequence[RunLayout], keys: Sequence[str] = FIGURE
             if not on_ei["seeds"]:
                 continue
             rows.append({"train_dataset": task, "method": METHODS[key].label, "key": key, "test set": fmt(original),
-                         "EI-Test": fmt(on_ei), "deficit": f"{d['mean']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]",
+                         "EI-Test": fmt(on_ei), "deficit": f"{d['mean']:+.1f} " + (
+                             "[n/a]" if math.isnan(d["low"]) else f"[{d['low']:+.1f}, {d['high']:+.1f}]"),
                          "interval covers": d["covers"], "seeds": d["seeds"], "original": original, "ei": on_ei,
                          "deficit_mean": d["mean"]})
     return pd.DataFrame(rows)
