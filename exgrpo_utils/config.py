@@ -75,6 +75,11 @@ NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "06_paper_figures": _names(FigureSettings, extra=("run_name",)),
 }
 
+# Where notebook 05's trainings run, not what they compute: a change never makes a finished notebook
+# run again (runner: its done record is compared without them).
+PLACEMENT = tuple(p.name for p in params_of(ExperimentSettings)
+                  if p.name in ("exp_executor", "exp_accelerate_config") or p.name.startswith("exp_slurm_"))
+
 
 def defaults() -> dict[str, Any]:
     return {name: p.default for name, p in PARAMS.items()}

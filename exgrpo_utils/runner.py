@@ -28,8 +28,9 @@ from pathlib import Path
 
 import nbformat
 
-from .config import NOTEBOOK_DIR, NOTEBOOKS, for_notebook, load_preset, parse_overrides, resolve
+from .config import NOTEBOOK_DIR, NOTEBOOKS, PLACEMENT, for_notebook, load_preset, parse_overrides, resolve
 from .data.datasets import DataNotFoundError, resolve_data_dir
+from .experiments.jobs import plan_description
 from .infra.files import atomic_write_json, atomic_write_text
 from .infra.fingerprint import differences, file_digest
 from .infra.layout import RunLayout
@@ -85,9 +86,11 @@ def notebook_inputs(stem: str, params: dict, results_executed: Path) -> dict:
 
 
 def _why_rerun(done: dict, params: dict, inputs: dict) -> str | None:
-    """Why a notebook with done record ``done`` must run again; None when it is current."""
-    if done.get("parameters") != params:
-        return f"its parameters changed ({differences(done.get('parameters') or {}, params)})"
+    """Why a notebook with done record ``done`` must run again; None when it is current. Where its
+    trainings ran (``config.PLACEMENT``: the executor and its resources) is no reason."""
+    before, now = ({k: v for k, v in d.items() if k not in PLACEMENT} for d in (done.get("parameters") or {}, params))
+    if before != now:
+        return f"its parameters changed ({differences(before, now)})"
     if "inputs" not in done:
         return "its done record holds no input digests (made by an older version of the kit)"
     if done["inputs"] != inputs:
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         for stem, params in todo:
             print(f"# {stem}")
             print("\n".join(f"  {k} = {json.dumps(v)}" for k, v in params.items()))
+            if stem == "05_experiments":
+                print("# 05_experiments: the training plan\n" + plan_description(params))
         print(f"# outputs: {layout.root}; executed notebooks: {layout.executed_dir(executed_name)}")
         return 0
     out_dir = layout.executed_dir(executed_name)

@@ -82,6 +82,21 @@ def tiny_student(tmp_path_factory, student_path):
     return str(path)
 
 
+@pytest.fixture
+def cli_run_root(tmp_path, monkeypatch):
+    """A results root (``$EXGRPO_RESULTS_DIR``) holding run ``dist`` with the program teacher's probe
+    data for 4 arith questions, as ``train_cli`` reads it; returns its ``runs`` folder."""
+    from exgrpo_utils.data.datasets import load
+    from exgrpo_utils.infra.layout import RunLayout
+    from exgrpo_utils.teach import inversion, rules, teachers
+
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path / "results"))
+    layout = RunLayout.of("dist").create()
+    inversion.run_pipeline(load("arith", "train", limit=4), teachers.ProgramTeacher(), rules.load_rules(), student=None,
+                           out_dir=layout.probe_dataset("arith").parent)
+    return tmp_path / "results" / "runs"
+
+
 @pytest.fixture(scope="session")
 def arith_probe_records(tmp_path_factory) -> list[dict]:
     """The probe dataset of 4 synthetic arith training items, from the exact program teacher (no

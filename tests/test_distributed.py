@@ -24,20 +24,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def run_root(tmp_path, monkeypatch):
-    """A results root holding run ``dist`` with the program teacher's probe data for 4 arith questions."""
-    from exgrpo_utils.data.datasets import load
-    from exgrpo_utils.infra.layout import RunLayout
-    from exgrpo_utils.teach import inversion, rules, teachers
-
-    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path / "results"))
-    layout = RunLayout.of("dist").create()
-    inversion.run_pipeline(load("arith", "train", limit=4), teachers.ProgramTeacher(), rules.load_rules(), student=None,
-                           out_dir=layout.probe_dataset("arith").parent)
-    return tmp_path / "results" / "runs"
-
-
 def _train(stage: str, run: str, sets: list[str], *, processes: int) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", EXGRPO_PROGRESS="off")
     cli = ["-m", "exgrpo_utils.train_cli", stage, "--preset", "smoke", "--run-name", run, "--set", *sets]
@@ -65,28 +51,28 @@ def _one_writer(folder: Path, stdout: str, steps: int) -> list[dict]:
     return log
 
 
-def test_sft_in_two_processes_trains_the_steps_of_one_process_with_one_writer(tiny_student, run_root):
+def test_sft_in_two_processes_trains_the_steps_of_one_process_with_one_writer(tiny_student, cli_run_root):
     common = [f"student={tiny_student}", "sft_lora_dropout=0", "sft_max_steps=2", "sft_save_steps=2"]
     two = _train("sft", "dist", [*common, "sft_batch_size=4"], processes=2)
-    log2 = _one_writer(run_root / "dist" / "train" / "sft", two, steps=2)
-    summary = json.loads((run_root / "dist" / "train" / "sft" / "sft_summary.json").read_text())
+    log2 = _one_writer(cli_run_root / "dist" / "train" / "sft", two, steps=2)
+    summary = json.loads((cli_run_root / "dist" / "train" / "sft" / "sft_summary.json").read_text())
     assert summary["steps"] == 2 and summary["train_tokens"] > 0
 
     # one process, 2 accumulated passes of 4 rows: the same 8 rows per step, in the same order
-    _copy_probes(run_root, "one")
+    _copy_probes(cli_run_root, "one")
     one = _train("sft", "one", [*common, "sft_batch_size=4", "sft_gradient_accumulation_steps=2"], processes=1)
-    log1 = _one_writer(run_root / "one" / "train" / "sft", one, steps=2)
+    log1 = _one_writer(cli_run_root / "one" / "train" / "sft", one, steps=2)
     for a, b in zip(log1, log2):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["num_tokens"] == b["num_tokens"]
 
 
-def test_exgrpo_in_two_processes_rolls_each_question_of_a_step_out_once(tiny_student, run_root):
+def test_exgrpo_in_two_processes_rolls_each_question_of_a_step_out_once(tiny_student, cli_run_root):
     sets = [f"student={tiny_student}", "sft_max_steps=1", "rl_max_steps=2", "rl_save_steps=2"]
     _train("sft", "dist", sets, processes=1)
     two = _train("exgrpo", "dist", [*sets, "rl_questions_per_step=1"], processes=2)
-    folder = run_root / "dist" / "train" / "exgrpo"
+    folder = cli_run_root / "dist" / "train" / "exgrpo"
     _one_writer(folder, two, steps=2)
     visits = read_log_jsonl(folder / "question_visits.jsonl")
     assert [v["step"] for v in visits] == [1, 2] and all(len(v["questions"]) == 2 for v in visits)  # two processes
@@ -97,8 +83,8 @@ def test_exgrpo_in_two_processes_rolls_each_question_of_a_step_out_once(tiny_stu
     assert (summary["question_visits"], summary["questions_visited"], summary["fewest_visits_per_question"]) == (4, 4, 1)
 
     # one process with 2 questions per step: the same questions at each step
-    _copy_probes(run_root, "one")
+    _copy_probes(cli_run_root, "one")
     _train("sft", "one", sets, processes=1)
     _train("exgrpo", "one", [*sets, "rl_questions_per_step=2"], processes=1)
-    visits1 = read_log_jsonl(run_root / "one" / "train" / "exgrpo" / "question_visits.jsonl")
+    visits1 = read_log_jsonl(cli_run_root / "one" / "train" / "exgrpo" / "question_visits.jsonl")
     assert [sorted(v["questions"][0]) for v in visits1] == per_step

@@ -15,6 +15,7 @@ error naming the folder and what differs (nothing is overwritten; ``fresh`` move
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,7 +47,7 @@ from .records import collect, summary
 from .settings import ExperimentSettings
 
 __all__ = ["Context", "TRAINERS", "collect", "missing_records", "plan_triples", "prepare_baselines", "run_plan",
-           "run_triple", "summary", "training_cost"]
+           "run_triple", "summary", "train_one", "training_cost"]
 
 Log = Callable[[str], None]
 
@@ -64,13 +65,15 @@ class Context:
     experiments: ExperimentSettings
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "Context":
-        """From flat parameters (a notebook's, or ``config.resolve``'s)."""
+    def from_params(cls, params: Mapping[str, Any], check: bool = True) -> "Context":
+        """From flat parameters (a notebook's, or ``config.resolve``'s); ``check``: the tasks are
+        training tasks with notebook 01's probes (a dry run describes a plan before they exist)."""
         ctx = cls(layout=RunLayout.of(params["run_name"]), run=build(RunSettings, params), sft=build(SFTSettings, params),
                   rl=build(ExGRPOSettings, params), teacher=build(TeacherSettings, params),
                   eval=build(TaskEvalSettings, params), suite=build(SuiteSettings, params),
                   experiments=build(ExperimentSettings, params))
-        _check_tasks(ctx)
+        if check:
+            _check_tasks(ctx)
         return ctx
 
     @property
@@ -184,6 +187,19 @@ def _train_method(m: Method, seed: int, task: str, ctx: Context, done: dict[str,
     return TRAINERS[m.kind](m, seed, task, ctx, done, log)
 
 
+def train_one(ctx: Context, task: str, key: str, seed: int, *, log: Log = print) -> dict | None:
+    """One (task, method, seed)'s training alone (``train_cli method``, a dispatched job): the same
+    trainer as in ``run_triple``, an RL method starting from its warm-up's finished model on disk."""
+    m, done = METHODS[key], {}
+    if m.kind == "rl" and m.init != "base":
+        warmup = ctx.rid(m.init, seed, task)
+        path = ctx.layout.train_dir(warmup) / "sft_summary.json"
+        if not path.exists():
+            raise RuntimeError(f"{ctx.rid(key, seed, task)} starts from {warmup}, which has not finished ({path} missing)")
+        done[warmup] = json.loads(path.read_text())
+    return _train_method(m, seed, task, ctx, done, log)
+
+
 def training_cost(key: str, seed: int, done: dict[str, dict], rid=run_id) -> tuple[int, float]:
     """(tokens, seconds) of everything trained to get this method: RL runs add their warm-up's cost.
     ``done``: training summaries by run id; ``rid(key, seed)`` names the runs (one task's)."""
@@ -218,11 +234,15 @@ def _evaluate(ctx: Context, model: str, key: str, seed: int, task: str, label: s
     return scores
 
 
-def run_triple(task: str, key: str, seed: int, ctx: Context, done: dict[str, dict], *, log: Log = print) -> dict:
+def run_triple(task: str, key: str, seed: int, ctx: Context, done: dict[str, dict], *, log: Log = print,
+               unfinished: str = "") -> dict:
     """Train (or reuse), evaluate and record one (task, method, seed); returns its record. ``done``:
-    the training summaries of the plan so far by run id (warm-ups, costs); this one's is added."""
+    the training summaries of the plan so far by run id (warm-ups, costs); this one's is added.
+    ``unfinished``: why its dispatched training did not finish (the record says so; nothing is trained)."""
     m, rid = METHODS[key], ctx.rid(key, seed, task)
     path, rec, started = ctx.layout.record(rid), records.new_record(rid, m, seed, task), time.time()
+    if unfinished:
+        return _skip(path, rec, unfinished, log)
     try:
         summary = _train_method(m, seed, task, ctx, done, log)
     except NoTrainingData as exc:  # no kept question, or every probe states the answer (RL leaves those out)
@@ -252,14 +272,18 @@ def plan_triples(pairs: Sequence[tuple[str, int]], tasks: Sequence[str]) -> list
     return [(task, key, seed) for key, seed in pairs for task in tasks]
 
 
-def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log: Log = print) -> list[dict]:
-    """Train (or reuse), evaluate and record every (method, seed) pair on every task; returns the records."""
+def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log: Log = print,
+             unfinished: Mapping[str, str] = {}) -> list[dict]:
+    """Train (or reuse), evaluate and record every (method, seed) pair on every task; returns the records.
+    ``unfinished``: by run id, why a dispatched training did not finish (``jobs.dispatch_trainings``)."""
     done: dict[str, dict] = {}
     triples = plan_triples(pairs, ctx.tasks)
     out = []
     for n, (task, key, seed) in enumerate(triples, 1):
-        where = f"[{n}/{len(triples)}] {ctx.rid(key, seed, task)}"
-        out.append(run_triple(task, key, seed, ctx, done, log=lambda msg, where=where: log(f"{where}: {msg}")))
+        rid = ctx.rid(key, seed, task)
+        where = f"[{n}/{len(triples)}] {rid}"
+        out.append(run_triple(task, key, seed, ctx, done, log=lambda msg, where=where: log(f"{where}: {msg}"),
+                              unfinished=unfinished.get(rid, "")))
     return out
 
 
