@@ -11,6 +11,11 @@ plain GRPO for ``--steps`` steps on the same questions and prints seconds per st
 generated per step (the student's own tokens: probe answers and final answers) and seconds per 1,000
 generated tokens, then the ExGRPO / GRPO ratio per generated token. The first step is dropped as
 warm-up. Probe data come from the program teacher on `arith` (nothing is downloaded).
+
+``--questions 1 4`` runs each mode at each count of questions per step (the engine then has
+G x questions dialogues in flight, and TRL's update and reference passes take them in one batch) and
+prints seconds per question-visit (one question through its G rollouts, reward and update) beside the
+ratio to the first count: the cost per question that ``rl_questions_per_step`` buys down.
 """
 from __future__ import annotations
 
@@ -34,12 +39,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--probe-tokens", type=int, default=64)
     ap.add_argument("--final-tokens", type=int, default=128)
-    ap.add_argument("--questions", type=int, default=1, help="questions per step")
+    ap.add_argument("--questions", type=int, nargs="+", default=[1], help="questions per step (several: side by side)")
+    ap.add_argument("--modes", nargs="+", default=["exgrpo", "grpo"], choices=["exgrpo", "grpo"])
     ap.add_argument("--backends", nargs="+", default=["fast", "generate"], choices=["fast", "generate"])
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
-    items = load("arith", "train", limit=max(8, (args.steps + 1) * args.questions))
+    items = load("arith", "train", limit=max(8, (args.steps + 1) * max(args.questions)))
     inversion.run_pipeline(items, teachers.ProgramTeacher(), rules.load_rules(), student=None, out_dir=work / "ei")
     records = inversion.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
     import torch
@@ -48,32 +54,43 @@ def main() -> None:
 
     print(f"cpu: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print(f"model {args.model}; k={args.k} G={args.G} probe/final budgets {args.probe_tokens}/{args.final_tokens} "
-          f"tokens, {args.questions} question(s) per step, {args.steps} timed steps after one warm-up step")
-    print(f"{'backend':>8} {'mode':>7} {'s/step':>8} {'gen tok/step':>13} {'s/1k gen tok':>13} {'peak MiB':>9}")
-    per_token = {}
+          f"tokens, {args.steps} timed steps after one warm-up step")
+    print(f"{'backend':>8} {'mode':>7} {'q/step':>6} {'s/step':>8} {'s/q-visit':>10} {'gen tok/step':>13} "
+          f"{'s/1k gen tok':>13} {'rollout s/q':>11} {'peak MiB':>9}")
+    per_token, per_visit = {}, {}
     for backend in args.backends:
-        for mode in ("exgrpo", "grpo"):
-            settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
-                                      max_final_tokens=args.final_tokens, questions_per_step=args.questions,
-                                      max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
-                                      learning_rate=5e-5)
-            out = work / f"{backend}-{mode}"
-            summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
-                                          settings=settings, resume=False, report_to=())
-            log = read_train_log(out / TRAIN_LOG)
-            log = log[log["loss"].notna()].iloc[1:]
-            seconds = log["step_time"].mean()
-            tokens = (log["completions/mean_length"] * args.G * args.questions).mean()  # policy tokens per step
-            per_token[(backend, mode)] = seconds / tokens
-            print(f"{backend:>8} {mode:>7} {seconds:>8.1f} {tokens:>13.0f} {1000 * seconds / tokens:>13.1f} "
-                  f"{summary['peak_memory_mib']:>9.0f}")
+        for mode in args.modes:
+            for questions in args.questions:
+                settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
+                                          max_final_tokens=args.final_tokens, questions_per_step=questions,
+                                          max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
+                                          learning_rate=5e-5)
+                out = work / f"{backend}-{mode}-{questions}q"
+                summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
+                                              settings=settings, resume=False, report_to=())
+                log = read_train_log(out / TRAIN_LOG)
+                log = log[log["loss"].notna()].iloc[1:]
+                seconds = log["step_time"].mean()
+                tokens = log["tokens/generated"].mean()  # the policy's own sampled tokens per step
+                rollout = log["timing/rollout_s"].mean() / questions if "timing/rollout_s" in log else float("nan")
+                key = (backend, mode, questions)
+                per_token[key], per_visit[key] = seconds / tokens, seconds / questions
+                print(f"{backend:>8} {mode:>7} {questions:>6} {seconds:>8.1f} {seconds / questions:>10.1f} {tokens:>13.0f} "
+                      f"{1000 * seconds / tokens:>13.1f} {rollout:>11.1f} {summary['peak_memory_mib']:>9.0f}")
+    first = args.questions[0]
     for backend in args.backends:
-        print(f"{backend}: ExGRPO / GRPO seconds per generated token = "
-              f"{per_token[(backend, 'exgrpo')] / per_token[(backend, 'grpo')]:.2f}")
+        for mode in args.modes:
+            for questions in args.questions[1:]:
+                print(f"{backend} {mode}: seconds per question-visit at {questions} questions/step against {first}: "
+                      f"x{per_visit[(backend, mode, questions)] / per_visit[(backend, mode, first)]:.2f}")
+        if len(args.modes) == 2:
+            for questions in args.questions:
+                print(f"{backend}, {questions} q/step: ExGRPO / GRPO seconds per generated token = "
+                      f"{per_token[(backend, 'exgrpo', questions)] / per_token[(backend, 'grpo', questions)]:.2f}")
     if len(args.backends) == 2:
-        for mode in ("exgrpo", "grpo"):
+        for mode in args.modes:
             print(f"{mode}: generate / fast seconds per generated token = "
-                  f"{per_token[('generate', mode)] / per_token[('fast', mode)]:.2f}")
+                  f"{per_token[('generate', mode, first)] / per_token[('fast', mode, first)]:.2f}")
     print(f"(peak memory is the process peak so far; work dir {work})")
 
 
