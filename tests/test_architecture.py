@@ -57,7 +57,7 @@ def _graph():
 def test_stages_are_folders():
     assert {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == STAGES
     top = {p.stem for p in PKG.glob("*.py")}
-    assert top == {"__init__", "config", "runner", "train_cli", "setup_check"}, top
+    assert top == {"__init__", "config", "runner", "train_cli", "setup_check", "gpu_check"}, top
 
 
 def test_no_import_cycles():

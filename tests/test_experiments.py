@@ -67,6 +67,38 @@ def test_baseline_rows_per_method(tmp_path):
         baselines.baseline_rows(recs, "nope")
 
 
+def test_a_baseline_that_fell_back_to_skds_rows_says_so_in_its_tables_note(tmp_path):
+    items, recs = _baseline_records(tmp_path, n=4)
+    assert baselines.fallback_note(recs, "revthink") == "" and baselines.fallback_note(recs, "skd") == ""
+    none = [{**r, "backward": None} for r in recs]
+    assert baselines.baseline_rows(none, "revthink") == baselines.baseline_rows(recs, "skd")  # what the note says
+    assert baselines.fallback_note(none, "revthink") == "no item kept its backward: trained on exactly SKD's rows"
+    some = [{**r, "decomposition": None} if i < 3 else r for i, r in enumerate(recs)]
+    assert baselines.fallback_note(some, "divide_conquer") == "3 of 4 items kept no decomposition: SKD's rows for them"
+    assert baselines.fallback_note(none, "dss") == ""  # its rows never come from SKD's
+    df = pd.DataFrame([{"key": "revthink", "train_dataset": t, "data_note": n} for t, n in
+                       (("strategyqa", "no item kept its backward: trained on exactly SKD's rows"), ("arith", ""),
+                        ("strategyqa", "no item kept its backward: trained on exactly SKD's rows"))])
+    assert records.data_notes(df, "revthink") == ["strategyqa: no item kept its backward: trained on exactly SKD's rows"]
+    assert records.data_notes(df, "skd") == [] and records.data_notes(df.drop(columns="data_note"), "revthink") == []
+
+
+def test_the_baselines_train_on_the_questions_ei_kept(tmp_path):
+    items, _ = _baseline_records(tmp_path, n=4)
+    ei = tmp_path / "ei_records.jsonl"
+    lines = [{"id": e.id, "item": e.to_dict(), "teacher_cot": "x\nThe answer is " + e.answer + ".", "teacher_correct": True,
+              "kept": i in (0, 2)} for i, e in enumerate(items)]  # Eq. 2 dropped items 1 and 3
+    ei.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    same = baseline_data.prepare_baseline_data(ei, tmp_path / "a" / "baseline_data.jsonl", teacher=PROGRAM)
+    assert [r["id"] for r in same] == [items[0].id, items[2].id]
+    every = baseline_data.prepare_baseline_data(ei, tmp_path / "b" / "baseline_data.jsonl", teacher=PROGRAM,
+                                                same_questions=False)
+    assert [r["id"] for r in every] == [e.id for e in items]
+    ei.write_text("".join(json.dumps({**line, "kept": False}) + "\n" for line in lines))  # EI kept none
+    out = tmp_path / "c" / "baseline_data.jsonl"
+    assert baseline_data.prepare_baseline_data(ei, out, teacher=PROGRAM) == [] and out.read_text() == ""
+
+
 def test_rationale_strips_only_the_answer_sentence():
     assert baselines.rationale_of("a = 1.\nb = 2.\nThe answer is 2.") == "a = 1.\nb = 2."
     assert baselines.rationale_of("The answer is 3.") == "The answer is 3."  # nothing else to keep

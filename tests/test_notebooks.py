@@ -278,17 +278,19 @@ def test_paper_mini_smoke_runs_the_paper_protocol_end_to_end(tmp_path, monkeypat
         task = "arc_challenge" if rid.startswith("arc_challenge--") else "strategyqa"
         assert rec["train_dataset"] == task
         # a 135M stand-in teacher may leave a task without any question that passes Eq. 1 and Eq. 2: its
-        # EI-trained methods are then recorded as skipped; zero-shot and the baselines always run
+        # EI-trained methods and its baselines (which train on the same questions) are then recorded as
+        # skipped; zero-shot always runs
         kept = len((run / "ei" / task / "probe_dataset.jsonl").read_text().splitlines())
-        if kept or rec["key"] in ("zero-shot", "rephrase"):
+        if kept or rec["key"] == "zero-shot":
             assert rec["status"] == "ok", rid
             ei_test = (run / "ei_test" / task / "ei_test.jsonl").read_text().strip()  # may hold no probe at this size
             assert set(rec["n"]) == {task, {"strategyqa": "boolq", "arc_challenge": "openbookqa"}[task]} | (
                 {f"{task}-ei"} if ei_test else set())
             trained += rec["key"] != "zero-shot"
         else:
-            assert rec["status"] == "skipped" and f"no {task} question survived" in rec["reason"]
-    assert trained >= 2
+            assert rec["status"] == "skipped" and (f"no {task} question survived" in rec["reason"] or
+                                                   "no SFT rows" in rec["reason"]), rec["reason"]
+    assert trained >= 1
     assert (run / "baselines" / "arc_challenge" / "baseline_data.jsonl").exists()
     t1 = (run / "paper" / "table1.md").read_text()
     assert "held-in avg over 2 (per-task models)" in t1 and "arc_challenge (held-in)" in t1

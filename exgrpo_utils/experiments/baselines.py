@@ -147,6 +147,18 @@ def baseline_rows(records: Sequence[dict], baseline: str, *, fallback_original: 
     return rows
 
 
+def fallback_note(records: Sequence[dict], baseline: str) -> str:
+    """What a table must say when a baseline trained on SKD's rows for some or all of its items
+    (its augmentation was dropped by its check, or never written): '' when every item has its own."""
+    field = AUGMENTATION.get(baseline)
+    missing = sum(not rec.get(field) for rec in records) if field else 0
+    if not missing:
+        return ""
+    if missing == len(records):
+        return f"no item kept its {field}: trained on exactly SKD's rows"
+    return f"{missing} of {len(records)} items kept no {field}: SKD's rows for them"
+
+
 def data_stats(records: Sequence[dict]):
     """Rows per baseline, and per augmentation how many items kept it and how many had it dropped by
     its check, with the reasons (a table for notebook 05)."""

@@ -86,7 +86,7 @@ def collect(layout: RunLayout):
             raise ValueError(f"{path}: a record without train_dataset (made before per-task records): rerun notebook 05 "
                              "with the settings that made this record (for the committed cpu run: make update-results-full); "
                              "it reuses every finished training and evaluation and rewrites the records")
-        base = {"run": layout.name, **{k: rec[k] for k in BASE_COLUMNS}}
+        base = {"run": layout.name, **{k: rec[k] for k in BASE_COLUMNS}, "data_note": rec.get("data_note", "")}
         if rec["status"] != "ok":
             rows.append({**base, "eval": "", "dataset": "", "n": 0, "correct": 0, "accuracy": float("nan")})
             continue
@@ -94,7 +94,7 @@ def collect(layout: RunLayout):
             for ds, acc in (evaluated.get("accuracy") or {}).items():
                 rows.append({**base, "eval": source, "dataset": ds, "n": evaluated["n"].get(ds, 0),
                              "correct": evaluated["correct"].get(ds), "accuracy": acc})
-    return pd.DataFrame(rows, columns=["run", *BASE_COLUMNS, "eval", "dataset", "n", "correct", "accuracy"])
+    return pd.DataFrame(rows, columns=["run", *BASE_COLUMNS, "data_note", "eval", "dataset", "n", "correct", "accuracy"])
 
 
 def summary(table):
@@ -102,3 +102,11 @@ def summary(table):
     task = table[table["eval"].isin(["task", ""])]
     return task.pivot_table(index=["train_dataset", "key", "seed"], columns="dataset", values="accuracy",
                             aggfunc="first").round(1)
+
+
+def data_notes(df, key: str) -> list[str]:
+    """The ``data_note`` of one method's records, by task (a baseline that fell back to SKD's rows for
+    some or all of its items: ``baselines.fallback_note``), for the tables' note column."""
+    rows = df[df["key"] == key]
+    notes = rows["data_note"] if "data_note" in rows else []
+    return list(dict.fromkeys(f"{t}: {n}" for t, n in zip(rows["train_dataset"], notes) if isinstance(n, str) and n))

@@ -41,7 +41,7 @@ from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, SFTSettings
 from ..train.sft import subsample_questions, train_sft
 from . import records
-from .baselines import baseline_rows, data_stats
+from .baselines import baseline_rows, data_stats, fallback_note
 from .methods import METHODS, Method, opd_settings, opd_status, rl_question_fraction, rl_settings, sft_settings
 from .records import collect, summary
 from .settings import ExperimentSettings
@@ -140,7 +140,10 @@ def _train_sft(m: Method, seed: int, task: str, ctx: Context, done: dict[str, di
                   **ctx.train_args(m.key, seed, task))
     if m.data == "ei":
         return train_sft(probe_records=ctx.training_records(task), **common)
-    return train_sft(rows=baseline_rows(load_baseline_data(ctx.layout.baseline_data(task)), m.data), **common)
+    data = load_baseline_data(ctx.layout.baseline_data(task))
+    summary = train_sft(rows=baseline_rows(data, m.data), **common)
+    note = fallback_note(data, m.data)  # the tables say when a baseline trained on SKD's rows
+    return {**summary, "data_note": note} if note else summary
 
 
 def _start_model(m: Method, seed: int, task: str, ctx: Context, done: dict[str, dict]) -> str:
@@ -215,6 +218,8 @@ def training_cost(key: str, seed: int, done: dict[str, dict], rid=run_id) -> tup
 def _add_training(rec: dict, summary: dict, ctx: Context, task: str, done: dict[str, dict]) -> None:
     """The record's training fields: steps, and tokens and seconds with the warm-up's (``training_cost``)."""
     rec["train_steps"] = summary.get("steps")
+    if summary.get("data_note"):
+        rec["data_note"] = summary["data_note"]
     rec["train_tokens"], rec["train_seconds"] = training_cost(rec["key"], rec["seed"], done,
                                                               lambda k, s: ctx.rid(k, s, task))
 
@@ -301,5 +306,6 @@ def prepare_baselines(ctx: Context, pairs: Sequence[tuple[str, int]]):
     frames = []
     for task in ctx.tasks:
         data = prepare_baseline_data(ctx.layout.ei_records(task), ctx.layout.baseline_data(task), teacher=ctx.teacher)
-        frames.append(data_stats(data).assign(train_dataset=task))
+        # the baselines' questions are the EI methods' (prepare_baseline_data: same_questions)
+        frames.append(data_stats(data).assign(train_dataset=task, ei_questions=len(ctx.probe_records(task))))
     return pd.concat(frames, ignore_index=True)

@@ -70,12 +70,12 @@ def folder_lock(folder: str | os.PathLike, what: str = "output"):
 
 @contextlib.contextmanager
 def waiting_lock(target: str | os.PathLike):
-    """Wait for and hold ``.<target name>.wait-lock`` beside ``target``: processes that would all make
+    """Wait for and hold ``.<target name>.wait.lock`` beside ``target``: processes that would all make
     the same file (every process of an ``accelerate launch`` merging the same adapter) make it one
     after another, and the later ones find it made."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.wait-lock", "a+") as fh:
+    with open(target.parent / f".{target.name}.wait.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield target

@@ -26,7 +26,7 @@ from ..evaluate.ei_test import ei_source, ei_test_ids, ei_test_name
 from ..evaluate.evaluation import item_records
 from ..evaluate.stats import mcnemar_exact, mean_interval, seed_interval, seed_level_comparison, wilson_interval
 from ..experiments.methods import GROUPS, METHODS
-from ..experiments.runs import collect
+from ..experiments.records import collect, data_notes
 from ..infra.files import atomic_write_text, read_train_log
 from ..infra.layout import TRAIN_LOG, RunLayout, method_of
 from .paper_layout import to_markdown
@@ -95,10 +95,10 @@ def sft_epochs(layouts: Sequence[RunLayout]) -> list[float]:
 
 def _notes(name: str, key: str, df) -> list[str]:
     """What a reader must know to compare a row with the paper's (beside the skip reasons)."""
-    epochs = df.attrs.get("sft_epochs") or []
+    epochs, notes = df.attrs.get("sft_epochs") or [], data_notes(df, key)  # a baseline on SKD's rows, by task
     if name == "table3" and key == "sft" and epochs and epochs != [3.0]:
-        return [f"the paper's row trains 3 epochs; ours {', '.join(f'{e:g}' for e in epochs)}"]
-    return []
+        return [f"the paper's row trains 3 epochs; ours {', '.join(f'{e:g}' for e in epochs)}"] + notes
+    return notes
 
 
 def tasks_of(df) -> list[str]:

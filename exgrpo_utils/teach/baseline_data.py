@@ -268,15 +268,19 @@ def _ei_required_teacher_correct(ei_records_path: str | Path) -> bool:
         return True
 
 
-def _ei_items(ei_records_path: str | Path, every_item: bool) -> tuple[list[Example], list[str]]:
-    """(items, teacher CoTs) of an EI run: those whose teacher CoT is correct, or all with ``every_item``."""
-    items, cots = [], []
+def _ei_items(ei_records_path: str | Path, every_item: bool, same_questions: bool = True) -> tuple[list[Example], list[str]]:
+    """(items, teacher CoTs) of an EI run: those whose teacher CoT is correct, or all with ``every_item``;
+    with ``same_questions`` only the questions EI kept (Eq. 1-2), the ones its methods train on."""
+    items, cots, seen = [], [], 0
     for line, rec in iter_jsonl(ei_records_path):
         if "item" not in rec or "teacher_cot" not in rec:
             raise ValueError(f"{ei_records_path}: line {line}: not an EI record (needs 'item' and 'teacher_cot')")
-        if rec.get("teacher_correct") or every_item:
+        seen += 1
+        if (rec.get("teacher_correct") or every_item) and (rec.get("kept", True) or not same_questions):
             items.append(Example.from_dict(rec["item"]))
             cots.append(rec["teacher_cot"])
+    if not items and same_questions and seen:
+        return [], []  # EI kept no question of this task: its baselines, like its EI methods, have none
     if not items:
         raise ValueError(f"{ei_records_path}: no item with a correct teacher CoT (ei_require_teacher_correct false "
                          "in notebook 01 keeps the others, for the EI methods and the baselines alike)")
@@ -284,8 +288,15 @@ def _ei_items(ei_records_path: str | Path, every_item: bool) -> tuple[list[Examp
 
 
 def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
-                          teacher: TeacherSettings = TeacherSettings(), cache_path: str = "") -> list[dict]:
+                          teacher: TeacherSettings = TeacherSettings(), cache_path: str = "",
+                          same_questions: bool = True) -> list[dict]:
     """Baseline data for the items of an EI run (``ei_records.jsonl``: same items, same teacher CoTs).
+
+    ``same_questions`` (kit default, so that Table 1 compares methods trained on the same questions):
+    only the questions EI kept after Eq. 1 and Eq. 2, the EI methods' training questions; false: every
+    item of the EI run (the questions Eq. 2 dropped as too easy or without a surviving probe too).
+    With it, a task where EI kept no question gets empty baseline data (its baselines are then
+    recorded as skipped, as its EI methods are).
 
     With ``teacher_serve`` the loopback teacher server runs only while data is written (not when the
     file is reused). Items whose teacher CoT was wrong are left out, as in the EI pipeline (kept when that EI run kept
@@ -300,10 +311,16 @@ def prepare_baseline_data(ei_records_path: str | Path, out_path: str | Path, *,
     ident = {"teacher": teacher.teacher, "teacher_model": teacher.teacher_model, "teacher_base_url": endpoint(teacher),
              "teacher_max_new_tokens": teacher.teacher_max_new_tokens, "source": Path(ei_records_path).name,
              "source_digest": file_digest(ei_records_path),  # other EI items: the data is made again, never reused
-             "data_version": DATA_VERSION, **({"teacher_wrong_items": "kept, as in EI"} if every_item else {})}
+             "data_version": DATA_VERSION, **({"teacher_wrong_items": "kept, as in EI"} if every_item else {}),
+             "questions": "kept by EI (Eq. 1-2)" if same_questions else "every EI item"}
     if out_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == ident:
         return load_baseline_data(out_path)
-    items, cots = _ei_items(ei_records_path, every_item)
+    items, cots = _ei_items(ei_records_path, every_item, same_questions)
+    if not items:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, "")
+        atomic_write_json(meta_path, ident)
+        return []
     if teacher.teacher == "program":
         records = build_baseline_data(items, cots, ProgramAugmenter(), out_path)
     else:
