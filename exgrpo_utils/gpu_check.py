@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 
 from .data.datasets import load
+from .experiments.dispatch import accelerate_prefix
 from .infra.layout import RunLayout
 from .infra.paths import PROJECT_ROOT
 from .models.generation import SamplingConfig, make_generator
@@ -76,8 +77,7 @@ def train_cli(stage: str, sets: list[str], env: dict, *, processes: int = 1) -> 
     """``train_cli <stage>`` of the check's run in a subprocess; its last output lines on failure."""
     cli = ["-m", "exgrpo_utils.train_cli", stage, "--preset", "smoke", "--run-name", RUN, "--set", *sets]
     launch = [sys.executable] if processes == 1 else [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(PROJECT_ROOT / "configs" / "accelerate" / "multi_gpu.yaml"), "--num_processes", str(processes)]
+        *accelerate_prefix(str(PROJECT_ROOT / "configs" / "accelerate" / "multi_gpu.yaml")), "--num_processes", str(processes)]
     done = subprocess.run([*launch, *cli], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"train_cli {stage} exited with {done.returncode}:\n" + done.stderr[-3000:])

@@ -67,19 +67,10 @@ def student(student_path):
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory, student_path):
     """A randomly initialised model of the student's architecture (Llama, 2 layers of width 32) with
-    the student's tokenizer: the real code paths in seconds."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    the student's tokenizer: the real code paths in seconds (``gpu_check.tiny_model``)."""
+    from exgrpo_utils.gpu_check import tiny_model
 
-    tok = AutoTokenizer.from_pretrained(student_path)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

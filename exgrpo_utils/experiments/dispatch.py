@@ -17,7 +17,6 @@ Paper scale (docs/paper-scale.md): ``slurm`` for a cluster, ``accelerate`` for o
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Sequence
 import submitit
 from submitit.helpers import CommandFunction
 
-from ..infra.fingerprint import digest, read_stamp
+from ..infra.fingerprint import read_stamp, stamp_fingerprint
 from ..infra.paths import PROJECT_ROOT
 
 EXECUTORS = ("inline", "accelerate", "slurm")
@@ -49,7 +48,7 @@ class Job:
         if self.inputs is None:
             return True
         stamp = read_stamp(self.output.parent)
-        return stamp is not None and stamp.get("fingerprint") == digest(json.loads(json.dumps(self.inputs, default=str)))
+        return stamp is not None and stamp.get("fingerprint") == stamp_fingerprint(self.inputs)
 
 
 @dataclass
@@ -113,7 +112,7 @@ def run_plan(jobs: Sequence[Job], *, executor: str = "inline", log_dir: str | os
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **(env or {})}
     # a SLURM job with a config file runs its training under accelerate launch too (its GPUs, one process each)
-    launcher = _accelerate_prefix(accelerate_config) if executor == "accelerate" or accelerate_config else [sys.executable]
+    launcher = accelerate_prefix(accelerate_config) if executor == "accelerate" or accelerate_config else [sys.executable]
     if executor == "slurm":
         outcomes = _run_slurm(in_order(jobs), log_dir, resources, launcher)
     else:
@@ -121,7 +120,8 @@ def run_plan(jobs: Sequence[Job], *, executor: str = "inline", log_dir: str | os
     return [outcomes[j.name] for j in jobs]
 
 
-def _accelerate_prefix(config: str) -> list[str]:
+def accelerate_prefix(config: str) -> list[str]:
+    """``accelerate launch`` as a command prefix (``-m <module> ...`` follows), with a config file if given."""
     return [sys.executable, "-m", "accelerate.commands.launch"] + (["--config_file", config] if config else [])
 
 

@@ -18,9 +18,7 @@ from typing import Any, Mapping, Sequence
 from ..infra.files import atomic_write_json
 from .dispatch import Job, Resources, describe, report, run_plan
 from .methods import METHODS, opd_status, plan
-from .runs import Context, plan_triples
-
-SUMMARIES = {"sft": "sft_summary.json", "rl": "rl_summary.json", "opd": "opd_summary.json"}
+from .runs import SUMMARIES, Context, plan_triples
 
 
 def params_file(ctx: Context) -> Path:

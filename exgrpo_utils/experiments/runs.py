@@ -35,10 +35,13 @@ from ..models.registry import model_identity
 from ..teach.baseline_data import load_baseline_data, prepare_baseline_data
 from ..teach.inversion import load_probe_dataset
 from ..teach.settings import TeacherSettings
+from ..train.exgrpo import SUMMARY_NAME as RL_SUMMARY
 from ..train.exgrpo import train_exgrpo
 from ..train.loop import NoTrainingData
+from ..train.opd import SUMMARY_NAME as OPD_SUMMARY
 from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, SFTSettings
+from ..train.sft import SUMMARY_NAME as SFT_SUMMARY
 from ..train.sft import subsample_questions, train_sft
 from . import records
 from .baselines import baseline_rows, data_stats, fallback_note
@@ -50,6 +53,8 @@ __all__ = ["Context", "TRAINERS", "collect", "missing_records", "plan_triples", 
            "run_triple", "summary", "train_one", "training_cost"]
 
 Log = Callable[[str], None]
+# The summary each kind of training writes when finished (beside its final/ model)
+SUMMARIES = {"sft": SFT_SUMMARY, "rl": RL_SUMMARY, "opd": OPD_SUMMARY}
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,7 @@ def train_one(ctx: Context, task: str, key: str, seed: int, *, log: Log = print)
     m, done = METHODS[key], {}
     if m.kind == "rl" and m.init != "base":
         warmup = ctx.rid(m.init, seed, task)
-        path = ctx.layout.train_dir(warmup) / "sft_summary.json"
+        path = ctx.layout.train_dir(warmup) / SUMMARIES[METHODS[m.init].kind]
         if not path.exists():
             raise RuntimeError(f"{ctx.rid(key, seed, task)} starts from {warmup}, which has not finished ({path} missing)")
         done[warmup] = json.loads(path.read_text())

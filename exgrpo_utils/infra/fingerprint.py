@@ -120,6 +120,11 @@ def _has_content(folder: Path) -> bool:
     return folder.is_dir() and any(p.name not in _NOT_CONTENT for p in folder.iterdir())
 
 
+def stamp_fingerprint(inputs: Mapping) -> str:
+    """The fingerprint ``check_stamp`` stamps for ``inputs`` (values JSON cannot hold taken as text)."""
+    return digest(json.loads(json.dumps(inputs, default=str)))
+
+
 def check_stamp(folder: str | os.PathLike, inputs: Mapping, *, what: str, fresh: bool = False, log=print) -> str:
     """Stamp ``folder`` with ``inputs`` or verify the stamp there; returns the fingerprint.
 
@@ -127,7 +132,7 @@ def check_stamp(folder: str | os.PathLike, inputs: Mapping, *, what: str, fresh:
     folder stamped with other inputs are both refused, unless ``fresh`` moves them aside first."""
     folder = Path(folder)
     inputs = json.loads(json.dumps(inputs, default=str))
-    fp = digest(inputs)
+    fp = stamp_fingerprint(inputs)
     stamp = read_stamp(folder)
     if stamp is not None and stamp.get("fingerprint") == fp:
         return fp

@@ -49,6 +49,8 @@ from .rollouts import DialogueRollout, SingleTurnRollout
 from .settings import ExGRPOSettings
 from .trainlog import QUESTION_VISITS, QuestionVisitsLog
 
+SUMMARY_NAME = "rl_summary.json"  # the summary a finished training writes beside final/
+
 # trl, datasets and the trainer module (which imports TRL and torch) are imported inside the functions
 # that need them: heavy, and the data, rollout bookkeeping and rewards are tested without them.
 
@@ -166,6 +168,6 @@ def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str
                              rules=rule_set)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    return train_and_save(out_dir=out_dir, summary_name="rl_summary.json", settings=settings,
+    return train_and_save(out_dir=out_dir, summary_name=SUMMARY_NAME, settings=settings,
                           identity={"init_model": init_model}, data=data, max_steps=settings.max_steps, build=build,
                           resume=resume, report_to=report_to, fresh=fresh)

@@ -22,6 +22,8 @@ from ..models.registry import default_device, load_model
 from .loop import Built, lora_config, train_and_save, training_precision
 from .settings import OPDSettings
 
+SUMMARY_NAME = "opd_summary.json"  # the summary a finished training writes beside final/
+
 # datasets, trl are imported inside the functions that use them (heavy, or needed only on some paths).
 
 
@@ -72,6 +74,6 @@ def train_opd(*, student: str, teacher: str, probe_records: Sequence[dict], out_
                              peft_config=lora_config(settings.lora_r, settings.lora_alpha, 0.0) if settings.lora else None)
         return Built(trainer, tok, {"rows": len(probe_records)})
 
-    return train_and_save(out_dir=out_dir, summary_name="opd_summary.json", settings=settings,
+    return train_and_save(out_dir=out_dir, summary_name=SUMMARY_NAME, settings=settings,
                           identity={"model": student, "teacher": teacher}, data=digest(opd_rows(probe_records)),
                           max_steps=settings.max_steps, build=build, resume=resume, report_to=report_to, fresh=fresh)

@@ -22,6 +22,8 @@ from ..teach.rules import RuleSet, load_rules
 from .loop import Built, NoTrainingData, lora_config, train_and_save, training_precision
 from .settings import SFTSettings
 
+SUMMARY_NAME = "sft_summary.json"  # the summary a finished training writes beside final/
+
 # datasets, trl are imported inside the functions that use them (heavy, or needed only on some paths).
 
 
@@ -115,6 +117,6 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
                              processing_class=tok, peft_config=peft)
         return Built(trainer, tok, {"rows": len(train_rows), "questions": n_questions, "data": data_name})
 
-    return train_and_save(out_dir=out_dir, summary_name="sft_summary.json", settings=settings, identity={"model": model},
+    return train_and_save(out_dir=out_dir, summary_name=SUMMARY_NAME, settings=settings, identity={"model": model},
                           data=data, max_steps=settings.max_steps, build=build, resume=resume, report_to=report_to,
                           fresh=fresh)
