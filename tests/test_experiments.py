@@ -482,6 +482,9 @@ def test_method_settings_are_the_runs_with_the_methods_changes():
     assert methods.rl_question_fraction(M["exgrpo"], sft) == 0.5 and methods.rl_question_fraction(M["cold-grpo"], sft) == 1.0
     o = methods.opd_settings(sft, rl, 3)
     assert (o.seed, o.epochs, o.learning_rate, o.max_new_tokens) == (3, sft.epochs, sft.learning_rate, rl.max_final_tokens)
+    assert o.batch_size == sft.batch_size  # no accumulation: SFT's rows per step
+    # SFT in micro-batches of 2 accumulated 4 times: OPD keeps 8 questions per optimiser step
+    assert methods.opd_settings(SFTSettings(batch_size=2, gradient_accumulation_steps=4), rl, 0).batch_size == 8
 
 
 def test_run_triple_skips_opd_trains_baselines_on_their_rows_and_keeps_unchanged_records(tmp_path, monkeypatch):

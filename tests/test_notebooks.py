@@ -145,7 +145,7 @@ def test_train_cli_trains_with_the_notebook_parameters():
     settings = build(SFTSettings, params)
     assert settings.epochs == 2.0 and isinstance(settings.epochs, float) and settings.rules == ()
     rl = build(ExGRPOSettings, train_cli.stage_params("exgrpo", "cpu", [], "r"))
-    assert (rl.k, rl.G, rl.max_steps) == (2, 4, 20)
+    assert (rl.k, rl.G, rl.max_steps, rl.questions_per_step) == (2, 4, 5, 4)  # 20 question-visits
 
 
 def test_smoke_run_of_the_notebooks_with_papermill(tmp_path, monkeypatch, student_path):

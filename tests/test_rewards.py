@@ -469,3 +469,52 @@ def test_the_bonus_off_row_keeps_dialogues_and_aux_loss_and_the_scaling_reaches_
 def test_with_delta_zero_the_bonus_never_counts_as_fired():
     totals, stats = rewards.exgrpo_group_rewards([1, 0, 0, 0], ["A", "A", "B", "B"], delta=0.0, nu=1.0)
     assert totals == [1.0, 0.0, 0.0, 0.0] and stats["fired"] is False
+
+
+def test_a_step_of_several_questions_updates_one_question_at_a_time():
+    """questions_per_step: one engine run and one optimiser step for the step's questions, TRL's update in
+    micro-batches of one question's rows (the memory of one question), accumulated."""
+    import tempfile
+    from pathlib import Path
+
+    from exgrpo_utils.train.exgrpo import grpo_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        one = grpo_config(ExGRPOSettings(G=4, k=2), Path(tmp), device="cpu", bf16=False)
+        four = grpo_config(ExGRPOSettings(G=4, k=2, questions_per_step=4), Path(tmp), device="cpu", bf16=False)
+        grpo = grpo_config(ExGRPOSettings(mode="grpo", G=4, k=2, questions_per_step=3), Path(tmp), device="cpu", bf16=False)
+    assert (one.per_device_train_batch_size, one.gradient_accumulation_steps, one.steps_per_generation) == (4, 1, 1)
+    assert (four.per_device_train_batch_size, four.gradient_accumulation_steps, four.steps_per_generation) == (4, 4, 4)
+    assert four.generation_batch_size == 16  # the step's 4 questions x G rolled out together
+    assert (grpo.per_device_train_batch_size, grpo.steps_per_generation, grpo.generation_batch_size) == (12, 3, 36)
+
+
+def test_the_aux_dialogues_of_a_step_are_shared_out_once_over_its_micro_batches():
+    from exgrpo_utils.train.exgrpo_trainer import aux_share
+
+    batch = list("abcdefg")  # 7 dialogues over 3 micro-batches: 3, 2, 2
+    parts = [aux_share(batch, i, 3) for i in range(3)]
+    assert [p for p, _ in parts] == [list("abc"), list("de"), list("fg")]
+    assert [w for _, w in parts] == pytest.approx([3 / 7, 2 / 7, 2 / 7]) and sum(w for _, w in parts) == pytest.approx(1)
+    assert aux_share(batch, 0, 1) == (batch, 1.0)  # one question per step: the whole batch at weight 1, as before
+    assert aux_share(list("ab"), 2, 3) == ([], 0.0)  # fewer dialogues than micro-batches: the last has none
+
+
+def test_a_micro_batch_is_trimmed_to_its_own_rows_width():
+    import torch
+
+    from exgrpo_utils.train.exgrpo_trainer import trim_padding
+
+    inputs = {"prompt_ids": torch.tensor([[0, 0, 5, 6], [0, 0, 0, 7]]), "prompt_mask": torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]]),
+              "completion_ids": torch.tensor([[1, 2, 0, 0, 0], [3, 0, 0, 0, 0]]),
+              "completion_mask": torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]]),
+              "tool_mask": torch.ones(2, 5), "ref_per_token_logps": torch.arange(10.0).view(2, 5),
+              "advantages": torch.tensor([0.5, -0.5]), "num_items_in_batch": torch.tensor(3)}
+    out = trim_padding(inputs)
+    assert out["prompt_ids"].tolist() == [[5, 6], [0, 7]] and out["prompt_mask"].tolist() == [[1, 1], [0, 1]]
+    assert out["completion_ids"].tolist() == [[1, 2], [3, 0]] and out["completion_mask"].tolist() == [[1, 1], [1, 0]]
+    assert out["ref_per_token_logps"].tolist() == [[0.0, 1.0], [5.0, 6.0]] and out["tool_mask"].shape == (2, 2)
+    assert out["advantages"].tolist() == [0.5, -0.5] and int(out["num_items_in_batch"]) == 3
+    full = {k: v for k, v in inputs.items()}
+    full["completion_mask"] = torch.ones(2, 5, dtype=torch.long)
+    assert trim_padding(full)["completion_ids"].shape == (2, 5)  # nothing to cut

@@ -135,9 +135,10 @@ def rl_question_fraction(m: Method, run_sft: SFTSettings) -> float:
 
 def opd_settings(run_sft: SFTSettings, run_rl: ExGRPOSettings, seed: int) -> OPDSettings:
     """On-Policy Distillation with the SFT run's epochs, optimiser, LoRA and length (kit default: the
-    same budget as the SFT baselines) and the rollouts' answer budget for the student's samples."""
+    same budget as the SFT baselines: as many questions per optimiser step as SFT has rows, micro-batches
+    and accumulation together) and the rollouts' answer budget for the student's samples."""
     s = run_sft
-    return OPDSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, lora=s.lora,
+    return OPDSettings(epochs=s.epochs, batch_size=s.batch_size * s.gradient_accumulation_steps, learning_rate=s.learning_rate, lora=s.lora,
                        lora_r=s.lora_r, lora_alpha=s.lora_alpha, max_length=s.max_length, seed=seed,
                        max_new_tokens=run_rl.max_final_tokens)
 

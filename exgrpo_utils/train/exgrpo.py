@@ -65,15 +65,18 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         # Eq. 7: clipped surrogate, group-normalised advantages, KL to the reference
         loss_type="grpo", scale_rewards=settings.scale_rewards, multi_objective_aggregation="sum_then_normalize",
         epsilon=settings.epsilon, epsilon_high=settings.epsilon, delta=None, beta=settings.beta,
-        importance_sampling_level="token", num_iterations=1, steps_per_generation=1,
+        importance_sampling_level="token", num_iterations=1,
         mask_truncated_completions=False, top_entropy_quantile=1.0, use_bias_correction_kl=False,
         sync_ref_model=False, disable_dropout=True,
         # sampling
         num_generations=settings.G, temperature=settings.temperature, top_p=1.0, top_k=0,
         max_completion_length=settings.max_final_tokens,
-        # batch: whole groups on each process (the DSU bonus needs all G rollouts of a question)
-        per_device_train_batch_size=settings.G * settings.questions_per_step * rows_per_question(settings),
-        gradient_accumulation_steps=1,
+        # batch: whole groups on each process (the DSU bonus needs all G rollouts of a question). The step's
+        # questions are rolled out together (one engine run, G x questions_per_step dialogues in flight),
+        # rewarded and normalised together, then the update runs one question's rows at a time, accumulated
+        # into one optimiser step: the memory of one question whatever questions_per_step is
+        per_device_train_batch_size=settings.G * rows_per_question(settings),
+        gradient_accumulation_steps=settings.questions_per_step, steps_per_generation=settings.questions_per_step,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=settings.max_steps, save_steps=settings.save_steps, save_total_limit=3,
         logging_steps=1, seed=settings.seed, data_seed=settings.seed, bf16=bf16, use_cpu=device == "cpu",

@@ -92,12 +92,59 @@ class ExGRPOTrainer(GRPOTrainer):
         log_metric(self, "tokens/reference", prompt + completion if output.get("ref_per_token_logps") is not None else 0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = trim_padding(inputs)  # this micro-batch's rows only need their own width
         loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if self.aux_lambda > 0 and self._aux_batch and model.training:
-            aux = aux_sft_loss(model, self._aux_batch, pad_id=self.processing_class.pad_token_id)
-            loss = loss + self.aux_lambda * aux / self.current_gradient_accumulation_steps
-            self._metrics["train"]["aux_sft_loss"].append(aux.item())
+            # this micro-batch's share of the step's aux dialogues (TRL's slice index of the generation batch)
+            part, weight = aux_share(self._aux_batch, self._step % self.args.steps_per_generation,
+                                     self.args.steps_per_generation)
+            if part:
+                aux = aux_sft_loss(model, part, pad_id=self.processing_class.pad_token_id)
+                loss = loss + self.aux_lambda * weight * aux
+                self._metrics["train"]["aux_sft_loss"].append(aux.item())
         return loss
+
+
+def aux_share(batch: Sequence[DialogueTokens], index: int, parts: int) -> tuple[list[DialogueTokens], float]:
+    """Micro-batch ``index`` of ``parts``' share of a step's aux dialogues and its weight in the step's loss.
+
+    A step of several questions updates one question's rows at a time (``exgrpo.grpo_config``); Eq. 8's
+    dialogues are split the same way, in contiguous parts as even as possible, each part's mean loss
+    weighted by its share of the dialogues, so the parts add up to the step's aux loss once (a mean over
+    parts of per-part token means; with one part, the whole batch at weight 1)."""
+    size, extra = divmod(len(batch), parts)
+    start = index * size + min(index, extra)
+    part = list(batch[start:start + size + (index < extra)])
+    return part, len(part) / len(batch)
+
+
+PROMPT_KEYS = ("prompt_ids", "prompt_mask")  # left-padded: padding in the leading columns
+
+
+def trim_padding(inputs: dict) -> dict:
+    """A micro-batch without the columns that are padding in all of its rows.
+
+    TRL pads a step's prompts (on the left) and completions (on the right) to the longest of the whole
+    generation batch; a micro-batch (one question's rows, see ``exgrpo.grpo_config``) is then mostly
+    narrower. The prompt's all-padding leading columns and every per-completion-token tensor's
+    all-padding trailing columns are cut (completions, masks, reference and old log-probabilities),
+    so the update's forward and backward run over real tokens and the padding within the micro-batch
+    only. Attention never reaches a padded position, so the loss is the same up to floating-point
+    rounding (RoPE depends on relative positions only)."""
+    prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
+    width = completion_mask.size(1)
+    used = torch.nonzero(completion_mask.any(0))
+    keep = int(used[-1]) + 1 if len(used) else 1
+    lead = torch.nonzero(prompt_mask.any(0))
+    start = int(lead[0]) if len(lead) else 0
+    out = {}
+    for key, value in inputs.items():
+        if key in PROMPT_KEYS:
+            value = value[:, start:]
+        elif torch.is_tensor(value) and value.dim() == 2 and value.size(1) == width:
+            value = value[:, :keep]
+        out[key] = value
+    return out
 
 
 def probe_answer_batch(layout: ChatLayout, inputs: Sequence[dict]) -> list[DialogueTokens]:

@@ -69,7 +69,9 @@ class ExGRPOSettings:
     include_original_questions: bool = setting(True, "mode grpo: the original questions are samples too")
     questions_per_step: int = setting(1, "original questions per optimisation step, in both modes: exgrpo samples "
                                       "G dialogues of each; grpo samples G answers to each question and to k of its "
-                                      "probes (so both modes see the same questions at every step)")
+                                      "probes (so both modes see the same questions at every step). A step's questions "
+                                      "are rolled out together and updated one question at a time (accumulated "
+                                      "micro-batches: the memory of one question)")
     learning_rate: float = setting(1e-5, "learning rate (constant)")
     max_steps: int = setting(1000, "optimisation steps")
     save_steps: int = setting(50, "checkpoint interval in steps (a rerun resumes from the last)", "speed only")
