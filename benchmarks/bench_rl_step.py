@@ -16,19 +16,67 @@ warm-up. Probe data come from the program teacher on `arith` (nothing is downloa
 G x questions dialogues in flight, and TRL's update and reference passes take them in one batch) and
 prints seconds per question-visit (one question through its G rollouts, reward and update) beside the
 ratio to the first count: the cost per question that ``rl_questions_per_step`` buys down.
+
+Every run also prints where its timed steps went, per question-visit: sampling (the rollout), the
+reference pass (TRL's log-probabilities under the SFT model, run with the rollout), the policy's
+forward pass, Eq. 8's aux SFT loss, and the rest of the step (backward passes, optimiser, TRL's
+bookkeeping), with the mean padded width of the policy's micro-batches.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
+import time
 from pathlib import Path
 
 from exgrpo_utils.data.datasets import load
 from exgrpo_utils.infra.files import read_train_log
 from exgrpo_utils.infra.layout import TRAIN_LOG
 from exgrpo_utils.teach import inversion, rules, teachers
-from exgrpo_utils.train import exgrpo
+from exgrpo_utils.train import exgrpo, exgrpo_trainer
 from exgrpo_utils.train.settings import ExGRPOSettings
+
+PHASES = ("rollout", "reference", "policy forward", "aux SFT", "backward + rest")
+
+
+class PhaseClock:
+    """Seconds by phase of the trainer's calls, from wrappers around its methods (the bench only)."""
+
+    def __init__(self):
+        self.seconds, self.widths = {}, []
+        T = exgrpo_trainer.ExGRPOTrainer
+        T.run_rollout = self.wrap("rollout", T.run_rollout)
+        T._generate_and_score_completions = self.wrap("generate and score", T._generate_and_score_completions)
+        T._get_per_token_logps_and_entropies = self.wrap("logps", T._get_per_token_logps_and_entropies)
+        T.training_step = self.wrap("step", T.training_step)
+        exgrpo_trainer.aux_sft_loss = self.wrap("aux SFT", exgrpo_trainer.aux_sft_loss)
+
+    def wrap(self, name, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                key = name
+                if name == "logps":  # the policy's pass computes entropies; the reference pass does not
+                    key = "policy forward" if kwargs.get("compute_entropy") else "reference logps"
+                    if kwargs.get("compute_entropy"):
+                        self.widths.append(args[2].size(1))  # (self, model, input_ids, ...)
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+        return timed
+
+    def reset(self):
+        self.seconds, self.widths = {}, []
+
+    def phases(self) -> dict:
+        s = self.seconds
+        rollout = s.get("rollout", 0.0)
+        parts = {"rollout": rollout, "reference": s.get("generate and score", 0.0) - rollout,
+                 "policy forward": s.get("policy forward", 0.0), "aux SFT": s.get("aux SFT", 0.0)}
+        parts["backward + rest"] = s.get("step", 0.0) - s.get("generate and score", 0.0) - parts["policy forward"] - parts["aux SFT"]
+        return parts
 
 
 def main() -> None:
@@ -57,7 +105,8 @@ def main() -> None:
           f"tokens, {args.steps} timed steps after one warm-up step")
     print(f"{'backend':>8} {'mode':>7} {'q/step':>6} {'s/step':>8} {'s/q-visit':>10} {'gen tok/step':>13} "
           f"{'s/1k gen tok':>13} {'rollout s/q':>11} {'peak MiB':>9}")
-    per_token, per_visit = {}, {}
+    per_token, per_visit, phase_rows = {}, {}, []
+    clock = PhaseClock()
     for backend in args.backends:
         for mode in args.modes:
             for questions in args.questions:
@@ -66,6 +115,7 @@ def main() -> None:
                                           max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
                                           learning_rate=5e-5)
                 out = work / f"{backend}-{mode}-{questions}q"
+                clock.reset()
                 summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
                                               settings=settings, resume=False, report_to=())
                 log = read_train_log(out / TRAIN_LOG)
@@ -77,6 +127,13 @@ def main() -> None:
                 per_token[key], per_visit[key] = seconds / tokens, seconds / questions
                 print(f"{backend:>8} {mode:>7} {questions:>6} {seconds:>8.1f} {seconds / questions:>10.1f} {tokens:>13.0f} "
                       f"{1000 * seconds / tokens:>13.1f} {rollout:>11.1f} {summary['peak_memory_mib']:>9.0f}")
+                visits = questions * (args.steps + 1)  # the phase clock ran over every step, warm-up included
+                width = sum(clock.widths) / max(len(clock.widths), 1)
+                phase_rows.append((backend, mode, questions, {k: v / visits for k, v in clock.phases().items()}, width))
+    print("\nseconds per question-visit by phase (every step, warm-up included):")
+    print(f"{'backend':>8} {'mode':>7} {'q/step':>6} " + " ".join(f"{p:>15}" for p in PHASES) + f" {'policy width':>12}")
+    for backend, mode, questions, parts, width in phase_rows:
+        print(f"{backend:>8} {mode:>7} {questions:>6} " + " ".join(f"{parts[p]:>15.1f}" for p in PHASES) + f" {width:>12.0f}")
     first = args.questions[0]
     for backend in args.backends:
         for mode in args.modes:

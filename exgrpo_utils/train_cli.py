@@ -13,8 +13,9 @@ A training of notebook 05's plan, as ``exp_executor`` accelerate or slurm runs i
 It resolves the same parameters as notebooks 02 (``sft``) and 03 (``exgrpo``) and calls the same
 library functions, writing the same folders (``RunLayout``); the notebooks remain the place for the
 before/after evaluations and plots. With several processes each one must hold whole rollout groups
-(the DSU bonus compares the Scenario A and B rollouts of a question): the per-device batch is
-G x ``rl_questions_per_step``, and a step's questions are split between the processes (each rolled
+(the DSU bonus compares the Scenario A and B rollouts of a question): each process rolls out
+G x ``rl_questions_per_step`` dialogues per step and updates one question's rows at a time, and a
+step's questions are split between the processes (each rolled
 out on one; ``train/exgrpo/question_visits.jsonl`` lists them by process). One process writes
 (the fingerprint, the log, the summary, the merged SFT start). ``tests/test_distributed.py`` runs it
 for real with two processes on CPU (``configs/accelerate/cpu_two_processes.yaml``: torchrun, gloo) on
