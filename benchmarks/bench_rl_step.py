@@ -60,9 +60,9 @@ class PhaseClock:
                 return fn(*args, **kwargs)
             finally:
                 key = name
-                if name == "logps":  # the policy's pass computes entropies; the reference pass does not
+                if name == "logps":  # entropies: the policy's pass; without: the reference pass, inside generate and score
                     key = "policy forward" if kwargs.get("compute_entropy") else "reference logps"
-                    if kwargs.get("compute_entropy"):
+                    if key == "policy forward":
                         self.widths.append(args[2].size(1))  # (self, model, input_ids, ...)
                 self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
         return timed

@@ -108,8 +108,8 @@ class ExGRPOTrainer(GRPOTrainer):
 def aux_share(batch: Sequence[DialogueTokens], index: int, parts: int) -> tuple[list[DialogueTokens], float]:
     """Micro-batch ``index`` of ``parts``' share of a step's aux dialogues and its weight in the step's loss.
 
-    A step of several questions updates one question's rows at a time (``exgrpo.grpo_config``); Eq. 8's
-    dialogues are split the same way, in contiguous parts as even as possible, each part's mean loss
+    A step of several questions updates micro-batches of one question's row count (``exgrpo.grpo_config``);
+    Eq. 8's dialogues are split over as many parts, contiguous and as even as possible, each part's mean loss
     weighted by its share of the dialogues, so the parts add up to the step's aux loss once (a mean over
     parts of per-part token means; with one part, the whole batch at weight 1)."""
     size, extra = divmod(len(batch), parts)
@@ -125,8 +125,8 @@ def trim_padding(inputs: dict) -> dict:
     """A micro-batch without the columns that are padding in all of its rows.
 
     TRL pads a step's prompts (on the left) and completions (on the right) to the longest of the whole
-    generation batch; a micro-batch (one question's rows, see ``exgrpo.grpo_config``) is then mostly
-    narrower. The prompt's all-padding leading columns and every per-completion-token tensor's
+    generation batch; a micro-batch (one question's row count of the shuffled step, see
+    ``exgrpo.grpo_config``) is then often narrower. The prompt's all-padding leading columns and every per-completion-token tensor's
     all-padding trailing columns are cut (completions, masks, reference and old log-probabilities),
     so the update's forward and backward run over real tokens and the padding within the micro-batch
     only. Attention never reaches a padded position, so the loss is the same up to floating-point
