@@ -108,7 +108,10 @@ def test_smoke_extends_cpu_and_cpu_full_adds_to_the_cpu_run():
     assert full["run_name"] == "cpu" and full["exp_seeds"] == [0, 1, 2]
     for key in config.NOTEBOOKS["02_sft"] + config.NOTEBOOKS["03_exgrpo"]:  # 05 of cpu-full trains as 02/03 of cpu
         assert full[key] == cpu[key] or key == "run_name"
-    assert config.load_preset("cpu-full").notebooks == ("05_experiments", "06_paper_figures")
+    # the 12-dataset suite (04) is cpu-full's, not the main job's (its 60-minute budget); smoke runs every notebook
+    assert config.load_preset("cpu-full").notebooks == ("04_evaluate", "05_experiments", "06_paper_figures")
+    assert "04_evaluate" not in config.load_preset("cpu").notebooks and "04_evaluate" in config.load_preset("smoke").notebooks
+    assert full["exp_suite_keys"] == ["zero-shot", "sft", "exgrpo"] and not cpu["exp_suite_keys"]
 
 
 def test_preset_errors_name_the_file_and_the_problem(tmp_path):

@@ -518,3 +518,81 @@ def test_a_micro_batch_is_trimmed_to_its_own_rows_width():
     full = {k: v for k, v in inputs.items()}
     full["completion_mask"] = torch.ones(2, 5, dtype=torch.long)
     assert trim_padding(full)["completion_ids"].shape == (2, 5)  # nothing to cut
+
+
+def test_padding_columns_counts_the_all_padding_prompt_and_completion_columns():
+    import torch
+
+    from exgrpo_utils.train.exgrpo_trainer import padding_columns
+
+    # [prompt (4) | completion (5)]: 2 leading prompt columns and 3 trailing completion columns are padding in every row
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0, 0]])
+    assert padding_columns(mask, 5) == (2, 3)
+    assert padding_columns(torch.ones(2, 9, dtype=torch.long), 5) == (0, 0)
+    assert padding_columns(torch.tensor([[1, 1, 0, 0]]), 2) == (0, 1)  # no completion token: one column kept
+
+
+def test_the_log_prob_pass_per_question_equals_trls_pass_over_the_padded_step():
+    """The reference pass cut to each question's width gives TRL's log-probs at every real completion
+    token (zeros at padding, which the loss masks), on a tiny random Llama."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import GRPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from exgrpo_utils.train.exgrpo_trainer import ExGRPOTrainer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)).eval()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))  # as GRPOTrainer does to the policy
+    trainer = object.__new__(ExGRPOTrainer)
+    trainer.accelerator = Accelerator(cpu=True)
+    # two questions of two rows each: question 0 short, question 1 long (the step is padded to question 1)
+    prompt_mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    completion_mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+    mask = torch.cat([prompt_mask, completion_mask], 1)
+    ids = torch.randint(1, 64, mask.shape) * mask
+    with torch.no_grad():
+        ours, ours_h, _ = ExGRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, 4, batch_size=2,
+                                                                           compute_entropy=True)
+        trl, trl_h, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, 4, batch_size=2,
+                                                                       compute_entropy=True)
+    assert ours.shape == trl.shape == ours_h.shape == (4, 4)
+    real = completion_mask.bool()
+    assert torch.allclose(ours[real], trl[real], atol=1e-5) and torch.allclose(ours_h[real], trl_h[real], atol=1e-5)
+    assert not torch.allclose(ours[real], torch.zeros(()))  # real log-probs, not a pass that returned nothing
+    assert (ours[:2, 2:] == 0).all()  # question 0's two trailing columns were never computed
+
+
+def test_each_micro_batch_of_a_step_holds_one_questions_rows_in_order():
+    """TRL shuffles a step's rows before splitting them into micro-batches; the kit's trainer splits them
+    in order, so micro-batch i is question i's rows (the sampler's order) and is generated once per step."""
+    import types
+
+    import torch
+
+    from exgrpo_utils.train.exgrpo_trainer import ExGRPOTrainer
+
+    calls = []
+
+    def generate(batch):
+        calls.append(len(batch))
+        rows = len(batch)
+        return {"prompt_ids": torch.arange(rows).view(rows, 1), "advantages": torch.arange(rows, dtype=torch.float),
+                "num_items_in_batch": torch.tensor(rows)}
+
+    trainer = object.__new__(ExGRPOTrainer)
+    trainer.model = types.SimpleNamespace(training=True)
+    trainer.args = types.SimpleNamespace(steps_per_generation=3)
+    trainer.num_iterations, trainer._buffered_inputs = 1, None
+    trainer._generate_and_score_completions = generate
+    step_rows = [{"question_id": f"q{i // 4}"} for i in range(12)]  # 3 questions of 4 rows, in the sampler's order
+    parts = []
+    for step in range(3):
+        trainer._step = step
+        parts.append(ExGRPOTrainer._prepare_inputs(trainer, step_rows))
+    assert calls == [12]  # one generation for the step's three micro-batches
+    assert [p["prompt_ids"].view(-1).tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert all(int(p["num_items_in_batch"]) == 12 for p in parts)

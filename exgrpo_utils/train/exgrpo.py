@@ -73,9 +73,9 @@ def grpo_config(settings: ExGRPOSettings, out_dir: Path, *, device: str, bf16: b
         max_completion_length=settings.max_final_tokens,
         # batch: whole groups on each process (the DSU bonus needs all G rollouts of a question). The step's
         # questions are rolled out together (one engine run, G x questions_per_step dialogues in flight),
-        # rewarded and normalised together, then the update runs micro-batches of one question's row count
-        # (TRL shuffles the step's rows first, so a micro-batch may mix questions), accumulated into one
-        # optimiser step: the memory of one question whatever questions_per_step is
+        # rewarded and normalised together, then the update runs one micro-batch per question (its rows in
+        # order, ExGRPOTrainer._prepare_inputs), accumulated into one optimiser step: the memory of one
+        # question whatever questions_per_step is
         per_device_train_batch_size=settings.G * rows_per_question(settings),
         gradient_accumulation_steps=settings.questions_per_step, steps_per_generation=settings.questions_per_step,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,

@@ -19,8 +19,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
+from trl.trainer.utils import split_tensor_dict
 
 from .dialogue import ChatLayout, DialogueTokens, teacher_forced
 from .rl_data import QuestionBlockSampler, question_blocks
@@ -77,6 +79,44 @@ class ExGRPOTrainer(GRPOTrainer):
             log_metric(self, "tokens/aux_sft", sum(len(d.full_ids) for d in self._aux_batch))
         return output
 
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering of a generation batch, split in order instead of shuffled first: the step's rows
+        come question by question (``QuestionBlockSampler``), so each micro-batch holds one question's rows
+        and is as wide as that question's longest row (``trim_padding``), not the step's. The micro-batches
+        are accumulated into one optimiser step, so their order and make-up change only how the step's
+        loss is normalised per micro-batch and the floating-point order of the sums."""
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        parts = self.args.steps_per_generation
+        if self._step % (parts * self.num_iterations) == 0 or self._buffered_inputs is None:
+            self._buffered_inputs = split_tensor_dict(self._generate_and_score_completions(generation_batch), parts)
+        return self._buffered_inputs[self._step % parts]
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, **kwargs):
+        """TRL's log-prob pass, each chunk of ``batch_size`` rows (one question's rows, see
+        ``_prepare_inputs``) cut to its own width first: the reference pass runs over the whole step,
+        which TRL pads to its longest row. Image inputs go to TRL's pass unchanged."""
+        if any(value is not None for key, value in kwargs.items() if key != "compute_aux_loss"):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              batch_size, compute_entropy, **kwargs)
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            mask = attention_mask[start:start + batch_size]
+            lead, tail = padding_columns(mask, logits_to_keep)
+            end = mask.size(1) - tail
+            lp, ent, aux_loss = super()._get_per_token_logps_and_entropies(
+                model, input_ids[start:start + batch_size, lead:end], mask[:, lead:end], logits_to_keep - tail,
+                compute_entropy=compute_entropy, **kwargs)
+            logps.append(F.pad(lp, (0, tail)))
+            if ent is not None:
+                entropies.append(F.pad(ent, (0, tail)))
+            if aux_loss is not None:
+                aux.append(aux_loss)
+        return (torch.cat(logps), torch.cat(entropies) if entropies else None,
+                torch.stack(aux).mean() if aux else None)
+
     def _log_tokens(self, output) -> None:
         """This step's tokens by kind (this process): ``generated`` (sampled by the policy),
         ``context`` (dialogue turns the policy reads but did not write), ``update`` (prompt and
@@ -125,8 +165,8 @@ def trim_padding(inputs: dict) -> dict:
     """A micro-batch without the columns that are padding in all of its rows.
 
     TRL pads a step's prompts (on the left) and completions (on the right) to the longest of the whole
-    generation batch; a micro-batch (one question's row count of the shuffled step, see
-    ``exgrpo.grpo_config``) is then often narrower. The prompt's all-padding leading columns and every per-completion-token tensor's
+    generation batch; a micro-batch (one question's rows, see ``ExGRPOTrainer._prepare_inputs``)
+    is then often narrower. The prompt's all-padding leading columns and every per-completion-token tensor's
     all-padding trailing columns are cut (completions, masks, reference and old log-probabilities),
     so the update's forward and backward run over real tokens and the padding within the micro-batch
     only. Attention never reaches a padded position, so the loss is the same up to floating-point
@@ -145,6 +185,19 @@ def trim_padding(inputs: dict) -> dict:
             value = value[:, :keep]
         out[key] = value
     return out
+
+
+def padding_columns(attention_mask: torch.Tensor, completion_width: int) -> tuple[int, int]:
+    """How many leading and trailing columns of ``[prompt | completion]`` rows are padding in every row:
+    the leading ones within the (left-padded) prompt part, the trailing ones within the (right-padded)
+    completion part, at least one completion column kept."""
+    used = attention_mask.any(0)
+    prompt_width = attention_mask.size(1) - completion_width
+    real = torch.nonzero(used[:prompt_width])
+    lead = int(real[0]) if len(real) else 0
+    real = torch.nonzero(used[prompt_width:])
+    last = int(real[-1]) + 1 if len(real) else 1
+    return lead, completion_width - last
 
 
 def probe_answer_batch(layout: ChatLayout, inputs: Sequence[dict]) -> list[DialogueTokens]:
