@@ -13,9 +13,20 @@ generated tokens, then the ExGRPO / GRPO ratio per generated token. The first st
 warm-up. Probe data come from the program teacher on `arith` (nothing is downloaded).
 
 ``--questions 1 4`` runs each mode at each count of questions per step (the engine then has
-G x questions dialogues in flight, and TRL's update and reference passes take them in one batch) and
+G x questions dialogues in flight; the update runs one micro-batch per question and the reference pass
+one chunk per question) and
 prints seconds per question-visit (one question through its G rollouts, reward and update) beside the
 ratio to the first count: the cost per question that ``rl_questions_per_step`` buys down.
+
+``--updates kit trl`` runs each configuration twice: with the kit's update (one micro-batch per
+question, its rows in order, and the reference pass per question at its own width:
+``ExGRPOTrainer._prepare_inputs`` and ``_get_per_token_logps_and_entropies``) and with TRL's own
+(the step's rows shuffled before they are split into micro-batches, the reference pass over the
+step padded to its longest row; micro-batches are still trimmed, as before the change), one after the
+other for each configuration, and prints the ratio of the update's seconds per question-visit
+(reference pass, policy forward, aux SFT, backward and the rest; sampling left out: TRL's shuffle
+draws from the random generator the rollouts are seeded from, so the two variants sample different
+completions after the first step) and of the whole step per generated token.
 
 Every run also prints where its timed steps went, per question-visit: sampling (the rollout), the
 reference pass (TRL's log-probabilities under the SFT model, run with the rollout), the policy's
@@ -26,9 +37,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import tempfile
 import time
 from pathlib import Path
+
+from trl import GRPOTrainer
 
 from exgrpo_utils.data.datasets import load
 from exgrpo_utils.infra.files import read_train_log
@@ -49,6 +63,8 @@ class PhaseClock:
         T.run_rollout = self.wrap("rollout", T.run_rollout)
         T._generate_and_score_completions = self.wrap("generate and score", T._generate_and_score_completions)
         T._get_per_token_logps_and_entropies = self.wrap("logps", T._get_per_token_logps_and_entropies)
+        self.kit_update = (T._prepare_inputs, T._get_per_token_logps_and_entropies)
+        self.trl_update = (GRPOTrainer._prepare_inputs, self.wrap("logps", GRPOTrainer._get_per_token_logps_and_entropies))
         T.training_step = self.wrap("step", T.training_step)
         exgrpo_trainer.aux_sft_loss = self.wrap("aux SFT", exgrpo_trainer.aux_sft_loss)
 
@@ -67,8 +83,10 @@ class PhaseClock:
                 self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
         return timed
 
-    def reset(self):
+    def reset(self, update: str = "kit"):
         self.seconds, self.widths = {}, []
+        T = exgrpo_trainer.ExGRPOTrainer
+        T._prepare_inputs, T._get_per_token_logps_and_entropies = self.kit_update if update == "kit" else self.trl_update
 
     def phases(self) -> dict:
         s = self.seconds
@@ -90,6 +108,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, nargs="+", default=[1], help="questions per step (several: side by side)")
     ap.add_argument("--modes", nargs="+", default=["exgrpo", "grpo"], choices=["exgrpo", "grpo"])
     ap.add_argument("--backends", nargs="+", default=["fast", "generate"], choices=["fast", "generate"])
+    ap.add_argument("--updates", nargs="+", default=["kit"], choices=["kit", "trl"],
+                    help="the kit's per-question update, TRL's shuffled one, or both (side by side)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
@@ -103,51 +123,56 @@ def main() -> None:
     print(f"cpu: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print(f"model {args.model}; k={args.k} G={args.G} probe/final budgets {args.probe_tokens}/{args.final_tokens} "
           f"tokens, {args.steps} timed steps after one warm-up step")
-    print(f"{'backend':>8} {'mode':>7} {'q/step':>6} {'s/step':>8} {'s/q-visit':>10} {'gen tok/step':>13} "
+    print(f"{'update':>6} {'backend':>8} {'mode':>7} {'q/step':>6} {'s/step':>8} {'s/q-visit':>10} {'gen tok/step':>13} "
           f"{'s/1k gen tok':>13} {'rollout s/q':>11} {'peak MiB':>9}")
-    per_token, per_visit, phase_rows = {}, {}, []
+    per_token, per_visit, update_seconds, phase_rows = {}, {}, {}, []
     clock = PhaseClock()
-    for backend in args.backends:
-        for mode in args.modes:
-            for questions in args.questions:
-                settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
-                                          max_final_tokens=args.final_tokens, questions_per_step=questions,
-                                          max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
-                                          learning_rate=5e-5)
-                out = work / f"{backend}-{mode}-{questions}q"
-                clock.reset()
-                summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
-                                              settings=settings, resume=False, report_to=())
-                log = read_train_log(out / TRAIN_LOG)
-                log = log[log["loss"].notna()].iloc[1:]
-                seconds = log["step_time"].mean()
-                tokens = log["tokens/generated"].mean()  # the policy's own sampled tokens per step
-                rollout = log["timing/rollout_s"].mean() / questions if "timing/rollout_s" in log else float("nan")
-                key = (backend, mode, questions)
-                per_token[key], per_visit[key] = seconds / tokens, seconds / questions
-                print(f"{backend:>8} {mode:>7} {questions:>6} {seconds:>8.1f} {seconds / questions:>10.1f} {tokens:>13.0f} "
-                      f"{1000 * seconds / tokens:>13.1f} {rollout:>11.1f} {summary['peak_memory_mib']:>9.0f}")
-                visits = questions * (args.steps + 1)  # the phase clock ran over every step, warm-up included
-                width = sum(clock.widths) / max(len(clock.widths), 1)
-                phase_rows.append((backend, mode, questions, {k: v / visits for k, v in clock.phases().items()}, width))
+    for update, backend, mode, questions in itertools.product(args.backends, args.modes, args.questions, args.updates):
+        settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
+                                  max_final_tokens=args.final_tokens, questions_per_step=questions,
+                                  max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
+                                  learning_rate=5e-5)
+        out = work / f"{update}-{backend}-{mode}-{questions}q"
+        clock.reset(update)
+        summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
+                                      settings=settings, resume=False, report_to=())
+        log = read_train_log(out / TRAIN_LOG)
+        log = log[log["loss"].notna()].iloc[1:]
+        seconds = log["step_time"].mean()
+        tokens = log["tokens/generated"].mean()  # the policy's own sampled tokens per step
+        rollout = log["timing/rollout_s"].mean() / questions if "timing/rollout_s" in log else float("nan")
+        key = (update, backend, mode, questions)
+        per_token[key], per_visit[key] = seconds / tokens, seconds / questions
+        print(f"{update:>6} {backend:>8} {mode:>7} {questions:>6} {seconds:>8.1f} {seconds / questions:>10.1f} {tokens:>13.0f} "
+              f"{1000 * seconds / tokens:>13.1f} {rollout:>11.1f} {summary['peak_memory_mib']:>9.0f}")
+        visits = questions * (args.steps + 1)  # the phase clock ran over every step, warm-up included
+        width = sum(clock.widths) / max(len(clock.widths), 1)
+        parts = {k: v / visits for k, v in clock.phases().items()}
+        update_seconds[key] = sum(v for k, v in parts.items() if k != "rollout")
+        phase_rows.append((update, backend, mode, questions, parts, width))
     print("\nseconds per question-visit by phase (every step, warm-up included):")
-    print(f"{'backend':>8} {'mode':>7} {'q/step':>6} " + " ".join(f"{p:>15}" for p in PHASES) + f" {'policy width':>12}")
-    for backend, mode, questions, parts, width in phase_rows:
-        print(f"{backend:>8} {mode:>7} {questions:>6} " + " ".join(f"{parts[p]:>15.1f}" for p in PHASES) + f" {width:>12.0f}")
-    first = args.questions[0]
+    print(f"{'update':>6} {'backend':>8} {'mode':>7} {'q/step':>6} " + " ".join(f"{p:>15}" for p in PHASES) + f" {'policy width':>12}")
+    for update, backend, mode, questions, parts, width in phase_rows:
+        print(f"{update:>6} {backend:>8} {mode:>7} {questions:>6} " + " ".join(f"{parts[p]:>15.1f}" for p in PHASES) + f" {width:>12.0f}")
+    first, u0 = args.questions[0], args.updates[0]
     for backend in args.backends:
         for mode in args.modes:
             for questions in args.questions[1:]:
                 print(f"{backend} {mode}: seconds per question-visit at {questions} questions/step against {first}: "
-                      f"x{per_visit[(backend, mode, questions)] / per_visit[(backend, mode, first)]:.2f}")
+                      f"x{per_visit[(u0, backend, mode, questions)] / per_visit[(u0, backend, mode, first)]:.2f}")
+            for questions in args.questions if set(args.updates) == {"kit", "trl"} else ():
+                kit, trl = (update_seconds[(u, backend, mode, questions)] for u in ("kit", "trl"))
+                print(f"{backend} {mode}, {questions} q/step: kit / TRL update seconds per question-visit = "
+                      f"{kit:.1f} / {trl:.1f} = x{kit / trl:.2f}; whole step per generated token x"
+                      f"{per_token[('kit', backend, mode, questions)] / per_token[('trl', backend, mode, questions)]:.2f}")
         if len(args.modes) == 2:
             for questions in args.questions:
                 print(f"{backend}, {questions} q/step: ExGRPO / GRPO seconds per generated token = "
-                      f"{per_token[(backend, 'exgrpo', questions)] / per_token[(backend, 'grpo', questions)]:.2f}")
+                      f"{per_token[(u0, backend, 'exgrpo', questions)] / per_token[(u0, backend, 'grpo', questions)]:.2f}")
     if len(args.backends) == 2:
         for mode in args.modes:
             print(f"{mode}: generate / fast seconds per generated token = "
-                  f"{per_token[('generate', mode, first)] / per_token[('fast', mode, first)]:.2f}")
+                  f"{per_token[(u0, 'generate', mode, first)] / per_token[(u0, 'fast', mode, first)]:.2f}")
     print(f"(peak memory is the process peak so far; work dir {work})")
 
 

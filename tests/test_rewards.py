@@ -596,3 +596,13 @@ def test_each_micro_batch_of_a_step_holds_one_questions_rows_in_order():
     assert calls == [12]  # one generation for the step's three micro-batches
     assert [p["prompt_ids"].view(-1).tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert all(int(p["num_items_in_batch"]) == 12 for p in parts)
+
+
+def test_a_step_whose_micro_batch_would_mix_questions_is_refused():
+    import pytest
+
+    from exgrpo_utils.train.exgrpo_trainer import check_question_blocks
+
+    check_question_blocks(["a"] * 4 + ["b"] * 4, 4)
+    with pytest.raises(ValueError, match=r"rows 0-3 of this step hold questions \['a', 'b'\]"):
+        check_question_blocks(["a", "a", "b", "b", "b", "b", "a", "a"], 4)

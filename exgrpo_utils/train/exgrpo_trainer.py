@@ -68,6 +68,7 @@ class ExGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._rollout_aux = None
+        check_question_blocks([x["question_id"] for x in inputs], self.args.per_device_train_batch_size)
         if self.visits is not None:  # every process's questions of this step, gathered to the main one
             mine = list(dict.fromkeys(x["question_id"] for x in inputs))
             self.visits.record(self.state.global_step + 1, gather_object([mine]), self.accelerator.is_main_process)
@@ -82,9 +83,13 @@ class ExGRPOTrainer(GRPOTrainer):
     def _prepare_inputs(self, generation_batch):
         """TRL's buffering of a generation batch, split in order instead of shuffled first: the step's rows
         come question by question (``QuestionBlockSampler``), so each micro-batch holds one question's rows
-        and is as wide as that question's longest row (``trim_padding``), not the step's. The micro-batches
-        are accumulated into one optimiser step, so their order and make-up change only how the step's
-        loss is normalised per micro-batch and the floating-point order of the sums."""
+        and is as wide as that question's longest row (``trim_padding``), not the step's. With the kit's
+        ``loss_type="grpo"`` (a mean per row, every micro-batch of the same row count) the step's loss does
+        not depend on how rows are grouped; what changes against TRL's is the floating-point order of the
+        sums, the per-micro-batch extremes TRL logs (``clip_ratio/low_min``, ``/high_max``) and the random
+        numbers: TRL's shuffle draws from torch's global generator, which the rollout engine's seeds come
+        from too, so rollouts after the first step differ from a run with the shuffle. Text only (the kit's
+        students): TRL's splitting of image inputs is not applied."""
         if not self.model.training:
             return super()._prepare_inputs(generation_batch)
         parts = self.args.steps_per_generation
@@ -94,9 +99,11 @@ class ExGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, **kwargs):
-        """TRL's log-prob pass, each chunk of ``batch_size`` rows (one question's rows, see
-        ``_prepare_inputs``) cut to its own width first: the reference pass runs over the whole step,
-        which TRL pads to its longest row. Image inputs go to TRL's pass unchanged."""
+        """TRL's log-prob pass, each chunk of ``batch_size`` rows cut to its own width first. TRL runs the
+        reference pass over the whole generation batch, padded to its longest row, in chunks of
+        ``per_device_train_batch_size`` rows: one question's rows, since the sampler yields questions
+        contiguously (``QuestionBlockSampler``, checked in ``_generate_and_score_completions``). Positions
+        cut at padding get 0, as TRL's fused head gives them. Image inputs go to TRL's pass unchanged."""
         if any(value is not None for key, value in kwargs.items() if key != "compute_aux_loss"):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               batch_size, compute_entropy, **kwargs)
@@ -185,6 +192,16 @@ def trim_padding(inputs: dict) -> dict:
             value = value[:, :keep]
         out[key] = value
     return out
+
+
+def check_question_blocks(question_ids: Sequence[str], rows: int) -> None:
+    """Each block of ``rows`` consecutive rows of a process's generation batch is one question's (what the
+    per-question micro-batches and reference chunks rely on); a ValueError otherwise."""
+    for start in range(0, len(question_ids), rows):
+        block = set(question_ids[start:start + rows])
+        if len(block) != 1:
+            raise ValueError(f"rows {start}-{start + rows - 1} of this step hold questions {sorted(block)}: "
+                             f"a micro-batch of {rows} rows must hold one question's rows")
 
 
 def padding_columns(attention_mask: torch.Tensor, completion_width: int) -> tuple[int, int]:
