@@ -14,10 +14,17 @@ round, how many completions agree token for token, whether each path gave the sa
 every round, and each run as a fraction of this CPU's roofline for the same tokens: the time the
 measured peak matmul rate and memory bandwidth allow with every item in flight (weights read once per
 decode step, each live row's keys and values once per step).
+
+``--batch 0 --slots 64 128 256 --dataset arith --items 200 --new-tokens 96`` compares the engine with
+itself at several slot counts (the first is the reference of the ratios and of the agreement): the
+evaluations' and the Eq. 2 pass's best batch shape on this CPU (``eval_batch_size``,
+``ei_student_batch_size``). Completions may differ between slot counts where greedy decoding meets
+a near tie (other batch shapes sum floating-point numbers in another order); the agreement line counts them.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -125,8 +132,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="gsm8k")
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=32, help="plain generate's batch size")
-    ap.add_argument("--slots", type=int, default=64, help="the engine's sequences in flight")
+    ap.add_argument("--batch", type=int, default=32, help="plain generate's batch size (0: leave plain generate out)")
+    ap.add_argument("--slots", type=int, nargs="+", default=[64],
+                    help="the engine's sequences in flight (several: one engine path per count, side by side)")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 (both paths use it)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="timed rounds of both paths, alternating which runs first; medians are reported")
@@ -158,8 +166,8 @@ def main() -> None:
                 out.append(row[: row.index(eos) + 1] if eos in row else row)
         return out
 
-    def engine() -> list[list[int]]:
-        eng = SlotEngine(model, stop_ids=[eos], pad_id=tok.pad_token_id, slots=args.slots)
+    def engine(slots: int) -> list[list[int]]:
+        eng = SlotEngine(model, stop_ids=[eos], pad_id=tok.pad_token_id, slots=slots)
         return eng.run([single_turn(i, args.new_tokens) for i in ids])
 
     with torch.inference_mode():  # warm-up: one short generation each
@@ -167,13 +175,18 @@ def main() -> None:
                        do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
     SlotEngine(model, stop_ids=[eos], pad_id=tok.pad_token_id, slots=2).run([single_turn(i, 4) for i in ids[:2]])
 
-    paths = {"transformers generate": (plain, args.batch), "kit engine": (engine, args.slots)}
-    ref_name, fast_name = list(paths)
+    paths = {"transformers generate": (plain, args.batch)} if args.batch > 0 else {}
+    for slots in args.slots:
+        paths[f"kit engine, {slots} slots" if len(args.slots) > 1 else "kit engine"] = (
+            functools.partial(engine, slots), slots)
+    if len(paths) < 2:
+        raise SystemExit("nothing to compare: give --batch > 0 or several --slots")
+    ref_name = next(iter(paths))
     times: dict[str, list[float]] = {name: [] for name in paths}
     outputs: dict[str, list] = {name: [] for name in paths}
-    ratios = []
-    print(f"{'round':>5} {'path':<22} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'roofline':>8}")
-    for r in range(args.rounds):  # ABBA order: neither path always runs first (allocator and cache warm-up)
+    ratios: dict[str, list[float]] = {name: [] for name in paths}
+    print(f"{'round':>5} {'path':<24} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'roofline':>8}")
+    for r in range(args.rounds):  # ABBA order: no path always runs first (allocator and cache warm-up)
         order = list(paths) if r % 2 == 0 else list(paths)[::-1]
         for name in order:
             fn, batch = paths[name]
@@ -184,25 +197,28 @@ def main() -> None:
             outputs[name].append(out)
             n = sum(map(len, out))
             ideal = roofline_seconds(model, list(map(len, ids)), list(map(len, out)), len(ids), flops_peak, bw_peak)
-            print(f"{r + 1:>5} {name:<22} {batch:>5} {n:>7} {seconds:>8.1f} {n / seconds:>7.1f} {100 * ideal / seconds:>7.0f}%",
+            print(f"{r + 1:>5} {name:<24} {batch:>5} {n:>7} {seconds:>8.1f} {n / seconds:>7.1f} {100 * ideal / seconds:>7.0f}%",
                   flush=True)
         speed = {name: sum(map(len, outputs[name][-1])) / times[name][-1] for name in paths}
-        ratios.append(speed[fast_name] / speed[ref_name])
+        for name in paths:
+            ratios[name].append(speed[name] / speed[ref_name])
     rate = {name: sum(map(len, outputs[name][0])) / statistics.median(times[name]) for name in paths}
-    print(f"median tokens/s over {args.rounds} round(s): transformers generate {rate[ref_name]:.1f}, "
-          f"kit engine {rate[fast_name]:.1f}")
-    print(f"speed-up (kit engine / transformers generate, tokens/s, same run): {rate[fast_name] / rate[ref_name]:.2f}x "
-          f"of the medians; per round {', '.join(f'{x:.2f}x' for x in ratios)} (min {min(ratios):.2f}x)")
-    ref, fast = outputs[ref_name][0], outputs[fast_name][0]
-    same = sum(a == b for a, b in zip(ref, fast))
-    prefix = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in zip(ref, fast)]
-    print(f"agreement: {same}/{len(ref)} completions identical token for token; mean common prefix "
-          f"{sum(prefix) / max(1, sum(map(len, ref))):.1%} of the reference's tokens")
+    print(f"median tokens/s over {args.rounds} round(s): " + ", ".join(f"{name} {rate[name]:.1f}" for name in paths))
+    ref = outputs[ref_name][0]
+    for name in list(paths)[1:]:
+        rs = ratios[name]
+        print(f"speed-up ({name} / {ref_name}, tokens/s, same run): {rate[name] / rate[ref_name]:.2f}x of the medians; "
+              f"per round {', '.join(f'{x:.2f}x' for x in rs)} (min {min(rs):.2f}x)")
+        other = outputs[name][0]
+        same = sum(a == b for a, b in zip(ref, other))
+        prefix = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) for a, b in zip(ref, other)]
+        print(f"agreement with {ref_name}: {same}/{len(ref)} completions identical token for token; mean common "
+              f"prefix {sum(prefix) / max(1, sum(map(len, ref))):.1%} of its tokens")
     for name in paths:
         stable = all(o == outputs[name][0] for o in outputs[name][1:])
         print(f"rerun: {name} gave {'identical' if stable else 'DIFFERENT'} completions in every round")
     if not args.no_breakdown:
-        b = decode_breakdown(model, ids, eos=eos, pad=tok.pad_token_id, slots=args.slots)
+        b = decode_breakdown(model, ids, eos=eos, pad=tok.pad_token_id, slots=args.slots[0])
         shares = ", ".join(f"{k} {b[k]:.1f} ms ({100 * b[k] / b['step']:.0f}%)"
                            for k in ("weight matmuls", "attention", "other ops", "outside ops (Python)"))
         print(f"engine decode step (profiled, {b['rows']:.1f} rows, {b['width']:.0f} positions): {b['step']:.1f} ms = {shares}")

@@ -127,7 +127,7 @@ def main() -> None:
           f"{'s/1k gen tok':>13} {'rollout s/q':>11} {'peak MiB':>9}")
     per_token, per_visit, update_seconds, phase_rows = {}, {}, {}, []
     clock = PhaseClock()
-    for update, backend, mode, questions in itertools.product(args.backends, args.modes, args.questions, args.updates):
+    for backend, mode, questions, update in itertools.product(args.backends, args.modes, args.questions, args.updates):
         settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
                                   max_final_tokens=args.final_tokens, questions_per_step=questions,
                                   max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,
