@@ -97,6 +97,16 @@ class PhaseClock:
         return parts
 
 
+def plan(backends, modes, questions, updates) -> list[tuple[str, str, str, int]]:
+    """The runs, as (update, backend, mode, questions per step), the update innermost: the kit's and
+    TRL's update of one configuration run one after the other.
+
+    >>> plan(["fast"], ["exgrpo"], [1, 4], ["kit", "trl"])
+    [('kit', 'fast', 'exgrpo', 1), ('trl', 'fast', 'exgrpo', 1), ('kit', 'fast', 'exgrpo', 4), ('trl', 'fast', 'exgrpo', 4)]
+    """
+    return [(u, b, m, q) for b, m, q, u in itertools.product(backends, modes, questions, updates)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -127,7 +137,7 @@ def main() -> None:
           f"{'s/1k gen tok':>13} {'rollout s/q':>11} {'peak MiB':>9}")
     per_token, per_visit, update_seconds, phase_rows = {}, {}, {}, []
     clock = PhaseClock()
-    for backend, mode, questions, update in itertools.product(args.backends, args.modes, args.questions, args.updates):
+    for update, backend, mode, questions in plan(args.backends, args.modes, args.questions, args.updates):
         settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
                                   max_final_tokens=args.final_tokens, questions_per_step=questions,
                                   max_steps=args.steps + 1, save_steps=10_000, rollout_backend=backend,

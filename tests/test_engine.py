@@ -212,3 +212,19 @@ def test_the_shape_profile_names_the_cpu_its_peak_and_every_projection(capsys):
     assert "CPU: " in out and "peak: 2048^3 matmul" in out
     for name in ("attention q, o (r x 576 x 576)", "MLP up, gate (r x 576 x 1536)", "vocabulary projection (r x 576 x 49152)"):
         assert name in out
+
+
+def test_rl_bench_runs_each_configuration_with_the_update_it_names():
+    """The RL bench once unpacked its product in the wrong order (a question count became the mode)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_rl_step.py"
+    spec = importlib.util.spec_from_file_location("bench_rl_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = bench.plan(["fast", "generate"], ["exgrpo", "grpo"], [1, 4], ["kit", "trl"])
+    assert len(runs) == 16 and len(set(runs)) == 16
+    assert {r[0] for r in runs} == {"kit", "trl"} and {r[1] for r in runs} == {"fast", "generate"}
+    assert {r[2] for r in runs} == {"exgrpo", "grpo"} and {r[3] for r in runs} == {1, 4}
+    assert runs[:2] == [("kit", "fast", "exgrpo", 1), ("trl", "fast", "exgrpo", 1)]  # the update innermost
