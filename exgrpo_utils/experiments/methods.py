@@ -62,6 +62,9 @@ METHODS = _methods()
 
 GROUPS = {
     "core": ("zero-shot", "sft", "sft-grpo", "exgrpo"),
+    # Figure 1's models: the core, SKD (the plain distillation EI training is judged against) and the
+    # same ExGRPO run without the DSU bonus (Eq. 5-6 isolated)
+    "figure1": ("zero-shot", "skd", "sft", "sft-grpo", "exgrpo-nobonus", "exgrpo"),
     "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd",
                   "exgrpo"),
     "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-nobonus", "exgrpo-revealing"),

@@ -16,8 +16,8 @@ class ExperimentSettings:
                                      "task's test set and its paired OOD sets (paper: the 8 held-in tasks); each needs "
                                      "notebook 01's probes (ei_datasets); empty: train_dataset only", "paper")
     groups: tuple[str, ...] = setting(("core", "baselines", "table3", "table4", "fraction"),
-                                      "method groups to run (experiments.methods.GROUPS): core, baselines, "
-                                      "table3, table4, fraction", "paper")
+                                      "method groups to run (experiments.methods.GROUPS): core, figure1, "
+                                      "baselines, table3, table4, fraction", "paper")
     seeds: tuple[int, ...] = setting((0,), "training seeds (seed 0 of everything runs first)")
     seed0_only_groups: tuple[str, ...] = setting((), "groups run for seed 0 only (to fit a time budget)")
     suite_keys: tuple[str, ...] = setting((),

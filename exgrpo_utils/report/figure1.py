@@ -22,11 +22,11 @@ import pandas as pd
 
 from ..evaluate.ei_test import ei_source, ei_test_ids, ei_test_name
 from ..evaluate.stats import seed_cluster_interval
-from ..experiments.methods import METHODS
+from ..experiments.methods import GROUPS, METHODS
 from ..infra.layout import RunLayout
 from .paper_tables import cell_stats, fmt, item_scores, tasks_of
 
-FIGURE1_KEYS = ("zero-shot", "skd", "sft", "sft-grpo", "exgrpo-nobonus", "exgrpo")
+FIGURE1_KEYS = GROUPS["figure1"]
 
 
 def _items(layouts, df, key: str, task: str):
