@@ -50,6 +50,55 @@ def test_a_finished_output_made_from_other_inputs_is_stale_and_runs_again(tmp_pa
     assert not replace(job, output=folder / "missing").finished()
 
 
+def test_a_job_after_one_that_runs_again_runs_again_and_a_precision_left_open_is_the_stamps(tmp_path):
+    from dataclasses import replace
+
+    from exgrpo_utils.infra.fingerprint import check_stamp
+
+    folders = {name: tmp_path / name for name in ("sft", "rl")}
+    for name, folder in folders.items():
+        check_stamp(folder, {"lr": 1e-5, "precision": {"device": "cuda"}}, what="test training", log=lambda *_: None)
+        (folder / f"{name}.done").write_text("x")
+    sft = replace(_job("sft", folders["sft"]), inputs={"lr": 1e-5, "precision": {"device": "cuda"}})
+    rl = replace(_job("rl", folders["rl"], after=["sft"]), inputs={"lr": 1e-5, "precision": None})
+    assert rl.finished()  # planned away from the GPUs: the precision is the one the job trained in
+    assert dispatch.to_run([rl, sft]) == set() and "rl [done] after sft" in dispatch.describe([rl, sft], "inline")
+    assert not replace(rl, inputs={"lr": 1e-5, "precision": {"device": "cpu"}}).finished()
+    stale_sft = replace(sft, inputs={"lr": 2e-5, "precision": {"device": "cuda"}})
+    assert dispatch.to_run([rl, stale_sft]) == {"sft", "rl"}  # a new warm-up: the RL starts from another model
+    assert "rl [to run] after sft" in dispatch.describe([rl, stale_sft], "inline")
+    outcomes = dispatch.run_plan([rl, stale_sft], executor="inline", log_dir=tmp_path / "logs")
+    assert [o.state for o in outcomes] == ["ran", "ran"]
+
+
+def test_the_plan_knows_a_committed_training_is_current_from_the_trainers_own_inputs(monkeypatch):
+    """``runs.training_inputs`` runs the real trainer in planning mode: for the committed cpu run's SFT it
+    gives exactly the inputs that training stamped, and writes nothing; another setting is stale; an RL
+    job whose warm-up's model is not on disk (weights are not committed) has no known inputs."""
+    from exgrpo_utils import config
+    from exgrpo_utils.experiments import jobs
+    from exgrpo_utils.experiments.runs import Context, training_inputs
+    from exgrpo_utils.infra.fingerprint import read_stamp, stamp_fingerprint
+    from exgrpo_utils.infra.paths import PROJECT_ROOT
+
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(PROJECT_ROOT / "results"))
+    params = config.for_notebook("05_experiments", config.resolve(config.load_preset("cpu"), run_name="cpu"))
+    ctx = Context.from_params(params, check=False)
+    folder = ctx.layout.train_dir("sft")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    planned = training_inputs(ctx, "arith", "sft", 0)
+    assert stamp_fingerprint(planned) == read_stamp(folder)["fingerprint"]
+    assert training_inputs(ctx, "arith", "sft", 0, here=False)["precision"] is None  # decided on the SLURM node
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
+    assert training_inputs(ctx, "arith", "exgrpo", 0) is None
+    plan = {j.name: j for j in jobs.training_jobs(ctx, [("sft", 0), ("exgrpo", 0)], folder / "unused.json")}
+    assert plan["sft"].inputs == planned and plan["sft"].finished() and plan["exgrpo"].inputs is None
+    other = config.for_notebook("05_experiments", config.resolve(config.load_preset("cpu"), {"sft_learning_rate": 1e-4},
+                                                                 run_name="cpu"))
+    stale = jobs.training_jobs(Context.from_params(other, check=False), [("sft", 0), ("exgrpo", 0)], folder / "unused.json")
+    assert dispatch.to_run(stale) == {"sft", "exgrpo"}
+
+
 def test_a_plan_with_a_cycle_or_an_unknown_dependency_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cycle: a -> b -> a"):
         dispatch.in_order([_job("a", tmp_path, after=["b"]), _job("b", tmp_path, after=["a"])])

@@ -7,8 +7,8 @@ jobs it needs first (``after``: a warm-up before the RL that starts from it) and
 writes when finished (``output``), with the inputs it is made from where the planner knows them
 (``inputs``: the fingerprint inputs its command stamps on ``output``'s folder). Submitting a plan
 again runs only what is missing or stale: a job is done when its output exists and, if it has
-``inputs``, the folder's fingerprint (``infra.fingerprint``) was made from those inputs. A stale job
-is run again; its command then refuses the folder with the fingerprint's message (what differs)
+``inputs``, the folder's fingerprint (``infra.fingerprint``) was made from those inputs, and no job
+it comes after runs again (:func:`to_run`). A stale job is run again; its command then refuses the folder with the fingerprint's message (what differs)
 unless it was asked for ``fresh=true``, so nothing made from other inputs is ever reused silently.
 A job that fails is reported with its log; the jobs that need it are not run; the others go on.
 
@@ -42,13 +42,19 @@ class Job:
     inputs: dict | None = None  # the fingerprint inputs of output's folder, when the planner knows them
 
     def finished(self) -> bool:
-        """The output exists and, with ``inputs``, its folder's fingerprint was made from them."""
+        """The output exists and, with ``inputs``, its folder's fingerprint was made from them (a
+        ``precision`` of None, not known where the plan is made, is taken from the folder's stamp)."""
         if not self.output.exists():
             return False
         if self.inputs is None:
             return True
         stamp = read_stamp(self.output.parent)
-        return stamp is not None and stamp.get("fingerprint") == stamp_fingerprint(self.inputs)
+        if stamp is None:
+            return False
+        wanted = dict(self.inputs)
+        if "precision" in wanted and wanted["precision"] is None:
+            wanted["precision"] = (stamp.get("inputs") or {}).get("precision")
+        return stamp.get("fingerprint") == stamp_fingerprint(wanted)
 
 
 @dataclass
@@ -93,11 +99,22 @@ def in_order(jobs: Sequence[Job]) -> list[Job]:
     return ordered
 
 
+def to_run(jobs: Sequence[Job]) -> set[str]:
+    """The names of the jobs that will run: those not finished, and every job after one of them (a
+    warm-up trained again gives its RL another starting model)."""
+    pending: set[str] = set()
+    for job in in_order(jobs):
+        if not job.finished() or pending.intersection(job.after):
+            pending.add(job.name)
+    return pending
+
+
 def describe(jobs: Sequence[Job], executor: str) -> str:
     """The plan as a dry run prints it: one line per job, with what it waits for and whether it is done."""
     lines = [f"executor {executor}: {len(jobs)} job(s)"]
+    pending = to_run(jobs)
     for job in in_order(jobs):
-        mark = "done" if job.finished() else "to run"
+        mark = "to run" if job.name in pending else "done"
         lines.append(f"  {job.name} [{mark}]" + (f" after {', '.join(job.after)}" if job.after else ""))
     return "\n".join(lines)
 
@@ -131,8 +148,9 @@ def _blocked(job: Job, outcomes: dict[str, Outcome]) -> bool:
 
 def _run_local(jobs: list[Job], log_dir: Path, launcher: list[str], env: dict) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
+    pending = to_run(jobs)
     for job in jobs:
-        if job.finished():
+        if job.name not in pending:
             outcomes[job.name] = Outcome(job.name, "done")
         elif _blocked(job, outcomes):
             outcomes[job.name] = Outcome(job.name, "not run")
@@ -149,8 +167,9 @@ def _run_local(jobs: list[Job], log_dir: Path, launcher: list[str], env: dict) -
 def _run_slurm(jobs: list[Job], log_dir: Path, resources: Resources, launcher: list[str]) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
     submitted: dict[str, object] = {}
+    pending = to_run(jobs)
     for job in jobs:
-        if job.finished():
+        if job.name not in pending:
             outcomes[job.name] = Outcome(job.name, "done")
             continue
         executor = submitit.AutoExecutor(folder=log_dir / "%j", cluster="slurm")

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from ..infra.files import atomic_write_json
 from .dispatch import Job, Resources, describe, report, run_plan
 from .methods import METHODS, opd_status, plan
-from .runs import SUMMARIES, Context, plan_triples
+from .runs import SUMMARIES, Context, plan_triples, training_inputs
 
 
 def params_file(ctx: Context) -> Path:
@@ -26,7 +26,10 @@ def params_file(ctx: Context) -> Path:
 
 
 def training_jobs(ctx: Context, pairs: Sequence[tuple[str, int]], params_path: Path) -> list[Job]:
-    """One job per (task, method, seed) of ``pairs`` that trains, with its warm-up as a dependency."""
+    """One job per (task, method, seed) of ``pairs`` that trains, with its warm-up as a dependency and
+    the fingerprint inputs its training will stamp where they are known now (``runs.training_inputs``):
+    a finished training made from other inputs then counts as stale and is submitted again."""
+    here = ctx.experiments.executor != "slurm"  # SLURM jobs train on other nodes, in their own precision
     opd_runs = opd_status(ctx.teacher.teacher, ctx.teacher.teacher_model)[0]
     jobs = []
     for task, key, seed in plan_triples(pairs, ctx.tasks):
@@ -37,7 +40,8 @@ def training_jobs(ctx: Context, pairs: Sequence[tuple[str, int]], params_path: P
         after = (ctx.rid(m.init, seed, task),) if m.kind == "rl" and m.init != "base" else ()
         command = ("exgrpo_utils.train_cli", "method", "--params", str(params_path), "--task", task, "--key", key,
                    "--seed", str(seed))
-        jobs.append(Job(rid, command, ctx.layout.train_dir(rid) / SUMMARIES[m.kind], after))
+        jobs.append(Job(rid, command, ctx.layout.train_dir(rid) / SUMMARIES[m.kind], after,
+                        training_inputs(ctx, task, key, seed, here=here)))
     return jobs
 
 

@@ -29,6 +29,7 @@ from ..evaluate.evaluation import evaluate_on
 from ..evaluate.settings import SuiteSettings, TaskEvalSettings
 from ..infra.fingerprint import digest
 from ..infra.layout import RunLayout, run_id, task_run_id
+from ..infra.paths import resolve
 from ..infra.runsettings import RunSettings
 from ..infra.settings import build
 from ..models.registry import model_identity
@@ -37,7 +38,7 @@ from ..teach.inversion import load_probe_dataset
 from ..teach.settings import TeacherSettings
 from ..train.exgrpo import SUMMARY_NAME as RL_SUMMARY
 from ..train.exgrpo import train_exgrpo
-from ..train.loop import NoTrainingData
+from ..train.loop import NoTrainingData, PlannedInputs, planning
 from ..train.opd import SUMMARY_NAME as OPD_SUMMARY
 from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, SFTSettings
@@ -206,6 +207,27 @@ def train_one(ctx: Context, task: str, key: str, seed: int, *, log: Log = print)
             raise RuntimeError(f"{ctx.rid(key, seed, task)} starts from {warmup}, which has not finished ({path} missing)")
         done[warmup] = json.loads(path.read_text())
     return _train_method(m, seed, task, ctx, done, log)
+
+
+def training_inputs(ctx: Context, task: str, key: str, seed: int, *, here: bool = True) -> dict | None:
+    """The fingerprint inputs (settings, data, models, precision) that :func:`train_one` would stamp on
+    the training's folder, computed by the same trainer without training (``train.loop.planning``), so
+    a plan of jobs knows which finished trainings are current. None when they cannot be known before
+    the job runs: its data or its warm-up's model is not on disk yet, or the method cannot run here.
+    ``here``: the job trains on this machine (else its precision is left to the node that runs it)."""
+    m = METHODS[key]
+    if m.kind == "rl" and m.init != "base":
+        path = ctx.layout.train_dir(ctx.rid(m.init, seed, task)) / SUMMARIES[METHODS[m.init].kind]
+        if not path.exists() or not Path(resolve(json.loads(path.read_text()).get("final", ""))).is_dir():
+            return None  # the warm-up has not finished, or its model is not here (a results folder without weights)
+    try:
+        with planning(here=here):
+            train_one(ctx, task, key, seed, log=lambda _: None)
+    except PlannedInputs as planned:
+        return planned.inputs
+    except (FileNotFoundError, NoTrainingData, Skipped):
+        return None
+    return None  # a kind that trains nothing
 
 
 def training_cost(key: str, seed: int, done: dict[str, dict], rid=run_id) -> tuple[int, float]:

@@ -40,6 +40,32 @@ class NoTrainingData(ValueError):
     method as skipped with this message instead of stopping the run."""
 
 
+class PlannedInputs(Exception):
+    """What :func:`train_and_save` raises under :func:`planning` instead of training: the fingerprint
+    inputs the training would stamp on its folder (``inputs``)."""
+
+    def __init__(self, inputs: dict):
+        super().__init__("a planned training's inputs")
+        self.inputs = inputs
+
+
+_PLANNING: list[bool] = []  # the stack of planning() blocks; the innermost one's flag: trains on this machine
+
+
+@contextlib.contextmanager
+def planning(*, here: bool = True):
+    """Inside this block a trainer computes the inputs its folder's fingerprint is made from and raises
+    :class:`PlannedInputs` with them, touching no folder and building nothing: how a plan of jobs
+    (``experiments.jobs``) knows which finished trainings are current before submitting any. ``here``:
+    the job trains on this machine, so the training precision is this machine's; else (a SLURM job on
+    other nodes) the precision is left ``None``, decided where the job runs."""
+    _PLANNING.append(here)
+    try:
+        yield
+    finally:
+        _PLANNING.pop()
+
+
 @dataclass
 class Built:
     """What a stage hands to :func:`train_and_save`: its trainer, tokenizer and summary fields."""
@@ -243,6 +269,8 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
     inputs = {"stage": summary_name.split("_")[0], "settings": result_fields(settings),
               "models": {k: model_identity(v) for k, v in identity.items()}, "data": data,
               "precision": {"device": device, "dtype": training_precision(getattr(settings, "bf16", None), device)[0]}}
+    if _PLANNING:
+        raise PlannedInputs(inputs if _PLANNING[-1] else {**inputs, "precision": None})
     # Under ``accelerate launch`` every process calls this: only the main one locks and stamps the
     # folder (the others train their shard of each batch and do not write it).
     main_process = int(os.environ.get("RANK", "0")) == 0
