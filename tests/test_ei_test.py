@@ -150,6 +150,10 @@ def test_figure_one_from_the_records_deficit_over_seeds_and_for_one_model(tmp_pa
     assert table.loc["zero-shot", "interval covers"] == "items and questions"
     ei_acc = seed_cluster_interval([(1.0, [[x] for x in on_ei], questions)])
     assert (table.loc["zero-shot", "ei"]["low"], table.loc["zero-shot", "ei"]["high"]) == (100 * ei_acc["low"], 100 * ei_acc["high"])
+    on_sft_test = seed_cluster_interval([(1.0, sft_test, None)])  # the test set from the same seeds and items
+    assert (table.loc["sft", "original"]["low"], table.loc["sft", "original"]["high"]) == (100 * on_sft_test["low"],
+                                                                                       100 * on_sft_test["high"])
+    assert table.loc["sft", "original"]["mean"] - table.loc["sft", "ei"]["mean"] == pytest.approx(table.loc["sft", "deficit_mean"])
     by_probe = seed_cluster_interval([(1.0, [[x] for x in on_ei], None)])  # probes as independent: narrower
     assert by_probe["high"] - by_probe["low"] < ei_acc["high"] - ei_acc["low"]
     points = figure1.figure1_points(table.reset_index())

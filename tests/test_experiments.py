@@ -286,14 +286,14 @@ def test_seeds_that_agree_keep_the_item_level_interval(tmp_path):
         rec = {"run_id": rid, "key": "sft", "label": "SFT", "kind": "sft", "seed": seed, "train_dataset": "arith",
                "status": "ok", "reason": "",
                "train_tokens": 1, "train_seconds": 1.0, "accuracy": {"arith": 0.0, "arith_rev": 2.0 * seed},
-               "n": {"arith": 50, "arith_rev": 50}, "correct": {"arith": k, "arith_rev": seed}}
+               "n": {"arith": 50, "arith_rev": 500}, "correct": {"arith": k, "arith_rev": 10 * seed}}
         (run / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
     df = paper_tables.load_records([layout])
     s = paper_tables.cell_stats(df, "sft", "arith")
-    lo, hi = evaluation.wilson_interval(0, 150)
+    lo, hi = evaluation.wilson_interval(0, 50)  # the 50 items once: three seeds are not 150 independent items
     assert (s["mean"], s["seeds"]) == (0.0, 3) and s["low"] == pytest.approx(100 * lo) and s["high"] == pytest.approx(100 * hi)
-    # seeds that disagree: 0, 2, 4 % -> t-interval 2 +- 4.303 * 2 / sqrt(3) = [-2.97, 6.97], wider than pooled
-    # Wilson; the low end is cut at 0 (an accuracy)
+    # seeds that disagree: 0, 2, 4 % of 500 items -> t-interval 2 +- 4.303 * 2 / sqrt(3) = [-2.97, 6.97], wider
+    # than one model's Wilson interval at 10 of 500 ([1.1, 3.6]); the low end is cut at 0 (an accuracy)
     s = paper_tables.cell_stats(df, "sft", "arith_rev")
     assert s["mean"] == pytest.approx(2.0) and s["low"] == 0.0
     assert s["high"] == pytest.approx(2 + 4.303 * 2 / math.sqrt(3), abs=1e-3)

@@ -159,7 +159,10 @@ def test_no_program_probe_is_built_on_a_test_program():
     ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "Why does Ravi end up with 24 books?", True),
     ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "What does step 1 add to the 20 books?", False),
     ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "Would he have 24.0 books?", True),  # same number
-    ("Ravi has 24 books. He gives away 0. How many now?", "24", (), "He has 24 books. Why?", False),  # as often as in Q
+    ("Ravi has 24 books. He gives away 0. How many now?", "24", (), "Ravi has 24 books. Why does he keep them?", False),  # Q's own sentence
+    ("Ravi has 24 books. He gives away 0. How many now?", "24", (), "He has 24 books. Why?", True),  # stated anew (conservative)
+    ("Zoe has 14 cards. She gets 14 more. She keeps half. How many now?", "14", (),
+     "Zoe had some cards. She got 14 more. She kept half. Now she has 14 cards. How many at the start?", True),
     ("Ravi has 20 books. He gets 4 more. How many now?", "24", (), "Is 124 or 240 more than 2?", False),
     ("Where do you keep a book?\n(A) shelf\n(B) oven", "A", ("shelf", "oven"), "Why is a shelf a place for books?", True),
     ("Where do you keep a book?\n(A) shelf\n(B) oven", "A", ("shelf", "oven"), "Why is (A) right?", True),
@@ -303,8 +306,8 @@ def test_the_teachers_solution_and_its_probe_answers_share_one_step_style():
 
 def test_an_answer_that_is_also_one_of_the_questions_numbers_is_still_caught():
     """arith-train-47: the answer 14 is also the question's start; the inversion probe states it anew
-    ("Now she has 14 cards") and holds 14 as often as the question does, so the text test misses it.
-    The program teacher knows its inversion probe states the answer, and the record says so."""
+    ("Now she has 14 cards") and holds 14 as often as the question does, so counting alone misses it:
+    the text test finds the new statement, and the program teacher's own flag says so as well."""
     items = [ex for ex in data.load("arith", "train", limit=400) if ex.answer in {str(ex.meta["start"])} |
              {str(s["operand"]) for s in ex.meta["steps"]}]
     assert items  # answers that are also numbers of their question exist in the training set
@@ -314,3 +317,4 @@ def test_an_answer_that_is_also_one_of_the_questions_numbers_is_still_caught():
         inversion = next(p for p in rec["probes"] if p["rule"] == "inversion")
         if inversion["probe"]:
             assert inversion["reveals_answer"], inversion["probe"]
+            assert probes.reveals_answer(Example.from_dict(rec["item"]), inversion["probe"]), inversion["probe"]

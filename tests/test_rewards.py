@@ -431,6 +431,13 @@ def test_a_bonus_with_one_correct_partial_rollout_changes_the_advantages_by_hand
     assert effect["changed_groups"] == 1 and effect["mean_abs_change"] == pytest.approx(0.25, abs=1e-3)
     # without dividing by the standard deviation ("none") the P_partial = 0 bonus acts too
     assert bonus_effect([1, 0, 0, 0], [1.5, 0, 0, 0], [[0, 1, 2, 3]], scaling="none")["changed_groups"] == 1
+    # per-batch scaling: the bonus in the first group changes the step's standard deviation and so the
+    # second group's advantages, but it fired, and acted, in the first group only
+    two = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    moved = [abs(a - b) for a, b in zip(step_advantages([1.5, 0, 0, 0, 1, 1, 0, 0], two, "batch"),
+                                        step_advantages([1, 0, 0, 0, 1, 1, 0, 0], two, "batch"))]
+    assert min(moved[4:]) > 1e-3  # the second group's advantages moved ...
+    assert bonus_effect([1, 0, 0, 0, 1, 1, 0, 0], [1.5, 0, 0, 0, 1, 1, 0, 0], two, scaling="batch")["changed_groups"] == 1
 
 
 def test_the_reward_logs_how_often_the_bonus_acted_beside_how_often_it_fired():

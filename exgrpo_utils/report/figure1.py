@@ -24,7 +24,7 @@ from ..evaluate.ei_test import ei_source, ei_test_ids, ei_test_name
 from ..evaluate.stats import seed_cluster_interval
 from ..experiments.methods import GROUPS, METHODS
 from ..infra.layout import RunLayout
-from .paper_tables import cell_stats, fmt, item_scores, tasks_of
+from .paper_tables import fmt, item_scores, tasks_of
 
 FIGURE1_KEYS = GROUPS["figure1"]
 
@@ -53,30 +53,32 @@ def _interval(stats: dict) -> dict:
             "seeds": stats["seeds"], "covers": stats["covers"]}
 
 
-def deficit_and_ei(layouts, df, key: str, task: str) -> tuple[dict, dict]:
-    """(deficit, EI-Test accuracy) of ``key`` on ``task`` in points, each with its interval, seeds
-    and what the interval covers; seeds 0 when the records hold no item of both sets."""
+def deficit_and_sets(layouts, df, key: str, task: str) -> tuple[dict, dict, dict]:
+    """(deficit, test-set accuracy, EI-Test accuracy) of ``key`` on ``task`` in points, each with its
+    interval, seeds and what the interval covers, all three from the same seeds and items (so the
+    deficit shown is the test-set accuracy shown minus the EI-Test's); seeds 0 when the records hold no
+    item of both sets."""
     scored = _items(layouts, df, key, task)
     if scored is None:
         none = {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "covers": ""}
-        return none, none
+        return none, none, none
     on_test, on_ei, questions = scored
     deficit = seed_cluster_interval([(1.0, on_test, None), (-1.0, on_ei, questions)])
-    return _interval(deficit), _interval(seed_cluster_interval([(1.0, on_ei, questions)]))
+    return (_interval(deficit), _interval(seed_cluster_interval([(1.0, on_test, None)])),
+            _interval(seed_cluster_interval([(1.0, on_ei, questions)])))
 
 
 def ei_test_table(df, layouts: Sequence[RunLayout], keys: Sequence[str] = FIGURE1_KEYS):
     """Figure 1's table: per task with an EI-Test and per method that has it, the test set and EI-Test
-    accuracies (the test set's as the tables give it, ``cell_stats``; the EI-Test's by question,
-    ``deficit_and_ei``) and the deficit with its interval."""
+    accuracies and the deficit with their intervals, from the seeds that hold both sets
+    (``deficit_and_sets``: items, or seeds and items; the EI-Test resampled by question)."""
     rows = []
     for task in tasks_of(df):
         ei = ei_test_name(task)
         if not (df["dataset"] == ei).any():
             continue
         for key in keys:
-            original = cell_stats(df, key, task, "task", task)
-            d, on_ei = deficit_and_ei(layouts, df, key, task)
+            d, original, on_ei = deficit_and_sets(layouts, df, key, task)
             if not on_ei["seeds"]:
                 continue
             rows.append({"train_dataset": task, "method": METHODS[key].label, "key": key, "test set": fmt(original),
@@ -101,7 +103,7 @@ def table_markdown(table) -> str:
     cols = ["train_dataset", "method", "test set", "EI-Test", "deficit", "interval covers"]
     if table.empty:
         return "No EI-Test in these results (set ei_test_items > 0 for notebook 01).\n"
-    note = ("\nEI-Test and deficit intervals: with two seeds or more the Student-t interval over seeds widened to a "
+    note = ("\nTest set, EI-Test and deficit from the seeds that hold both sets; intervals: with two seeds or more the Student-t interval over seeds widened to a "
             "bootstrap over seeds, test items and EI questions; for one model the bootstrap over items and questions. "
             "An EI question's probes are resampled together. The teacher is not scored: the EI-Test's gold answers are "
             "its own.\n")

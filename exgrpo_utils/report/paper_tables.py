@@ -7,8 +7,8 @@ model of the task it is paired with (BoolQ <- StrategyQA, ...), and the held-in 
 mean over those per-task cells; where the run scored one model on the 12-dataset suite
 (``exp_suite_keys``) that is a separate column, named as such. Our cells read ``mean [low, high]``:
 with several seeds the mean over seeds and a 95% Student-t interval over seeds, widened where needed
-to the item-level interval of all seeds' items pooled (seeds that agree exactly get no zero-width
-interval); with one seed the accuracy and its 95% Wilson interval over the test items (for an
+to one model's item-level interval at the seeds' mean count right, each item counted once (seeds that
+agree exactly get no zero-width interval, and no narrower one than a single seed); with one seed the accuracy and its 95% Wilson interval over the test items (for an
 average, the interval of a mean of independent accuracies).
 """
 from __future__ import annotations
@@ -166,16 +166,16 @@ def cell_stats(df, key: str, datasets: str | Sequence[str], source: str = "task"
     means = [float(g["accuracy"].mean()) for g in by_seed]
     rows = pd.concat(by_seed)
     counted = not (rows["correct"].isna().any() or (rows["n"] <= 0).any())
-    pooled = None
-    if counted:  # per dataset, all seeds' items together
-        per = rows.groupby("dataset")[["correct", "n"]].sum().loc[list(parts)]
-        pooled = _interval(parts, [int(k) for k in per["correct"]], [int(n) for n in per["n"]])
+    items = None
+    if counted:  # per dataset, the seeds' mean count right out of one seed's items: each item counted once
+        per = rows.groupby("dataset")[["correct", "n"]].sum().loc[list(parts)] / len(by_seed)
+        items = _interval(parts, [float(k) for k in per["correct"]], [float(n) for n in per["n"]])
     if len(by_seed) == 1:
-        low, high = pooled if pooled else (float("nan"), float("nan"))
+        low, high = items if items else (float("nan"), float("nan"))
         return {"mean": means[0], "low": low, "high": high, "seeds": 1}
     m, lo, hi = seed_interval(means)
-    if pooled is not None:  # never narrower than the item-level uncertainty (seeds that agree exactly)
-        lo, hi = min(lo, pooled[0]), max(hi, pooled[1])
+    if items is not None:  # never narrower than one model's item-level interval (seeds that agree exactly)
+        lo, hi = min(lo, items[0]), max(hi, items[1])
     return {"mean": m, "low": max(0.0, lo), "high": min(100.0, hi), "seeds": len(by_seed)}  # accuracies are in [0, 100]
 
 

@@ -113,16 +113,30 @@ def difficulty_keep(n_consistent: int, n_student_correct: int, *, min_correct: i
     return status is ItemStatus.KEPT, status.drop_reason(detail)
 
 
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
 def reveals_answer(item: Example, probe: str) -> bool:
-    """Whether ``probe`` states the gold answer of the original question ``item``: the answer occurs
-    in the probe more often than in the question itself (a number equal to it; an option's letter in
-    parentheses or its text, against the question without its option list; any other answer as a
-    whole word). A yes/no answer cannot be located in
-    a text, so such probes count as not revealing.
+    """Whether ``probe`` states the gold answer of the original question ``item`` (a number equal to
+    it; an option's letter in parentheses or its text, against the question without its option list;
+    any other answer as a whole word): the answer occurs in the probe more often than in the question
+    itself, or a statement of the probe that is not one of the question's sentences gives it (a
+    sentence ending in "." or "!": so "Now she has 14 cards." reveals 14 even when the question also
+    holds a 14; a sentence ending in "?" asks and is not counted). A yes/no answer cannot be located
+    in a text, so such probes count as not revealing. Where the teacher knows whether its probe
+    states the answer (the program teacher's ``states_answer``), that decides as well.
 
     >>> ex = Example("q", "arith", "Ravi has 20 books. Then he gets 4 more books. How many?", "24")
     >>> reveals_answer(ex, "Why does Ravi end up with 24 books?"), reveals_answer(ex, "What does step 1 add?")
     (True, False)
+    >>> zoe = Example("q", "arith", "Zoe has 14 cards. Then she gets 14 more cards. Then she splits the cards into "
+    ...               "2 equal groups and keeps one group. How many cards does Zoe have now?", "14")
+    >>> reveals_answer(zoe, "Zoe had some cards. Then she got 14 more cards. Then she split the cards into 2 equal "
+    ...                     "groups and kept one group. Now she has 14 cards. How many cards did Zoe have at the start?")
+    True
+    >>> reveals_answer(zoe, "Zoe has 14 cards. Then she gets 14 more cards. Why does the count change at step 1?")
+    False
     """
     kind = answers.answer_type(item)
     gold = item.answer.strip()
@@ -144,7 +158,10 @@ def reveals_answer(item: Example, probe: str) -> bool:
                 needles.append(re.escape(choice.strip()))
         return sum(len(re.findall(r"(?<!\w)" + n + r"(?!\w)", text, flags=re.IGNORECASE)) for n in needles)
 
-    return count(probe) > count(question)
+    if count(probe) > count(question):
+        return True
+    own = {" ".join(s.lower().split()) for s in _sentences(question)}
+    return any(count(s) > 0 for s in _sentences(probe) if not s.endswith("?") and " ".join(s.lower().split()) not in own)
 
 
 def probe_example(item: Example, rule: str, probe: str, teacher_answer: str) -> Example:

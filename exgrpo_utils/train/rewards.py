@@ -106,18 +106,25 @@ def step_advantages(rewards: Sequence[float], groups: Sequence[Sequence[int]], s
 def bonus_effect(base: Sequence[float], totals: Sequence[float], groups: Sequence[Sequence[int]],
                  scaling: str = "group", tol: float = 1e-3) -> dict:
     """What Eq. 5-6's bonus changed in one step: the advantages with it (``totals``) against those
-    without it (``base``). Returns ``changed_groups`` (groups where an advantage moved by more than
-    ``tol``: eps alone moves them by about 1e-4) and ``mean_abs_change`` over every rollout.
+    without it (``base``). Returns ``changed_groups`` (groups where the bonus fired, i.e. changed a
+    reward, and an advantage moved by more than ``tol``: eps alone moves them by about 1e-4; under
+    "batch" scaling the bonus also moves the step's standard deviation and so every group's advantages
+    a little, which is not counted as the bonus acting in a group where it did not fire) and
+    ``mean_abs_change``, the mean absolute change of the advantages over every rollout of the step
+    (groups where it did not fire included, as zeros under "group" scaling).
 
     >>> bonus_effect([1, 0, 0, 0], [1.5, 0, 0, 0], [[0, 1, 2, 3]])["changed_groups"]  # P_partial = 0
     0
     >>> bonus_effect([1, 1, 1, 0], [1.5, 1.5, 1, 0], [[0, 1, 2, 3]])["changed_groups"]  # A, A right, one B right
     1
+    >>> bonus_effect([1, 0, 0, 0, 1, 1, 0, 0], [1.5, 0, 0, 0, 1, 1, 0, 0], [[0, 1, 2, 3], [4, 5, 6, 7]],
+    ...              scaling="batch")["changed_groups"]  # the second group moved only through the step's std
+    1
     """
     with_bonus = step_advantages(totals, groups, scaling)
     without = step_advantages(base, groups, scaling)
     delta = [abs(a - b) for a, b in zip(with_bonus, without)]
-    changed = sum(any(delta[i] > tol for i in idx) for idx in groups)
+    changed = sum(any(totals[i] != base[i] for i in idx) and any(delta[i] > tol for i in idx) for idx in groups)
     return {"changed_groups": changed, "mean_abs_change": sum(delta) / len(delta) if delta else 0.0}
 
 
