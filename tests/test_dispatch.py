@@ -130,16 +130,22 @@ def _cli(stage, tiny, *sets):
 
 def test_a_two_job_plan_runs_through_a_real_slurm_with_its_dependency(slurm, tiny_student, cli_run_root, tmp_path,
                                                                        monkeypatch):
+    from exgrpo_utils.experiments.jobs import failure_reason
+
     for key, value in {**slurm.env, "OMP_NUM_THREADS": "1", "EXGRPO_PROGRESS": "off"}.items():
         monkeypatch.setenv(key, value)  # sbatch exports the submitting environment to the job
     train = cli_run_root / "dist" / "train"
     jobs = [Job("sft", _cli("sft", tiny_student), train / "sft" / "sft_summary.json"),
             Job("exgrpo", _cli("exgrpo", tiny_student), train / "exgrpo" / "rl_summary.json", after=("sft",)),
             Job("typo", _cli("sft", tiny_student, "sft_batchsize=2"), tmp_path / "never"),
-            Job("after-typo", _cli("exgrpo", tiny_student), tmp_path / "never-either", after=("typo",))]
+            Job("after-typo", _cli("exgrpo", tiny_student), tmp_path / "never-either", after=("typo",)),
+            Job("no-rows", ("timeit", "-n", "1", "-r", "1", "import sys; sys.stderr.write('not trained: no training "
+                            "rows\\n'); sys.exit(1)"), tmp_path / "never-three")]  # as train_cli method ends such a job
     outcomes = {o.name: o for o in dispatch.run_plan(jobs, executor="slurm", log_dir=tmp_path / "slurm-logs")}
     assert {n: o.state for n, o in outcomes.items()} == {"sft": "ran", "exgrpo": "ran", "typo": "failed",
-                                                         "after-typo": "not run"}
+                                                         "after-typo": "not run", "no-rows": "failed"}
+    assert failure_reason(outcomes["no-rows"].log).startswith("skipped: no training rows (log ")  # from SLURM's log
+    assert failure_reason(outcomes["typo"].log) == ""  # a real failure stays one
     assert all(o.job_id for o in outcomes.values())  # each was a SLURM job
     assert "sft_batchsize" in Path(outcomes["typo"].log).read_text()  # the failure, in the job's own log
     # ExGRPO started from the SFT model the first job wrote, after it had finished
@@ -217,3 +223,17 @@ def test_a_dispatched_rl_training_starts_from_its_warm_ups_model_on_disk(tmp_pat
     (warmup / "sft_summary.json").write_text(json.dumps({"final": "model:strategyqa--sft"}))
     runs.train_one(ctx, "strategyqa", "exgrpo", 0)
     assert trained[-1][:3] == ("rl", "strategyqa--exgrpo", "model:strategyqa--sft")
+
+
+def test_a_job_that_could_not_train_is_recorded_as_skipped_with_its_reason(tmp_path):
+    """``train_cli method`` ends a job with no training rows with "not trained: ..."; the record then
+    says why as the inline path does, not only that the job failed."""
+    from exgrpo_utils.experiments.jobs import failure_reason
+
+    log = tmp_path / "job.log"
+    log.write_text("loading\nnot trained: no training rows: no question has a probe the dialogues may use\n")
+    assert failure_reason(str(log)) == f"skipped: no training rows: no question has a probe the dialogues may use (log {log})"
+    log.write_text("not trained: skipped: on-policy distillation needs one tokenizer\n\nlauncher: exit status 1\n")
+    assert failure_reason(str(log)).startswith("skipped: on-policy distillation needs one tokenizer (log ")
+    log.write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+    assert failure_reason(str(log)) == "" and failure_reason(str(tmp_path / "missing.log")) == ""

@@ -81,5 +81,20 @@ def dispatch_trainings(ctx: Context, params: Mapping[str, Any], pairs: Sequence[
                         accelerate_config=e.accelerate_config)
     log(report(outcomes))
     why = {"failed": "its training job failed", "not run": "not trained: a job it needs failed"}
-    return {o.name: f"{why[o.state]} (log {o.log})" if o.log else why[o.state]
+    return {o.name: failure_reason(o.log) or (f"{why[o.state]} (log {o.log})" if o.log else why[o.state])
             for o in outcomes if o.state in why}
+
+
+def failure_reason(log_path: str) -> str:
+    """The record's reason for a job that ended without training because it could not train (no
+    training rows, a method this teacher cannot run: ``train_cli method``'s last line "not trained:
+    ..." wherever the launcher put it among its own lines), as the inline path words it ("skipped:
+    ..."), with the log; "" for any other failure."""
+    try:
+        lines = [line.strip() for line in Path(log_path).read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    said = [line[len("not trained: "):] for line in lines if line.startswith("not trained: ")]
+    if not said:
+        return ""
+    return f"{said[-1] if said[-1].startswith('skipped') else 'skipped: ' + said[-1]} (log {log_path})"
