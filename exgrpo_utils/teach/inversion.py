@@ -124,8 +124,7 @@ def reveals_answer(item: Example, probe: str) -> bool:
     itself, or a statement of the probe that is not one of the question's sentences gives it (a
     sentence ending in "." or "!": so "Now she has 14 cards." reveals 14 even when the question also
     holds a 14; a sentence ending in "?" asks and is not counted). A yes/no answer cannot be located
-    in a text, so such probes count as not revealing. Where the teacher knows whether its probe
-    states the answer (the program teacher's ``states_answer``), that decides as well.
+    in a text, so such probes count as not revealing. The teacher's own ``states_answer`` decides too.
 
     >>> ex = Example("q", "arith", "Ravi has 20 books. Then he gets 4 more books. How many?", "24")
     >>> reveals_answer(ex, "Why does Ravi end up with 24 books?"), reveals_answer(ex, "What does step 1 add?")
