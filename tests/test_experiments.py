@@ -11,7 +11,7 @@ from exgrpo_utils.data.datasets import Example
 from exgrpo_utils.evaluate import stats
 from exgrpo_utils.experiments import baselines, methods, records, runs
 from exgrpo_utils.infra.layout import RunLayout, run_id
-from exgrpo_utils.report import paper_tables, plotting
+from exgrpo_utils.report import figure4, paper_tables, plotting
 from exgrpo_utils.teach import baseline_data
 from exgrpo_utils.teach.settings import TeacherSettings
 
@@ -224,8 +224,8 @@ def test_tables_put_ours_beside_the_paper(tmp_path):
 
 def test_figure_data_and_plots(tmp_path):
     df = paper_tables.load_records([_records(tmp_path)])
-    f4 = paper_tables.fraction_points(df)
-    assert set(f4["p"]) == {0.1, 1.0}
+    f4 = figure4.fraction_points(df)
+    assert set(f4["p"]) == {0.1, 1.0} and f4["questions"].isna().all() and figure4.notes(f4) == []  # no summaries
     assert f4[(f4["method"] == "ExGRPO") & (f4["p"] == 1.0)]["mean"].iloc[0] == 60.0
     f5 = paper_tables.token_points(df)
     assert f5.set_index("key").loc["sft", "train_tokens"] == 2000.0  # mean over seeds of 1000, 2000, 3000
@@ -234,6 +234,38 @@ def test_figure_data_and_plots(tmp_path):
                       ("f5", plotting.figure5_tokens(f5))):
         png, pdf = plotting.save(fig, tmp_path / name)
         assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+
+
+def test_figure4_says_which_fractions_trained_on_the_same_questions(tmp_path):
+    layout = _records(tmp_path)
+    kept = {"sft": 2, "exgrpo": 2, "sft-s1": 2, "exgrpo-s1": 2, "sft-s2": 2, "exgrpo-s2": 2, "sft-p0.1": 1,
+            "exgrpo-p0.1": 1}
+    for rid, q in kept.items():
+        (layout.train_root / rid).mkdir(parents=True)
+        name = "sft_summary.json" if rid.startswith("sft") else "rl_summary.json"
+        (layout.train_root / rid / name).write_text(json.dumps({"questions": q, "rows": 3 * q}))
+    df = paper_tables.load_records([layout])
+    f4 = figure4.fraction_points(df, [layout]).set_index(["method", "p"])
+    assert f4.loc[("SFT", 0.1), "questions"] == 1 and f4.loc[("ExGRPO", 1.0), "questions"] == 2
+    assert f4.loc[("SFT", 1.0), "trained"] == (("arith", 0, 2), ("arith", 1, 2), ("arith", 2, 2))
+    assert figure4.notes(f4.reset_index()) == []  # 1 question at p = 0.1 against 2 at p = 1, and other seeds
+    # p = 0.1 that kept both questions of seed 0, beside a full run of seed 0 only: the same training
+    for rid in ("sft-p0.1", "exgrpo-p0.1"):
+        (layout.train_root / rid / ("sft_summary.json" if rid.startswith("sft") else "rl_summary.json")).write_text(
+            json.dumps({"questions": 2}))
+    one = df[~((df["key"].isin(["sft", "exgrpo"])) & (df["seed"] > 0))]
+    notes = figure4.notes(figure4.fraction_points(one, [layout]))
+    assert notes == [f"{m}: p = 0.1, 1 trained on the same questions (arith s0: 2): one training each, so these "
+                     "points coincide by construction" for m in ("ExGRPO", "SFT")]
+    # a point whose training did not run is named with its reason
+    skipped = {**df.iloc[0].to_dict(), "run_id": "exgrpo-p0.25", "key": "exgrpo-p0.25", "status": "skipped",
+               "reason": "skipped: no training rows", "eval": "", "dataset": ""}
+    with_skip = pd.concat([one, pd.DataFrame([skipped])], ignore_index=True)
+    assert figure4.notes(figure4.fraction_points(with_skip, [layout]), with_skip)[0] == \
+        "ExGRPO: no point at p = 0.25: arith s0: skipped: no training rows"
+    fig = plotting.figure4_fraction(figure4.fraction_points(one, [layout]), notes)
+    png, _ = plotting.save(fig, tmp_path / "f4")
+    assert png.stat().st_size > 1000
 
 
 def test_reward_curves_read_train_logs(tmp_path):

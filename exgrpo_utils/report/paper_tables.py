@@ -346,22 +346,6 @@ def headline(df) -> Column | None:
     return held[-1] if held else None
 
 
-def fraction_points(df, column: Column | None = None):
-    """Figure 4's data: p, method (SFT or ExGRPO), mean and interval over seeds (on ``headline``)."""
-
-    column = column or headline(df)
-    pairs = [(1.0, "sft", "SFT"), (1.0, "exgrpo", "ExGRPO")]
-    for p in (0.1, 0.25, 0.5):
-        pairs += [(p, f"sft-p{p}", "SFT"), (p, f"exgrpo-p{p}", "ExGRPO")]
-    rows = []
-    for p, key, method in pairs if column else []:
-        s = cell_stats(df, key, column.datasets, column.source)
-        if s["seeds"]:
-            rows.append({"p": p, "method": method, "key": key, **s})
-    return pd.DataFrame(rows).sort_values(["method", "p"]) if rows else pd.DataFrame(
-        columns=["p", "method", "key", "mean", "low", "high", "seeds"])
-
-
 def token_points(df, column: Column | None = None):
     """Figure 5's data: per method, mean training tokens (per task model, over seeds and tasks) and its
     accuracy (on ``headline``)."""

@@ -13,8 +13,10 @@ it. Where it is drawn depends on the process:
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 # matplotlib, seaborn are imported inside the functions that use them (heavy, or needed only on some paths).
 
@@ -216,22 +218,30 @@ def _bonus_panel(ax, curves) -> None:
         ax.legend(fontsize=7)
 
 
-def figure4_fraction(points, title: str = "Figure 4: accuracy vs training-data fraction"):
-    """Accuracy against the data fraction p, ExGRPO vs SFT, with 95% intervals."""
+def figure4_fraction(points, notes: Sequence[str] = (), title: str = "Figure 4: accuracy vs training-data fraction"):
+    """Accuracy against the data fraction p, ExGRPO vs SFT, with 95% intervals; each point labelled
+    with the mean number of questions its models trained on (``questions``, where known), and
+    ``notes`` (``report.figure4.notes``: fractions that trained on the same questions) below."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5, 3.5 + 0.3 * len(notes)))
     for method, grp in points.groupby("method"):
         grp = grp.sort_values("p")
         lo = (grp["mean"] - grp["low"]).fillna(0).clip(lower=0)
         hi = (grp["high"] - grp["mean"]).fillna(0).clip(lower=0)
         ax.errorbar(grp["p"], grp["mean"], yerr=[lo, hi], marker="o", capsize=3, label=method)
+        for p, mean, q in zip(grp["p"], grp["mean"], grp.get("questions", [float("nan")] * len(grp))):
+            if q == q:  # not NaN
+                ax.annotate(f"{q:.3g} q", (p, mean), textcoords="offset points", xytext=(4, 4), fontsize=6)
     ax.set_xscale("log")
     ax.set_xticks([0.1, 0.25, 0.5, 1.0], ["0.1", "0.25", "0.5", "1.0"])
-    ax.set_xlabel("fraction p of the training questions")
+    ax.set_xlabel("fraction p of the training questions (labels: questions trained on)")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    footnote = "\n".join(textwrap.fill(n, 100) for n in notes)
+    fig.tight_layout(rect=(0, min(0.5, 0.03 + 0.035 * (footnote.count("\n") + 1)) if notes else 0, 1, 1))
+    if notes:
+        fig.text(0.01, 0.01, footnote, fontsize=5.5, va="bottom")
     return _detached(fig)
 
 
