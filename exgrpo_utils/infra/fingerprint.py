@@ -9,7 +9,12 @@ moves the old output aside (``<folder>.replaced-<n>``) and never deletes it.
 
 Models are identified by content: a registry name by its source, a folder of weights by the SHA-256
 of its files (remembered in ``.weights_digest.json`` beside them, keyed by size and modification
-time, so a large model is hashed once).
+time, so a large model is hashed once). Two trainings that made the same weights get the same digest:
+what a trainer writes beside them that is not the model is left out (``training_args.bin``, a pickle
+of the run's arguments and paths; PEFT's ``README.md`` model card), and a PEFT
+``adapter_config.json`` is read as what it means (``adapter_config_content``): its module lists as
+sets (PEFT writes them in set order, which changes with ``PYTHONHASHSEED``) and its base model's path
+as records store it (``paths.portable``).
 """
 from __future__ import annotations
 
@@ -20,11 +25,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .files import atomic_write_json
+from .paths import portable
 
 STAMP = "fingerprint.json"
 WEIGHTS_MEMO = ".weights_digest.json"
+WEIGHTS_FORMAT = 2  # how weights_digest reads a folder; a memo of another format is not used
 _NOT_CONTENT = {STAMP, WEIGHTS_MEMO, ".lock"}
-_NOT_WEIGHTS = _NOT_CONTENT | {"exgrpo_conversion.json"}  # a converted model's note: where it came from
+# a converted model's note (where it came from), and what a trainer writes beside a model
+_NOT_WEIGHTS = _NOT_CONTENT | {"exgrpo_conversion.json", "training_args.bin", "README.md"}
+ADAPTER_CONFIG = "adapter_config.json"
+_MODULE_SETS = ("target_modules", "modules_to_save", "exclude_modules", "layers_to_transform")
 
 
 class StaleOutputError(RuntimeError):
@@ -45,21 +55,49 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()[:20]
 
 
+def adapter_config_content(path: str | os.PathLike) -> dict:
+    """What a PEFT ``adapter_config.json`` says, independent of how it was written: the module lists
+    sorted (sets in PEFT, written in hash order) and the base model's path as records store it.
+
+    >>> import json, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for i, mods in enumerate((["v_proj", "q_proj"], ["q_proj", "v_proj"])):
+    ...     _ = open(f"{d}/{i}.json", "w").write(json.dumps({"target_modules": mods, "r": 8}))
+    >>> adapter_config_content(f"{d}/0.json") == adapter_config_content(f"{d}/1.json")
+    True
+    """
+    try:
+        config = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a JSON adapter config ({exc})") from exc
+    for key in _MODULE_SETS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key], key=str)
+    if isinstance(config.get("base_model_name_or_path"), str):
+        config["base_model_name_or_path"] = portable(config["base_model_name_or_path"])
+    return config
+
+
+def _content_digest(path: Path) -> str:
+    return digest(adapter_config_content(path)) if path.name == ADAPTER_CONFIG else file_digest(path)
+
+
 def weights_digest(folder: str | os.PathLike) -> str:
-    """Digest of the files directly in a model folder (weights, configs, tokenizer), memoised."""
+    """Digest of the files directly in a model folder (weights, configs, tokenizer; not what a trainer
+    writes beside them, a PEFT adapter config by its content), memoised."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in _NOT_WEIGHTS)
     stats = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
     memo = folder / WEIGHTS_MEMO
     try:
         old = json.loads(memo.read_text())
-        if old.get("files") == stats:
+        if old.get("files") == stats and old.get("format") == WEIGHTS_FORMAT:
             return old["digest"]
     except (OSError, ValueError):
         pass
-    value = digest({p.name: file_digest(p) for p in files})
+    value = digest({p.name: _content_digest(p) for p in files})
     try:
-        atomic_write_json(memo, {"files": stats, "digest": value})
+        atomic_write_json(memo, {"format": WEIGHTS_FORMAT, "files": stats, "digest": value})
     except OSError:  # a read-only model folder: hash again next time
         pass
     return value
