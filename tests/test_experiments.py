@@ -236,34 +236,42 @@ def test_figure_data_and_plots(tmp_path):
         assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
 
 
-def test_figure4_says_which_fractions_trained_on_the_same_questions(tmp_path):
+def test_figure4_says_which_fractions_drew_the_same_questions(tmp_path):
     layout = _records(tmp_path)
-    kept = {"sft": 2, "exgrpo": 2, "sft-s1": 2, "exgrpo-s1": 2, "sft-s2": 2, "exgrpo-s2": 2, "sft-p0.1": 1,
-            "exgrpo-p0.1": 1}
-    for rid, q in kept.items():
-        (layout.train_root / rid).mkdir(parents=True)
+
+    def kept(rid, q):
+        folder = layout.train_root / rid
+        folder.mkdir(parents=True, exist_ok=True)
         name = "sft_summary.json" if rid.startswith("sft") else "rl_summary.json"
-        (layout.train_root / rid / name).write_text(json.dumps({"questions": q, "rows": 3 * q}))
+        (folder / name).write_text(json.dumps({"questions": q}))
+
+    for rid, q in {"sft": 2, "exgrpo": 2, "sft-s1": 2, "exgrpo-s1": 2, "sft-s2": 2, "exgrpo-s2": 2, "sft-p0.1": 1,
+                   "exgrpo-p0.1": 1}.items():
+        kept(rid, q)
     df = paper_tables.load_records([layout])
     f4 = figure4.fraction_points(df, [layout]).set_index(["method", "p"])
     assert f4.loc[("SFT", 0.1), "questions"] == 1 and f4.loc[("ExGRPO", 1.0), "questions"] == 2
-    assert f4.loc[("SFT", 1.0), "trained"] == (("arith", 0, 2), ("arith", 1, 2), ("arith", 2, 2))
-    assert figure4.notes(f4.reset_index()) == []  # 1 question at p = 0.1 against 2 at p = 1, and other seeds
-    # p = 0.1 that kept both questions of seed 0, beside a full run of seed 0 only: the same training
-    for rid in ("sft-p0.1", "exgrpo-p0.1"):
-        (layout.train_root / rid / ("sft_summary.json" if rid.startswith("sft") else "rl_summary.json")).write_text(
-            json.dumps({"questions": 2}))
+    assert f4.loc[("SFT", 1.0), "drawn"] == (("arith", 0, 2), ("arith", 1, 2), ("arith", 2, 2))
+    assert figure4.notes(f4.reset_index()) == []  # 1 question drawn at p = 0.1 against 2 at p = 1
+    # seed 0 alone, p = 0.1 drawing both questions: the same inputs as p = 1. ExGRPO at p = 0.1 trained on
+    # 1 (RL left one out) but drew 2, as its warm-up says: the same inputs too
+    kept("sft-p0.1", 2)
     one = df[~((df["key"].isin(["sft", "exgrpo"])) & (df["seed"] > 0))]
-    notes = figure4.notes(figure4.fraction_points(one, [layout]))
-    assert notes == [f"{m}: p = 0.1, 1 trained on the same questions (arith s0: 2): one training each, so these "
-                     "points coincide by construction" for m in ("ExGRPO", "SFT")]
-    # a point whose training did not run is named with its reason
+    points = figure4.fraction_points(one, [layout])
+    assert list(points["questions"]) == [1, 2, 2, 2]  # ExGRPO 0.1, 1; SFT 0.1, 1
+    notes = figure4.notes(points)
+    assert notes == [f"{m}, arith s0: p = 0.1, 1 drew the same 2 question(s): identical training inputs" if i % 2 == 0
+                     else f"{m}: so the points at p = 0.1, 1 coincide by construction"
+                     for m in ("ExGRPO", "SFT") for i in range(2)]
+    # a missing summary: no claim; a point whose training did not run is named with its reason
+    (layout.train_root / "sft-p0.1" / "sft_summary.json").unlink()
+    assert [n for n in figure4.notes(figure4.fraction_points(one, [layout])) if "p = 0.1" in n] == []
     skipped = {**df.iloc[0].to_dict(), "run_id": "exgrpo-p0.25", "key": "exgrpo-p0.25", "status": "skipped",
                "reason": "skipped: no training rows", "eval": "", "dataset": ""}
     with_skip = pd.concat([one, pd.DataFrame([skipped])], ignore_index=True)
     assert figure4.notes(figure4.fraction_points(with_skip, [layout]), with_skip)[0] == \
         "ExGRPO: no point at p = 0.25: arith s0: skipped: no training rows"
-    fig = plotting.figure4_fraction(figure4.fraction_points(one, [layout]), notes)
+    fig = plotting.figure4_fraction(points, notes)
     png, _ = plotting.save(fig, tmp_path / "f4")
     assert png.stat().st_size > 1000
 

@@ -73,30 +73,35 @@ def test_the_embedded_students_conversion_is_the_pristine_one(student_path):
 def test_two_trainings_of_the_same_weights_get_the_same_digest(tmp_path, monkeypatch):
     """PEFT writes target_modules in set order (it changes with PYTHONHASHSEED), and the trainer writes
     its pickled arguments beside the adapter: neither is the model. Two trainings with the same weights,
-    in two results folders, got different digests, so nothing one made was reused for the other."""
+    in two results folders, got different digests, so nothing one made was reused for the other. The
+    base is identified by content, not by where it is: the same adapter files on another base are
+    another model."""
     import json
 
     from exgrpo_utils.infra.fingerprint import WEIGHTS_MEMO, weights_digest
+    from exgrpo_utils.models.registry import model_identity
 
-    def adapter(root, modules, args, base):
+    def adapter(root, modules, args, base_weights):
         monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(root))
+        base = root / "runs" / "cpu" / "train" / "sft" / "merged"
+        base.mkdir(parents=True)
+        (base / "model.safetensors").write_bytes(base_weights)
         folder = root / "runs" / "cpu" / "train" / "exgrpo" / "final"
         folder.mkdir(parents=True)
         (folder / "adapter_model.safetensors").write_bytes(b"the same weights")
         (folder / "adapter_config.json").write_text(json.dumps(
-            {"r": 32, "target_modules": modules, "base_model_name_or_path": str(root / base)}))
+            {"r": 32, "target_modules": modules, "base_model_name_or_path": str(base)}))
         (folder / "training_args.bin").write_bytes(args)
-        (folder / "README.md").write_text(f"base_model: {root / base}")
-        return folder, weights_digest(folder)
+        (folder / "README.md").write_text(f"base_model: {base}")
+        return folder, model_identity(str(folder))
 
-    a, first = adapter(tmp_path / "one", ["q_proj", "v_proj", "down_proj"], b"run one", "runs/cpu/train/sft/merged")
-    b, second = adapter(tmp_path / "two", ["down_proj", "q_proj", "v_proj"], b"run two", "runs/cpu/train/sft/merged")
-    assert first == second
-    _, other_base = adapter(tmp_path / "three", ["q_proj", "v_proj", "down_proj"], b"", "runs/other/train/sft/merged")
-    assert other_base != first  # on another base: another model
+    a, first = adapter(tmp_path / "one", ["q_proj", "v_proj", "down_proj"], b"run one", b"sft weights")
+    b, second = adapter(tmp_path / "two", ["down_proj", "q_proj", "v_proj"], b"run two", b"sft weights")
+    assert first == second and set(first) == {"weights", "base"}
+    _, other_base = adapter(tmp_path / "three", ["q_proj", "v_proj", "down_proj"], b"", b"other sft weights")
+    assert other_base["weights"] == first["weights"] and other_base != first  # on another base: another model
     (b / "adapter_model.safetensors").write_bytes(b"other weights")
-    assert weights_digest(b) != first
+    assert weights_digest(b) != first["weights"]
     memo = json.loads((a / WEIGHTS_MEMO).read_text())
     (a / WEIGHTS_MEMO).write_text(json.dumps({"files": memo["files"], "digest": "made by the old format"}))
-    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path / "one"))
-    assert weights_digest(a) == first  # a memo of another format is not used
+    assert weights_digest(a) == first["weights"]  # a memo of another format is not used

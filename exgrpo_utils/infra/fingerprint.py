@@ -13,8 +13,9 @@ time, so a large model is hashed once). Two trainings that made the same weights
 what a trainer writes beside them that is not the model is left out (``training_args.bin``, a pickle
 of the run's arguments and paths; PEFT's ``README.md`` model card), and a PEFT
 ``adapter_config.json`` is read as what it means (``adapter_config_content``): its module lists as
-sets (PEFT writes them in set order, which changes with ``PYTHONHASHSEED``) and its base model's path
-as records store it (``paths.portable``).
+sets (PEFT writes them in set order, which changes with ``PYTHONHASHSEED``), without the path of its
+base model, which is where the base was, not what it is: ``models.registry.model_identity`` adds the
+base's own identity, by content.
 """
 from __future__ import annotations
 
@@ -25,11 +26,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .files import atomic_write_json
-from .paths import portable
 
 STAMP = "fingerprint.json"
 WEIGHTS_MEMO = ".weights_digest.json"
-WEIGHTS_FORMAT = 2  # how weights_digest reads a folder; a memo of another format is not used
+WEIGHTS_FORMAT = 3  # how weights_digest reads a folder; a memo of another format is not used
 _NOT_CONTENT = {STAMP, WEIGHTS_MEMO, ".lock"}
 # a converted model's note (where it came from), and what a trainer writes beside a model
 _NOT_WEIGHTS = _NOT_CONTENT | {"exgrpo_conversion.json", "training_args.bin", "README.md"}
@@ -56,8 +56,9 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def adapter_config_content(path: str | os.PathLike) -> dict:
-    """What a PEFT ``adapter_config.json`` says, independent of how it was written: the module lists
-    sorted (sets in PEFT, written in hash order) and the base model's path as records store it.
+    """What a PEFT ``adapter_config.json`` says about the adapter, independent of how and where it was
+    written: the module lists sorted (sets in PEFT, written in hash order), the base model's path left
+    out (``models.registry.model_identity`` identifies the base by content).
 
     >>> import json, tempfile
     >>> d = tempfile.mkdtemp()
@@ -73,8 +74,7 @@ def adapter_config_content(path: str | os.PathLike) -> dict:
     for key in _MODULE_SETS:
         if isinstance(config.get(key), list):
             config[key] = sorted(config[key], key=str)
-    if isinstance(config.get("base_model_name_or_path"), str):
-        config["base_model_name_or_path"] = portable(config["base_model_name_or_path"])
+    config.pop("base_model_name_or_path", None)
     return config
 
 

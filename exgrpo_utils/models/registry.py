@@ -265,10 +265,19 @@ def model_identity(spec: str) -> dict:
     modification time); an embedded registry model by its source, plus the digest of its converted
     checkpoint (``CONVERTED_CONTENT``) when that is not the pristine conversion
     (``ModelSpec.converted_digest``): weights altered in place make another model, so nothing made
-    from the old ones is reused. A hub model by its id (its files are not local)."""
+    from the old ones is reused. A hub model by its id (its files are not local). A PEFT adapter folder
+    is its weights on its base, so its identity holds the base's too (``base``, by content; the
+    embedded student's conversion under the cache by its registry identity): adapter files alike on two
+    bases are two models."""
     path = Path(resolve(spec))
     if path.is_dir():
-        return {"weights": weights_digest(path)}
+        for name, m in MODELS.items():  # the embedded student's converted folder is that registry model
+            if m.package and path.resolve() == (cache_dir() / "models" / m.name).resolve():
+                return model_identity(name)
+        ident = {"weights": weights_digest(path)}
+        if (path / "adapter_config.json").is_file():
+            ident["base"] = model_identity(adapter_base(path))
+        return ident
     if spec in MODELS:
         m = MODELS[spec]
         ident = {"registry": spec, "source": m.hf_id, "package": m.package, "file": m.gguf_file}

@@ -1,14 +1,17 @@
 """The paper's Figure 4 from the records: accuracy against the fraction p of the training questions,
 SFT and ExGRPO, with how many questions each point's models trained on.
 
-A fraction run keeps max(1, round(p x n)) of the n questions EI kept for its task
-(``train.sft.subsample_questions``), drawn with the run's seed alone, so two fractions that keep as
-many of a task's questions keep the same ones, and their trainings are the same training (same rows,
-same seed; an ExGRPO point's warm-up is its fraction's SFT). Where that holds for every model of two
-points (every task and seed), the points coincide by construction, not by what the method does;
-``notes`` says so, and the figure prints it. At paper-mini's size (Eq. 1 with a 135M stand-in
-teacher keeps 1-2 questions per task) every fraction below 1 keeps the same question. Each point's
-``questions`` is the mean over its models, read from the trainings' summaries.
+A fraction's SFT keeps max(1, round(p x n)) of the n questions EI kept for its task
+(``train.sft.subsample_questions``), drawn with the run's seed alone; its ExGRPO starts from that SFT
+and draws the same questions for RL. So two fractions whose SFT drew as many of a task's questions at
+one seed drew the same ones, and their trainings on that task and seed, SFT and ExGRPO, have identical
+inputs (an ExGRPO summary's ``questions`` can be fewer than its draw: RL leaves out questions with no
+usable probe; the draw is read from its SFT's summary). ``notes`` names every such (task, seed), and
+says when it holds for every model of two points: those points then coincide by construction, not by
+what the method does. At paper-mini's size (Eq. 1 with a 135M stand-in teacher keeps few questions
+per task) fractions below 1 can draw the same one. Each point's ``questions`` is the mean over its
+models of the questions they trained on, read from the trainings' summaries (the run each record
+came from).
 """
 from __future__ import annotations
 
@@ -17,31 +20,43 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..infra.layout import RunLayout
+from ..experiments.methods import METHODS
+from ..infra.layout import TASK_SEP, RunLayout, method_of, run_id
 from .paper_tables import Column, cell_stats, headline
 
 FRACTIONS = (0.1, 0.25, 0.5)  # the paper's Figure 4 fractions below 1 (the methods sft-p<p>, exgrpo-p<p>)
 SUMMARIES = ("sft_summary.json", "rl_summary.json")  # a finished training's summary, with its "questions"
 PAIRS = [(p, f"{k}-p{p}" if p < 1 else k, m) for p in (*FRACTIONS, 1.0) for k, m in (("sft", "SFT"), ("exgrpo", "ExGRPO"))]
-COLUMNS = ["p", "method", "key", "mean", "low", "high", "seeds", "questions", "trained"]
+COLUMNS = ["p", "method", "key", "mean", "low", "high", "seeds", "questions", "drawn"]
 
 
-def trained_questions(layouts: Sequence[RunLayout], run_id: str) -> int | None:
-    """How many questions the training ``run_id`` kept (its summary's ``questions``; the last layout
-    that holds the training wins, as for the records), None when no summary says."""
-    for lay in reversed(list(layouts)):
-        for name in SUMMARIES:
-            path = lay.train_root / run_id / name
-            if path.is_file():
-                return json.loads(path.read_text()).get("questions")
+def trained_questions(layout: RunLayout | None, run_id: str) -> int | None:
+    """How many questions the training ``run_id`` of ``layout`` kept (its summary's ``questions``),
+    None when no summary says."""
+    for name in SUMMARIES if layout is not None else ():
+        path = layout.train_root / run_id / name
+        if path.is_file():
+            return json.loads(path.read_text()).get("questions")
     return None
+
+
+def _warmup_id(rid: str, key: str) -> str:
+    """The run id of the SFT that drew ``rid``'s questions: an RL method's warm-up of the same seed and
+    task (arith--exgrpo-p0.1 -> arith--sft-p0.1), an SFT method itself."""
+    init = METHODS[key].init
+    if METHODS[key].kind != "rl" or init in ("", "base"):
+        return rid
+    task, sep, _ = rid.rpartition(TASK_SEP)
+    return task + sep + run_id(init, method_of(rid)[1])
 
 
 def fraction_points(df, layouts: Sequence[RunLayout] = (), column: Column | None = None):
     """Figure 4's data on ``column`` (default ``paper_tables.headline``): p, method (SFT or ExGRPO), mean
     and interval over seeds (``paper_tables.cell_stats``), the mean number of questions its models
-    trained on, and ``trained``: the (task, seed, questions) of each model (empty when unknown)."""
+    trained on, and ``drawn``: the (task, seed, questions drawn by its SFT) of each model (empty when a
+    summary is missing)."""
     column = column or headline(df)
+    by_name = {lay.name: lay for lay in layouts}
     rows = []
     for p, key, method in PAIRS if column else []:
         s = cell_stats(df, key, column.datasets, column.source)
@@ -49,34 +64,43 @@ def fraction_points(df, layouts: Sequence[RunLayout] = (), column: Column | None
             continue
         runs = df[(df["key"] == key) & (df["status"] == "ok") & (df["eval"] == column.source)
                   & (df["dataset"].isin(column.datasets))].drop_duplicates(["train_dataset", "seed"])
-        trained = tuple(sorted((t, int(seed), trained_questions(layouts, rid))
-                               for t, seed, rid in zip(runs["train_dataset"], runs["seed"], runs["run_id"])))
-        counts = [q for *_, q in trained if q is not None]
+        models = list(zip(runs["train_dataset"], runs["seed"], runs["run_id"], runs["run"]))
+        kept = [trained_questions(by_name.get(run), rid) for _, _, rid, run in models]
+        drawn = [(t, int(seed), trained_questions(by_name.get(run), _warmup_id(rid, key))) for t, seed, rid, run in models]
+        known = all(q is not None for q in kept) and all(q is not None for *_, q in drawn)
         rows.append({"p": p, "method": method, "key": key, **s,
-                     "questions": sum(counts) / len(counts) if counts and len(counts) == len(trained) else float("nan"),
-                     "trained": trained if len(counts) == len(trained) else ()})
+                     "questions": sum(kept) / len(kept) if known and kept else float("nan"),
+                     "drawn": tuple(sorted(drawn)) if known else ()})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["method", "p"]).reset_index(drop=True)
 
 
 def notes(points, df=None) -> list[str]:
-    """One line per method whose fractions trained on the same questions in every model (the same
-    trainings, so their points coincide by construction), and with the records ``df``, one per point
-    missing because some of its trainings did not run (their reasons); nothing when none applies."""
+    """What a reader of Figure 4 must know: per method, each (task, seed) on which several fractions drew
+    the same questions (identical training inputs), and which points that makes coincide by
+    construction (every model of both); with the records ``df``, each point missing because its
+    trainings did not run (their reasons). Nothing when none applies."""
     out, missing = [], {}
     for p, key, method in PAIRS if df is not None else []:
         failed = df[(df["key"] == key) & (df["status"] != "ok")].drop_duplicates(["train_dataset", "seed"])
         if len(failed) and not (points["key"] == key).any():
             why = "; ".join(f"{t} s{seed}: {r}" for t, seed, r in zip(failed["train_dataset"], failed["seed"], failed["reason"]))
             missing.setdefault((method, why), []).append(p)
-    out += [f"{method}: no point at p = {', '.join(f'{p:g}' for p in ps)}: {why}" for (method, why), ps in missing.items()]
+    out += [f"{method}: no point at p = {_ps(ps)}: {why}" for (method, why), ps in missing.items()]
     for method, grp in points.groupby("method", sort=False):
-        same: dict[tuple, list[float]] = {}
-        for p, trained in zip(grp["p"], grp["trained"]):
-            if trained:
-                same.setdefault(tuple(trained), []).append(float(p))
-        for trained, ps in same.items():
+        shared: dict[tuple, list[float]] = {}  # (task, seed, questions drawn) -> the fractions that drew them
+        for p, drawn in zip(grp["p"], grp["drawn"]):
+            for model in drawn:
+                shared.setdefault(tuple(model), []).append(float(p))
+        for (task, seed, q), ps in shared.items():
             if len(ps) > 1:
-                per = ", ".join(f"{t} s{seed}: {q}" for t, seed, q in trained)
-                out.append(f"{method}: p = {', '.join(f'{p:g}' for p in sorted(ps))} trained on the same questions "
-                           f"({per}): one training each, so these points coincide by construction")
+                out.append(f"{method}, {task} s{seed}: p = {_ps(ps)} drew the same {q} question(s): identical training inputs")
+        whole: dict[tuple, list[float]] = {}
+        for p, drawn in zip(grp["p"], grp["drawn"]):
+            if drawn:
+                whole.setdefault(tuple(drawn), []).append(float(p))
+        out += [f"{method}: so the points at p = {_ps(ps)} coincide by construction" for ps in whole.values() if len(ps) > 1]
     return out
+
+
+def _ps(ps) -> str:
+    return ", ".join(f"{p:g}" for p in sorted(ps))

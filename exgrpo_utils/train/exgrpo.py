@@ -36,10 +36,10 @@ from typing import Sequence
 
 from ..data import prompts
 from ..infra.files import waiting_lock
-from ..infra.fingerprint import digest, weights_digest
+from ..infra.fingerprint import digest
 from ..infra.paths import portable
 from ..models.generation import use_turn_stops
-from ..models.registry import default_device, ensure_local, load_model
+from ..models.registry import default_device, ensure_local, load_model, model_identity
 from ..teach.rules import RuleSet, load_rules
 from .dialogue import ChatLayout
 from .loop import Built, lora_config, train_and_save, training_precision
@@ -105,7 +105,7 @@ def prepare_init(init_model: str, out_dir: Path) -> str:
         return source
     target = Path(source).parent / "merged" if Path(source).name == "final" else out_dir / "init"
     marker = target / "exgrpo_init.json"
-    want = {"source": portable(source), "source_weights": weights_digest(source)}
+    want = {"source": portable(source), "source_weights": digest(model_identity(source))}
     with waiting_lock(target):  # under accelerate launch: one process merges, the others find it merged
         if marker.exists() and json.loads(marker.read_text()) == want:  # merged from these very adapter weights
             return str(target)
