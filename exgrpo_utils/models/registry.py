@@ -91,6 +91,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def converted_path(spec: ModelSpec) -> Path:
+    """Where an embedded model's conversion lives (``ensure_local`` makes it)."""
+    return cache_dir() / "models" / spec.name
+
+
 def ensure_local(name_or_path: str, *, force_convert: bool = False) -> str:
     """A path or hub id that ``from_pretrained`` can load for ``name_or_path``.
 
@@ -102,7 +107,7 @@ def ensure_local(name_or_path: str, *, force_convert: bool = False) -> str:
     if name_or_path in MODELS:
         spec = MODELS[name_or_path]
         if spec.package:
-            target = cache_dir() / "models" / spec.name
+            target = converted_path(spec)
             if force_convert or not (target / "config.json").exists():
                 convert_gguf(embedded_gguf_path(spec), target)
             return str(target)
@@ -222,7 +227,7 @@ def serving_checkpoint(name_or_path: str, *, dtype: str = "auto") -> str:
     A registry name, a hub id or a full checkpoint is returned as ``ensure_local`` gives it. A PEFT
     adapter folder (``train/<method>/final``: no ``config.json``) is merged once into its base model
     and saved, with the adapter's tokenizer, under ``<cache>/merged/<key>``; ``key`` is a digest of
-    the adapter's and the base's identities (by content, ``model_identity``) and of the dtype, so a
+    the adapter's identity (by content, its base's included: ``model_identity``) and of the dtype, so a
     retrained adapter or another base gets a new folder and an unchanged one is merged only once. The
     folder is written under a temporary name and renamed when complete (``exgrpo_merge.json`` inside
     says what it was made from). ``dtype``: the merged weights' dtype ("auto": ``pick_dtype`` on
@@ -231,8 +236,7 @@ def serving_checkpoint(name_or_path: str, *, dtype: str = "auto") -> str:
     if not (Path(source) / "adapter_config.json").exists():
         return source
     torch_dtype = pick_dtype(dtype, default_device())
-    made_from = {"adapter": model_identity(source), "base": model_identity(ensure_local(adapter_base(source))),
-                 "dtype": str(torch_dtype).removeprefix("torch.")}
+    made_from = {"adapter": model_identity(source), "dtype": str(torch_dtype).removeprefix("torch.")}
     target = cache_dir() / "merged" / digest(made_from)
     if (target / "exgrpo_merge.json").exists():
         return str(target)
@@ -272,7 +276,7 @@ def model_identity(spec: str) -> dict:
     path = Path(resolve(spec))
     if path.is_dir():
         for name, m in MODELS.items():  # the embedded student's converted folder is that registry model
-            if m.package and path.resolve() == (cache_dir() / "models" / m.name).resolve():
+            if m.package and path.resolve() == converted_path(m).resolve():
                 return model_identity(name)
         ident = {"weights": weights_digest(path)}
         if (path / "adapter_config.json").is_file():

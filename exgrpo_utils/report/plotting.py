@@ -229,7 +229,7 @@ def figure4_fraction(points, notes: Sequence[str] = (), title: str = "Figure 4: 
         lo = (grp["mean"] - grp["low"]).fillna(0).clip(lower=0)
         hi = (grp["high"] - grp["mean"]).fillna(0).clip(lower=0)
         ax.errorbar(grp["p"], grp["mean"], yerr=[lo, hi], marker="o", capsize=3, label=method)
-        for p, mean, q in zip(grp["p"], grp["mean"], grp.get("questions", [float("nan")] * len(grp))):
+        for p, mean, q in zip(grp["p"], grp["mean"], grp["questions"]):
             if q == q:  # not NaN
                 ax.annotate(f"{q:.3g} q", (p, mean), textcoords="offset points", xytext=(4, 4), fontsize=6)
     ax.set_xscale("log")
