@@ -105,3 +105,29 @@ def test_two_trainings_of_the_same_weights_get_the_same_digest(tmp_path, monkeyp
     memo = json.loads((a / WEIGHTS_MEMO).read_text())
     (a / WEIGHTS_MEMO).write_text(json.dumps({"files": memo["files"], "digest": "made by the old format"}))
     assert weights_digest(a) == first["weights"]  # a memo of another format is not used
+
+
+def test_a_trained_folder_absent_here_is_known_by_its_recorded_identity(tmp_path, monkeypatch):
+    """A committed results folder keeps no weights: the identity a training records beside its model
+    (``final.identity.json``) stands for the folder where the folder is absent, so the stamps made from
+    it (an RL run's start, an evaluation) stay checkable on another machine. Where the folder is there,
+    its content decides, whatever the record says."""
+    import json
+    import shutil
+
+    from exgrpo_utils.models.registry import model_identity, record_identity, recorded_identity_path
+
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
+    folder = tmp_path / "runs" / "cpu" / "train" / "sft" / "final"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"sft weights")
+    made = record_identity(folder)
+    assert recorded_identity_path(folder) == folder.parent / "final.identity.json"
+    assert json.loads((folder.parent / "final.identity.json").read_text()) == made == model_identity(str(folder))
+    (folder / "model.safetensors").write_bytes(b"retrained, other weights")
+    assert model_identity(str(folder)) != made  # the weights here decide, not the record
+    shutil.rmtree(folder)
+    assert model_identity(str(folder)) == made
+    assert model_identity("runs/cpu/train/sft/final") == made  # the portable name a summary stores
+    (folder.parent / "final.identity.json").unlink()
+    assert model_identity(str(folder)) == {"name": str(folder)}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from exgrpo_utils.infra.fingerprint import StaleOutputError
+from exgrpo_utils.models.registry import model_identity
 from exgrpo_utils.infra.runsettings import RunSettings
 from exgrpo_utils.train.loop import Built, checkpoint_complete, last_checkpoint, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
@@ -73,6 +74,8 @@ def test_train_and_save_trains_saves_and_reuses(tmp_path):
     assert summary["model"] == "m" and summary["settings"]["max_steps"] == 3 and (tmp_path / "final" / "tok").exists()
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(summary))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents*"))
+    recorded = json.loads((tmp_path / "final.identity.json").read_text())  # the model, for machines without it
+    assert recorded == model_identity(str(tmp_path / "final")) and set(recorded) == {"weights"}
     assert train_and_save(build=build, **kw) == json.loads(json.dumps(summary)) and calls == [1]  # reused, not built
     with pytest.raises(StaleOutputError, match="models.model.name: 'm' -> 'other'"):
         train_and_save(build=build, **dict(kw, identity={"model": "other"}))  # another model: refused, not reused

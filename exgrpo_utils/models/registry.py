@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..infra.files import atomic_write_json
 from ..infra.fingerprint import digest, files_digest, weights_digest
 from ..infra.paths import cache_dir, resolve, results_root
 
@@ -258,6 +259,19 @@ def serving_checkpoint(name_or_path: str, *, dtype: str = "auto") -> str:
     return str(target)
 
 
+def recorded_identity_path(folder: Path) -> Path:
+    """Where a trained model folder's identity is recorded for machines that do not hold its weights."""
+    return folder.with_name(folder.name + ".identity.json")
+
+
+def record_identity(folder: str | os.PathLike) -> dict:
+    """Compute a model folder's identity and record it beside the folder (``model_identity`` reads it
+    where the folder is absent); returns it."""
+    ident = model_identity(str(folder))
+    atomic_write_json(recorded_identity_path(Path(resolve(str(folder)))), ident)
+    return ident
+
+
 # What a converted checkpoint computes with: its weights, architecture, tokenizer and chat template.
 # (tokenizer_config.json is left out: it records how the tokenizer was loaded, local_files_only among it.)
 CONVERTED_CONTENT = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja")
@@ -272,8 +286,14 @@ def model_identity(spec: str) -> dict:
     from the old ones is reused. A hub model by its id (its files are not local). A PEFT adapter folder
     is its weights on its base, so its identity holds the base's too (``base``, by content; the
     embedded student's conversion under the cache by its registry identity): adapter files alike on two
-    bases are two models."""
+    bases are two models. A trained folder that is not on this machine (a committed results folder
+    keeps no weights) is known by the identity its training recorded beside it
+    (``<folder>.identity.json``, ``record_identity``), so what was made from it stays checkable."""
     path = Path(resolve(spec))
+    if not path.exists():  # a stored name (runs/cpu/train/sft/final) lies under the results root
+        for recorded in (recorded_identity_path(path), recorded_identity_path(results_root() / spec)):
+            if recorded.is_file():
+                return json.loads(recorded.read_text())
     if path.is_dir():
         for name, m in MODELS.items():  # the embedded student's converted folder is that registry model
             if m.package and path.resolve() == converted_path(m).resolve():

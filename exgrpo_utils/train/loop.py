@@ -27,7 +27,7 @@ from ..infra.fingerprint import check_stamp
 from ..infra.layout import TRAIN_LOG
 from ..infra.paths import portable
 from ..infra.settings import result_fields
-from ..models.registry import cpu_has_fast_bf16, default_device, model_identity
+from ..models.registry import cpu_has_fast_bf16, default_device, model_identity, record_identity
 from .trainlog import JsonlLogCallback, visit_summary
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -292,6 +292,7 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
         trainer.save_model(str(final))  # every process calls it (sharded states are gathered); the main one writes
         if main_process:
             built.tokenizer.save_pretrained(str(final))
+            record_identity(final)  # final.identity.json: the model by content, for machines without its weights
             curve = read_log_jsonl(out_dir / TRAIN_LOG)  # one curve over every resumed call (JsonlLogCallback)
             summary = {**{k: portable(v) for k, v in identity.items()}, "settings": asdict(settings), **built.summary,
                        "steps": trainer.state.global_step, **run_cost(out_dir, summary_name, time.time() - t0),
