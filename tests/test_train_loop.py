@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from exgrpo_utils.infra.fingerprint import StaleOutputError
-from exgrpo_utils.models.registry import model_identity
 from exgrpo_utils.infra.runsettings import RunSettings
+from exgrpo_utils.models.registry import model_identity
 from exgrpo_utils.train.loop import Built, checkpoint_complete, last_checkpoint, tracking_callbacks, train_and_save
 from exgrpo_utils.train.settings import ExGRPOSettings, SFTSettings
 from exgrpo_utils.train.trainlog import JsonlLogCallback

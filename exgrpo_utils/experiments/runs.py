@@ -29,7 +29,6 @@ from ..evaluate.evaluation import evaluate_on
 from ..evaluate.settings import SuiteSettings, TaskEvalSettings
 from ..infra.fingerprint import digest
 from ..infra.layout import RunLayout, run_id, task_run_id
-from ..infra.paths import resolve
 from ..infra.runsettings import RunSettings
 from ..infra.settings import build
 from ..models.registry import model_identity
@@ -44,7 +43,7 @@ from ..train.opd import train_opd
 from ..train.settings import ExGRPOSettings, SFTSettings
 from ..train.sft import SUMMARY_NAME as SFT_SUMMARY
 from ..train.sft import subsample_questions, train_sft
-from . import records
+from . import kept, records
 from .baselines import baseline_rows, data_stats, fallback_note
 from .methods import METHODS, Method, opd_settings, opd_status, rl_question_fraction, rl_settings, sft_settings
 from .records import collect, summary
@@ -218,8 +217,8 @@ def training_inputs(ctx: Context, task: str, key: str, seed: int, *, here: bool 
     m = METHODS[key]
     if m.kind == "rl" and m.init != "base":
         path = ctx.layout.train_dir(ctx.rid(m.init, seed, task)) / SUMMARIES[METHODS[m.init].kind]
-        if not path.exists() or not Path(resolve(json.loads(path.read_text()).get("final", ""))).is_dir():
-            return None  # the warm-up has not finished, or its model is not here (a results folder without weights)
+        if not path.exists() or "name" in model_identity(json.loads(path.read_text()).get("final", "")):
+            return None  # the warm-up has not finished, or its model is neither here nor recorded (kept.py)
     try:
         with planning(here=here):
             train_one(ctx, task, key, seed, log=lambda _: None)
@@ -251,32 +250,55 @@ def _add_training(rec: dict, summary: dict, ctx: Context, task: str, done: dict[
                                                               lambda k, s: ctx.rid(k, s, task))
 
 
-def _evaluate(ctx: Context, model: str, key: str, seed: int, task: str, label: str) -> dict:
+def evaluate_model(ctx: Context, model: str, key: str, seed: int, task: str, label: str, *,
+                   generator: Any = None) -> dict:
     """The record's scores: the task's test set, its paired OOD sets and its EI-Test; under ``suite`` the
-    12-dataset suite for ``exp_suite_keys`` (the train_dataset model, seed 0)."""
+    12-dataset suite for ``exp_suite_keys`` (the train_dataset model, seed 0). ``generator``: given to
+    every evaluation (``kept.RenderOnly`` for a model whose weights are not here)."""
     rid = ctx.rid(key, seed, task)
     settings = ctx.eval_for(task)
     ei_test = load_ei_test(ctx.layout, task)  # the task's EI-Test, when notebook 01 built one (Figure 1)
     extra = {ei_test_name(task): ei_test} if ei_test else {}
-    table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label, extra=extra)
+    more = {"generator": generator} if generator is not None else {}
+    table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label, extra=extra,
+                        **more)
     scores = records.scores(table[table["dataset"].isin(list(settings.datasets) + list(extra))])  # no 12-dataset averages
     if key in ctx.experiments.suite_keys and seed == 0 and task == ctx.run.train_dataset and ctx.suite.datasets:
         scores["suite"] = records.scores(evaluate_on(ctx.suite, ctx.run, model=model,
-                                                     out_dir=ctx.layout.suite_eval_dir(rid), label=label))
+                                                     out_dir=ctx.layout.suite_eval_dir(rid), label=label, **more))
     return scores
 
 
+def kept_training(ctx: Context, task: str, key: str, seed: int) -> dict | None:
+    """The summary of a finished training whose weights are not on this machine, when it and every
+    evaluation of its record are current (``kept``); None otherwise (and for what trains nothing)."""
+    m = METHODS[key]
+    if m.kind not in SUMMARIES or ctx.run.fresh:  # fresh redoes everything
+        return None
+    return kept.kept_summary(
+        ctx.layout.train_dir(ctx.rid(key, seed, task)), SUMMARIES[m.kind], student=ctx.run.student,
+        planned=lambda: training_inputs(ctx, task, key, seed),
+        evaluate=lambda final, gen: evaluate_model(ctx, final, key, seed, task, m.label, generator=gen))
+
+
 def run_triple(task: str, key: str, seed: int, ctx: Context, done: dict[str, dict], *, log: Log = print,
-               unfinished: str = "") -> dict:
+               unfinished: str = "", keep: bool = True) -> dict:
     """Train (or reuse), evaluate and record one (task, method, seed); returns its record. ``done``:
     the training summaries of the plan so far by run id (warm-ups, costs); this one's is added.
-    ``unfinished``: why its dispatched training did not finish (the record says so; nothing is trained)."""
+    ``unfinished``: why its dispatched training did not finish (the record says so; nothing is trained).
+    ``keep``: a finished triple whose weights are not here is kept when current (``kept``), not retrained."""
     m, rid = METHODS[key], ctx.rid(key, seed, task)
     path, rec, started = ctx.layout.record(rid), records.new_record(rid, m, seed, task), time.time()
     if unfinished:
         return _skip(path, rec, unfinished, log)
+    generator = None
     try:
-        summary = _train_method(m, seed, task, ctx, done, log)
+        summary = kept_training(ctx, task, key, seed) if keep else None
+        if summary is not None:
+            log("kept: its training and evaluations are current (its weights are not on this machine)")
+            generator = kept.RenderOnly(ctx.run.student)
+        else:
+            summary = _train_method(m, seed, task, ctx, done, log)
     except NoTrainingData as exc:  # no kept question, or every probe states the answer (RL leaves those out)
         return _skip(path, rec, f"skipped: {exc}", log)
     except Skipped as exc:
@@ -287,7 +309,7 @@ def run_triple(task: str, key: str, seed: int, ctx: Context, done: dict[str, dic
     model = ctx.run.student if summary is None else summary["final"]
     rec["model_fingerprint"] = digest(model_identity(model))  # what was evaluated, by content
     log("evaluating")
-    rec.update(_evaluate(ctx, model, key, seed, task, m.label))
+    rec.update(evaluate_model(ctx, model, key, seed, task, m.label, generator=generator))
     rec = records.save(path, rec, started)  # an unchanged record stays as it was, time included
     log(", ".join(f"{d} {a:.1f}" for d, a in rec["accuracy"].items()))
     return rec
@@ -310,12 +332,13 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log: Log = print
     ``unfinished``: by run id, why a dispatched training did not finish (``jobs.dispatch_trainings``)."""
     done: dict[str, dict] = {}
     triples = plan_triples(pairs, ctx.tasks)
+    keepable = kept.keepable(triples, ctx.rid, lambda *t: kept_training(ctx, *t) is not None)
     out = []
     for n, (task, key, seed) in enumerate(triples, 1):
         rid = ctx.rid(key, seed, task)
         where = f"[{n}/{len(triples)}] {rid}"
         out.append(run_triple(task, key, seed, ctx, done, log=lambda msg, where=where: log(f"{where}: {msg}"),
-                              unfinished=unfinished.get(rid, "")))
+                              unfinished=unfinished.get(rid, ""), keep=rid in keepable))
     return out
 
 
