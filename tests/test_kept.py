@@ -71,8 +71,10 @@ def finished(tmp_path, monkeypatch):
     return folder, summary, evaluate, inputs, evals
 
 
-def _kept(folder, evaluate, planned):
-    return kept.kept_summary(folder, "sft_summary.json", planned=lambda: planned, evaluate=evaluate, student="student")
+def _kept(folder, evaluate, planned, evals=None):
+    evals = evals or folder.parent.parent / "eval_task" / "sft"
+    return kept.kept_summary(folder, "sft_summary.json", planned=lambda: planned, evaluate=evaluate, student="student",
+                             eval_dirs=[evals])
 
 
 def test_a_current_training_without_its_weights_is_kept_and_generates_nothing(finished):
@@ -118,6 +120,30 @@ def test_a_stale_or_incomplete_training_or_evaluation_is_not_kept(finished):
     assert _kept(folder, evaluate, inputs) is None
     identity.write_text(recorded)
     assert _kept(folder, evaluate, inputs) is not None
+    # a precision left to the node that trains (a SLURM plan) is the stamp's
+    assert _kept(folder, evaluate, {**inputs, "precision": None}) is not None
+    # an evaluation the record needs that never started: not kept, and no folder stamped for this model
+    never = folder.parent.parent / "eval_suite" / "sft"
+    assert _kept(folder, evaluate, inputs, evals=never) is None and not never.exists()
+
+
+def test_a_warm_up_trained_again_here_must_come_out_as_recorded(finished):
+    """The identity recorded for a model not on this machine is what a retraining must reproduce: the
+    same weights pass; other weights (other CPU arithmetic) stop the run, naming the training, before
+    anything is evaluated or started from it."""
+    folder, summary, *_ = finished
+    final = folder / "final"
+    assert kept.recorded_before(summary["final"]) is None  # its weights are here
+    shutil.copytree(final, folder / "kept-aside")
+    shutil.rmtree(final)
+    before = kept.recorded_before(summary["final"])
+    assert before == json.loads((folder / "final.identity.json").read_text())
+    shutil.copytree(folder / "kept-aside", final)  # trained again: the same bits
+    kept.check_retrained("sft", before, summary["final"])
+    (final / "model.safetensors").write_bytes(b"other bits")
+    with pytest.raises(kept.RetrainedDiffers, match="sft was trained again here .* other weights"):
+        kept.check_retrained("sft", before, summary["final"])
+    kept.check_retrained("sft", None, summary["final"])  # nothing was recorded for it: nothing to reproduce
 
 
 def test_a_warm_up_that_a_method_of_the_plan_needs_is_not_kept():
@@ -171,3 +197,27 @@ def replace_tasks(ctx, tasks):
     from dataclasses import replace
 
     return replace(ctx, experiments=replace(ctx.experiments, tasks=tasks))
+
+
+def test_run_triple_stops_when_a_model_trained_again_here_differs_from_the_recorded_one(tmp_path, monkeypatch):
+    from test_experiments import _fake_run
+
+    from exgrpo_utils.experiments import runs
+
+    ctx, trained, evaluated = _fake_run(tmp_path, monkeypatch)
+    monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
+    folder = ctx.layout.train_dir("sft")
+    folder.mkdir(parents=True)
+    final = "runs/run/train/sft/final"
+    (folder / "sft_summary.json").write_text(json.dumps({"final": final}))
+    (folder / "final.identity.json").write_text(json.dumps({"weights": "the committed run's"}))
+
+    def retrain(*, out_dir, **_):
+        (out_dir / "final").mkdir()
+        (out_dir / "final" / "model.safetensors").write_bytes(b"this machine's bits")
+        return {"final": final, "train_tokens": 10, "seconds": 1.0, "steps": 1}
+
+    monkeypatch.setattr(runs, "train_sft", retrain)
+    with pytest.raises(kept.RetrainedDiffers, match="sft was trained again here"):
+        runs.run_triple("arith", "sft", 0, ctx, {}, log=lambda *_: None)
+    assert evaluated == [] and not ctx.layout.record("sft").exists()

@@ -20,12 +20,13 @@ generating nothing, when all of these hold (``kept_summary``, called by ``runs.k
 
 An evaluation stored for another model or asked other prompts stops the run with the error the
 usual path gives (naming the file; ``fresh=true`` redoes it), before anything is trained. Anything
-else is trained again, as on any machine. A warm-up is trained again when a method of the
-plan that starts from it cannot be kept (its weights are that method's start); the warm-up's other
-methods are then checked against the retrained model: kept when it came out with the identity they
-started from, trained again otherwise. (Trained again on another CPU, a model may come out with
-other weights; its stored evaluations are then another model's, and the run stops as above. The
-parts of ``cpu-full`` are whole seeds, so no part retrains another part's warm-up.)
+else is trained again, as on any machine. A warm-up is trained again when a method of the plan that
+starts from it cannot be kept (its weights are that method's start). Trained again on another
+machine, a model may come out with other weights (other CPU arithmetic): its stored evaluations, and
+the methods kept from it, would then be another model's, so ``run_triple`` stops right after that
+training, saying so, before anything is evaluated or started from it (``check_retrained``). Hence
+the parts of ``cpu-full`` (README): whole seeds, and every method that starts from the main job's
+seed-0 warm-up in the part that holds its weights.
 """
 from __future__ import annotations
 
@@ -80,19 +81,28 @@ def weights_here(spec: str) -> bool:
     return Path(resolve(spec)).is_dir()
 
 
-def kept_summary(folder: Path, summary_name: str, *, planned: Callable[[], dict | None],
+def kept_summary(folder: Path, summary_name: str, *, planned: Callable[[], dict | None], eval_dirs: Sequence[Path],
                  evaluate: Callable[[str, RenderOnly], object], student: str) -> dict | None:
     """The summary of the training in ``folder`` when its weights are not on this machine and it can be
-    kept (the module's conditions), else None. ``planned``: the inputs the trainer would stamp now;
-    ``evaluate(final, generator)``: every evaluation the record is made of, through ``generator``."""
+    kept (the module's conditions), else None. ``planned``: the inputs the trainer would stamp now (a
+    precision of None, left to the node that trains, is taken from the stamp); ``eval_dirs``: the
+    evaluation folders the record is made of; ``evaluate(final, generator)``: every one of them,
+    through ``generator``. A check that fails writes nothing."""
     summary, stamp = _read(folder / summary_name), read_stamp(folder)
     if not summary or not stamp or not summary.get("final") or weights_here(summary["final"]):
         return None
     if "name" in model_identity(summary["final"]):  # no identity recorded: what it was is unknown here
         return None
     inputs = planned()
-    if inputs is None or stamp.get("fingerprint") != stamp_fingerprint(json.loads(json.dumps(inputs, default=str))):
+    if inputs is None:
         return None
+    inputs = json.loads(json.dumps(inputs, default=str))
+    if "precision" in inputs and inputs["precision"] is None:
+        inputs["precision"] = (stamp.get("inputs") or {}).get("precision")
+    if stamp.get("fingerprint") != stamp_fingerprint(inputs):
+        return None
+    if not all((Path(d) / "config.json").is_file() for d in eval_dirs):  # an evaluation never started: checked
+        return None  # first, as evaluating would stamp its folder for a model that may be trained again
     try:
         evaluate(summary["final"], RenderOnly(student))
     except NeedsGeneration:  # an evaluation not finished: the usual path trains the model again for it
@@ -111,3 +121,28 @@ def keepable(triples: Sequence[tuple[str, str, int]], rid: Callable[[str, int, s
         if m.kind == "rl" and m.init != "base" and rid(key, seed, task) not in kept:
             kept.discard(rid(m.init, seed, task))
     return kept
+
+
+def recorded_before(final: str) -> dict | None:
+    """The identity recorded for a final model whose weights are not here (None when they are, or when
+    none was recorded): what a retraining must reproduce for what was made from it to stay valid."""
+    if weights_here(final):
+        return None
+    ident = model_identity(final)
+    return None if "name" in ident else ident
+
+
+def check_retrained(rid: str, before: dict | None, final: str) -> None:
+    """Stop when a model trained again here (its weights were not on this machine) came out other than
+    the one recorded for it: its stored evaluations and the methods started from it are of that one."""
+    if before is not None and model_identity(final) != before:
+        raise RetrainedDiffers(
+            f"{rid} was trained again here (its weights were not on this machine) and came out with other weights "
+            f"than the model its stored evaluations and the methods started from it were made with ({before} -> "
+            f"{model_identity(final)}; the same inputs on another CPU's arithmetic). Nothing was evaluated or started "
+            "from it. Run this part on the machine that holds the committed run's weights, or rerun the whole plan "
+            "with --set fresh=true (old outputs are moved aside, never deleted).")
+
+
+class RetrainedDiffers(RuntimeError):
+    """A retrained warm-up whose weights differ from the ones recorded for it."""

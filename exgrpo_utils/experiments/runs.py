@@ -208,17 +208,21 @@ def train_one(ctx: Context, task: str, key: str, seed: int, *, log: Log = print)
     return _train_method(m, seed, task, ctx, done, log)
 
 
-def training_inputs(ctx: Context, task: str, key: str, seed: int, *, here: bool = True) -> dict | None:
+def training_inputs(ctx: Context, task: str, key: str, seed: int, *, here: bool = True,
+                    recorded: bool = False) -> dict | None:
     """The fingerprint inputs (settings, data, models, precision) that :func:`train_one` would stamp on
     the training's folder, computed by the same trainer without training (``train.loop.planning``), so
     a plan of jobs knows which finished trainings are current. None when they cannot be known before
     the job runs: its data or its warm-up's model is not on disk yet, or the method cannot run here.
-    ``here``: the job trains on this machine (else its precision is left to the node that runs it)."""
+    ``here``: the job trains on this machine (else its precision is left to the node that runs it).
+    ``recorded``: a warm-up whose weights are not here counts by the identity its training recorded
+    (``kept``: whether a finished run is current; a job that trains needs the weights themselves)."""
     m = METHODS[key]
     if m.kind == "rl" and m.init != "base":
         path = ctx.layout.train_dir(ctx.rid(m.init, seed, task)) / SUMMARIES[METHODS[m.init].kind]
-        if not path.exists() or "name" in model_identity(json.loads(path.read_text()).get("final", "")):
-            return None  # the warm-up has not finished, or its model is neither here nor recorded (kept.py)
+        final = json.loads(path.read_text()).get("final", "") if path.exists() else ""
+        if not final or not (kept.weights_here(final) or (recorded and "name" not in model_identity(final))):
+            return None  # the warm-up has not finished, or its model is not here (a results folder without weights)
     try:
         with planning(here=here):
             train_one(ctx, task, key, seed, log=lambda _: None)
@@ -263,10 +267,14 @@ def evaluate_model(ctx: Context, model: str, key: str, seed: int, task: str, lab
     table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label, extra=extra,
                         **more)
     scores = records.scores(table[table["dataset"].isin(list(settings.datasets) + list(extra))])  # no 12-dataset averages
-    if key in ctx.experiments.suite_keys and seed == 0 and task == ctx.run.train_dataset and ctx.suite.datasets:
+    if _scores_suite(ctx, key, seed, task):
         scores["suite"] = records.scores(evaluate_on(ctx.suite, ctx.run, model=model,
                                                      out_dir=ctx.layout.suite_eval_dir(rid), label=label, **more))
     return scores
+
+
+def _scores_suite(ctx: Context, key: str, seed: int, task: str) -> bool:
+    return key in ctx.experiments.suite_keys and seed == 0 and task == ctx.run.train_dataset and bool(ctx.suite.datasets)
 
 
 def kept_training(ctx: Context, task: str, key: str, seed: int) -> dict | None:
@@ -275,10 +283,21 @@ def kept_training(ctx: Context, task: str, key: str, seed: int) -> dict | None:
     m = METHODS[key]
     if m.kind not in SUMMARIES or ctx.run.fresh:  # fresh redoes everything
         return None
+    rid = ctx.rid(key, seed, task)
+    evals = [ctx.layout.task_eval_dir(rid)] + ([ctx.layout.suite_eval_dir(rid)] if _scores_suite(ctx, key, seed, task) else [])
+    here = ctx.experiments.executor != "slurm"  # as jobs.training_jobs: SLURM nodes train in their own precision
     return kept.kept_summary(
-        ctx.layout.train_dir(ctx.rid(key, seed, task)), SUMMARIES[m.kind], student=ctx.run.student,
-        planned=lambda: training_inputs(ctx, task, key, seed),
+        ctx.layout.train_dir(rid), SUMMARIES[m.kind], student=ctx.run.student, eval_dirs=evals,
+        planned=lambda: training_inputs(ctx, task, key, seed, here=here, recorded=True),
         evaluate=lambda final, gen: evaluate_model(ctx, final, key, seed, task, m.label, generator=gen))
+
+
+def _recorded_final(ctx: Context, key: str, rid: str) -> dict | None:
+    """The identity recorded for this training's final model when its weights are not here (``kept``)."""
+    kind = METHODS[key].kind
+    summary = ctx.layout.train_dir(rid) / SUMMARIES.get(kind, "")
+    final = json.loads(summary.read_text()).get("final") if kind in SUMMARIES and summary.is_file() else None
+    return kept.recorded_before(final) if final else None
 
 
 def run_triple(task: str, key: str, seed: int, ctx: Context, done: dict[str, dict], *, log: Log = print,
@@ -298,7 +317,10 @@ def run_triple(task: str, key: str, seed: int, ctx: Context, done: dict[str, dic
             log("kept: its training and evaluations are current (its weights are not on this machine)")
             generator = kept.RenderOnly(ctx.run.student)
         else:
+            before = _recorded_final(ctx, key, rid)
             summary = _train_method(m, seed, task, ctx, done, log)
+            if summary is not None:
+                kept.check_retrained(rid, before, summary["final"])
     except NoTrainingData as exc:  # no kept question, or every probe states the answer (RL leaves those out)
         return _skip(path, rec, f"skipped: {exc}", log)
     except Skipped as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..infra.files import atomic_write_json
 from ..infra.fingerprint import digest, files_digest, weights_digest
-from ..infra.paths import cache_dir, resolve, results_root
+from ..infra.paths import PROJECT_ROOT, cache_dir, resolve, results_root
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
 
@@ -291,7 +291,8 @@ def model_identity(spec: str) -> dict:
     (``<folder>.identity.json``, ``record_identity``), so what was made from it stays checkable."""
     path = Path(resolve(spec))
     if not path.exists():  # a stored name (runs/cpu/train/sft/final) lies under the results root
-        for recorded in (recorded_identity_path(path), recorded_identity_path(results_root() / spec)):
+        places = [path] if path.is_absolute() else [results_root() / spec, PROJECT_ROOT / spec]
+        for recorded in map(recorded_identity_path, places):
             if recorded.is_file():
                 return json.loads(recorded.read_text())
     if path.is_dir():

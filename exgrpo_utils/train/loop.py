@@ -27,7 +27,7 @@ from ..infra.fingerprint import check_stamp
 from ..infra.layout import TRAIN_LOG
 from ..infra.paths import portable
 from ..infra.settings import result_fields
-from ..models.registry import cpu_has_fast_bf16, default_device, model_identity, record_identity
+from ..models.registry import cpu_has_fast_bf16, default_device, model_identity, record_identity, recorded_identity_path
 from .trainlog import JsonlLogCallback, visit_summary
 
 # peft, torch, transformers are imported inside the functions that use them (heavy, or needed only on some paths).
@@ -279,6 +279,8 @@ def train_and_save(*, out_dir: str | Path, summary_name: str, settings, identity
             check_stamp(out_dir, inputs, what=f"{inputs['stage']} training", fresh=fresh)
         done = finished_run(out_dir, summary_name, settings, **identity) if resume else None
         if done:
+            if main_process and not recorded_identity_path(out_dir / "final").exists():
+                record_identity(out_dir / "final")  # a run finished before trainings recorded it
             return done
         built = build()
         trainer = built.trainer
