@@ -176,8 +176,14 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
 
     shutil.copytree(PROJECT_ROOT / "results" / "runs" / "cpu", tmp_path / "runs" / "cpu")
     monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
-    for kind in ("sft", "rl", "opd"):
-        monkeypatch.setitem(runs.TRAINERS, kind, lambda *a, **k: pytest.fail("a kept triple was trained"))
+    from exgrpo_utils.train import loop
+
+    train = runs._train_method
+
+    def only_planned(*a, **k):  # training_inputs runs the trainer in planning mode: that trains nothing
+        return train(*a, **k) if loop._PLANNING else pytest.fail("a kept triple was trained")
+
+    monkeypatch.setattr(runs, "_train_method", only_planned)
     monkeypatch.setattr("exgrpo_utils.evaluate.evaluation.make_generator",
                         lambda *a, **k: pytest.fail("a model was loaded to evaluate"))
     params = config.for_notebook("05_experiments", config.resolve(config.load_preset("cpu-full"), run_name="cpu"))
