@@ -437,7 +437,7 @@ def _fake_run(tmp_path, monkeypatch):
         trained.append(("rl", out_dir.name, init_model))
         return {"final": f"model:{out_dir.name}", "train_tokens": 5, "seconds": 1.0, "steps": 1}
 
-    def fake_eval(settings, run, *, model, out_dir, label="", extra=None):
+    def fake_eval(settings, run, *, model, out_dir, label="", extra=None, generator=None):
         evaluated.append((out_dir.name, tuple(settings.datasets) + tuple(extra or ())))
         rows = [{"dataset": d, "accuracy": 50.0, "n": 4} for d in tuple(settings.datasets) + tuple(extra or ())]
         return pd.DataFrame(rows + [{"dataset": "held-in-avg8", "accuracy": 50.0, "n": 4}])  # as summary_table adds

@@ -39,6 +39,7 @@ from ..infra.fingerprint import read_stamp, stamp_fingerprint
 from ..infra.paths import resolve
 from ..models.registry import ensure_local, model_identity
 from .methods import METHODS
+from .records import read_json
 
 # transformers is imported inside the function that uses it (heavy, or needed only on some paths).
 
@@ -70,13 +71,6 @@ class RenderOnly:
         raise NeedsGeneration(f"{len(batch)} items are not evaluated yet")
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def weights_here(spec: str) -> bool:
     return Path(resolve(spec)).is_dir()
 
@@ -88,11 +82,9 @@ def kept_summary(folder: Path, summary_name: str, *, planned: Callable[[], dict 
     precision of None, left to the node that trains, is taken from the stamp); ``eval_dirs``: the
     evaluation folders the record is made of; ``evaluate(final, generator)``: every one of them,
     through ``generator``. A check that fails writes nothing."""
-    summary, stamp = _read(folder / summary_name), read_stamp(folder)
-    if not summary or not stamp or not summary.get("final") or weights_here(summary["final"]):
-        return None
-    if "name" in model_identity(summary["final"]):  # no identity recorded: what it was is unknown here
-        return None
+    summary, stamp = read_json(folder / summary_name), read_stamp(folder)
+    if not summary or not stamp or not summary.get("final") or recorded_before(summary["final"]) is None:
+        return None  # its weights are here (the usual path reuses it), or no identity was recorded
     inputs = planned()
     if inputs is None:
         return None
@@ -135,11 +127,12 @@ def recorded_before(final: str) -> dict | None:
 def check_retrained(rid: str, before: dict | None, final: str) -> None:
     """Stop when a model trained again here (its weights were not on this machine) came out other than
     the one recorded for it: its stored evaluations and the methods started from it are of that one."""
-    if before is not None and model_identity(final) != before:
+    now = model_identity(final) if before is not None else None
+    if now != before:
         raise RetrainedDiffers(
             f"{rid} was trained again here (its weights were not on this machine) and came out with other weights "
             f"than the model its stored evaluations and the methods started from it were made with ({before} -> "
-            f"{model_identity(final)}; the same inputs on another CPU's arithmetic). Nothing was evaluated or started "
+            f"{now}; the same inputs on another CPU's arithmetic). Nothing was evaluated or started "
             "from it. Run this part on the machine that holds the committed run's weights, or rerun the whole plan "
             "with --set fresh=true (old outputs are moved aside, never deleted).")
 

@@ -48,7 +48,8 @@ def scores(table) -> dict:
     return out
 
 
-def _stored(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """The JSON object stored at ``path``, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -57,7 +58,7 @@ def _stored(path: Path) -> dict | None:
 
 def same_record(path: Path, rec: dict) -> dict | None:
     """The record stored at ``path`` when it equals ``rec`` (its wall time aside), else None."""
-    old = _stored(path)
+    old = read_json(path)
     if old is None:
         return None
     same = {k: v for k, v in old.items() if k != "wall_seconds"} == json.loads(json.dumps(rec))

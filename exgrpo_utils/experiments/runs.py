@@ -221,7 +221,7 @@ def training_inputs(ctx: Context, task: str, key: str, seed: int, *, here: bool 
     if m.kind == "rl" and m.init != "base":
         path = ctx.layout.train_dir(ctx.rid(m.init, seed, task)) / SUMMARIES[METHODS[m.init].kind]
         final = json.loads(path.read_text()).get("final", "") if path.exists() else ""
-        if not final or not (kept.weights_here(final) or (recorded and "name" not in model_identity(final))):
+        if not final or not (kept.weights_here(final) or (recorded and kept.recorded_before(final) is not None)):
             return None  # the warm-up has not finished, or its model is not here (a results folder without weights)
     try:
         with planning(here=here):
@@ -263,13 +263,13 @@ def evaluate_model(ctx: Context, model: str, key: str, seed: int, task: str, lab
     settings = ctx.eval_for(task)
     ei_test = load_ei_test(ctx.layout, task)  # the task's EI-Test, when notebook 01 built one (Figure 1)
     extra = {ei_test_name(task): ei_test} if ei_test else {}
-    more = {"generator": generator} if generator is not None else {}
     table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label, extra=extra,
-                        **more)
+                        generator=generator)
     scores = records.scores(table[table["dataset"].isin(list(settings.datasets) + list(extra))])  # no 12-dataset averages
     if _scores_suite(ctx, key, seed, task):
         scores["suite"] = records.scores(evaluate_on(ctx.suite, ctx.run, model=model,
-                                                     out_dir=ctx.layout.suite_eval_dir(rid), label=label, **more))
+                                                     out_dir=ctx.layout.suite_eval_dir(rid), label=label,
+                                                     generator=generator))
     return scores
 
 
