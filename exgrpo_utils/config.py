@@ -151,6 +151,11 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def run_name_of(preset_name: str, preset: Preset, given: str | None = None) -> str:
+    """The run a preset writes: ``given`` (``--run-name``), else the preset's ``run_name``, else its file's name."""
+    return given or preset.values.get("run_name") or Path(preset_name).stem
+
+
 def resolve(preset: Preset | None, overrides: Mapping[str, Any] = (), *, run_name: str | None = None) -> dict[str, Any]:
     """Every parameter's value: defaults < preset chain < overrides < ``run_name``; checked before
     anything is written (an API key where its variable's name belongs never reaches a file; a value

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-from .config import NOTEBOOK_DIR, NOTEBOOKS, PLACEMENT, for_notebook, load_preset, parse_overrides, resolve
+from .config import NOTEBOOK_DIR, NOTEBOOKS, PLACEMENT, for_notebook, load_preset, parse_overrides, resolve, run_name_of
 from .data.datasets import DataNotFoundError, resolve_data_dir
 from .experiments.jobs import plan_description
 from .infra.files import atomic_write_json, atomic_write_text
@@ -162,7 +162,7 @@ def plan(args) -> tuple[RunLayout, str, list[tuple[str, dict]]]:
     """(run layout, executed-folder name, [(notebook, its parameters)]) for the command line ``args``."""
     preset = load_preset(args.preset)
     overrides = parse_overrides(args.set)
-    run_name = args.run_name or preset.values.get("run_name") or Path(args.preset).stem
+    run_name = run_name_of(args.preset, preset, args.run_name)
     layout = RunLayout.of(run_name)
     stems = list(args.only or preset.notebooks)
     unknown = [s for s in stems if s not in NOTEBOOKS]

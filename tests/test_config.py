@@ -231,3 +231,11 @@ def test_a_suite_label_that_names_no_folder_of_its_own_is_refused(entry):
     with pytest.raises(SettingsError, match="must not be empty"):
         RunLayout.of("x").suite_eval_dir(entry.partition("=")[0])
     assert RunLayout.of("x").suite_eval_dir("my model (v2)").name == "my_model_v2_"  # free text still works
+
+
+def test_the_run_a_preset_writes():
+    from exgrpo_utils.config import load_preset, run_name_of
+
+    assert run_name_of("cpu", load_preset("cpu")) == "cpu"  # no run_name: the preset's name
+    assert run_name_of("cpu-full", load_preset("cpu-full")) == "cpu"  # adds to the main job's run
+    assert run_name_of("cpu-full", load_preset("cpu-full"), "mine") == "mine"

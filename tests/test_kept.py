@@ -189,6 +189,7 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
     params = config.for_notebook("05_experiments", config.resolve(config.load_preset("cpu-full"), run_name="cpu"))
     ctx = runs.Context.from_params(params, check=False)
     stored = {p.name: p.read_bytes() for p in ctx.layout.records_dir.glob("*.json")}
+    every_file = _files(tmp_path / "runs" / "cpu")
     recs = [json.loads(b) for b in stored.values()]
     pairs = sorted({(r["key"], r["seed"]) for r in recs if r["status"] == "ok" and r["kind"] != "zero-shot"},
                    key=lambda p: (p[1], runs.METHODS[p[0]].kind == "rl"))  # warm-ups first, as methods.plan does
@@ -197,6 +198,14 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
         assert runs.kept_training(ctx, "arith", key, seed) is not None, (key, seed)
     runs.run_plan(pairs, replace_tasks(ctx, ("arith",)), log=lambda *_: None)
     assert {p.name: p.read_bytes() for p in ctx.layout.records_dir.glob("*.json")} == stored
+    # nothing else the run holds was rewritten either (summaries, logs, per-item files)
+    after = _files(tmp_path / "runs" / "cpu")
+    assert [p for p in every_file if after.get(p) != every_file[p]] == []
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
 
 
 def replace_tasks(ctx, tasks):

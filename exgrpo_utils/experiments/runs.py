@@ -266,9 +266,9 @@ def evaluate_model(ctx: Context, model: str, key: str, seed: int, task: str, lab
     table = evaluate_on(settings, ctx.run, model=model, out_dir=ctx.layout.task_eval_dir(rid), label=label, extra=extra,
                         generator=generator)
     scores = records.scores(table[table["dataset"].isin(list(settings.datasets) + list(extra))])  # no 12-dataset averages
-    if _scores_suite(ctx, key, seed, task):
+    if _scores_suite(ctx, key, seed, task):  # the folder notebook 04 writes too: its summary's label, the key
         scores["suite"] = records.scores(evaluate_on(ctx.suite, ctx.run, model=model,
-                                                     out_dir=ctx.layout.suite_eval_dir(rid), label=label,
+                                                     out_dir=ctx.layout.suite_eval_dir(rid), label=key,
                                                      generator=generator))
     return scores
 

@@ -151,16 +151,21 @@ def build_trainer(*, init_model: str, probe_records: Sequence[dict], out_dir: Pa
     return Built(trainer, tok, {"base": portable(base_path), "rows": len(rows), "questions": len(records)})
 
 
-def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str | Path,
-                 settings: ExGRPOSettings = ExGRPOSettings(), rules: RuleSet | None = None, resume: bool = True,
-                 report_to: Sequence[str] = (), fresh: bool = False) -> dict:
-    """Train from ``init_model`` (the SFT output, or the base student for a cold start); save ``out_dir/final``."""
+def check_modes(settings: ExGRPOSettings) -> None:
+    """A clear error for a mode, probe-answer or rollout-backend setting the kit does not have."""
     if settings.mode not in ("exgrpo", "grpo"):
         raise ValueError(f"mode must be 'exgrpo' or 'grpo', got {settings.mode!r}")
     if settings.probe_answers not in ("student", "teacher"):
         raise ValueError(f"probe_answers must be 'student' or 'teacher', got {settings.probe_answers!r}")
     if settings.rollout_backend not in ("fast", "generate"):
         raise ValueError(f"rollout_backend must be 'fast' or 'generate', got {settings.rollout_backend!r}")
+
+
+def train_exgrpo(*, init_model: str, probe_records: Sequence[dict], out_dir: str | Path,
+                 settings: ExGRPOSettings = ExGRPOSettings(), rules: RuleSet | None = None, resume: bool = True,
+                 report_to: Sequence[str] = (), fresh: bool = False) -> dict:
+    """Train from ``init_model`` (the SFT output, or the base student for a cold start); save ``out_dir/final``."""
+    check_modes(settings)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out_dir = Path(out_dir)
 

@@ -206,10 +206,12 @@ class DialogueRollout:
             groups.append((rec, plan_group(rec["id"], len(rec["probes"]), G=G, k=self.settings.k, rng=rng)))
         return groups
 
-    def __call__(self, prompt_list, trainer) -> Rollout:
-        groups = self.plans_for(prompt_list, trainer.state.global_step)
+    def dialogues_for(self, groups):
+        """The user turns of each planned rollout (its probes, then the original question), the teacher's
+        answers to those probes, (question id, scenario) per rollout, and how many dialogues of each
+        scenario contain a probe stating the original answer."""
         dialogues, teacher, meta = [], [], []
-        revealing = {"A": 0, "B": 0}  # dialogues that contain a probe stating the original answer
+        revealing = {"A": 0, "B": 0}
         for rec, plans in groups:
             item = Example.from_dict(rec["item"])
             question = prompts.messages_for(item)[-1]["content"]
@@ -219,6 +221,11 @@ class DialogueRollout:
                 teacher.append([p["teacher_response"] for p in probes])
                 meta.append((rec["id"], plan.scenario))
                 revealing[plan.scenario] += any(probe_reveals(rec, p) for p in probes)
+        return dialogues, teacher, meta, revealing
+
+    def __call__(self, prompt_list, trainer) -> Rollout:
+        groups = self.plans_for(prompt_list, trainer.state.global_step)
+        dialogues, teacher, meta, revealing = self.dialogues_for(groups)
         log_metric(trainer, "exgrpo/revealing_dialogues_A", revealing["A"])
         log_metric(trainer, "exgrpo/revealing_dialogues_B", revealing["B"])
         sampler = VLLMTurnSampler(trainer.vllm_generation, self.layout.stop_ids) if getattr(trainer, "use_vllm", False) else None
