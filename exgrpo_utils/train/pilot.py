@@ -27,9 +27,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from ..config import for_notebook, load_preset, parse_overrides, resolve, run_name_of
 from ..data import prompts
 from ..data.example import Example
 from ..infra.files import atomic_write_json
+from ..infra.layout import RunLayout
+from ..infra.settings import SettingsError, build
+from ..models.registry import default_device, load_model
+from ..teach.inversion import load_probe_dataset
 from ..teach.rules import RuleSet, load_rules
 from .bonus_regime import acts_per_step, bonus_regime
 from .dialogue import ChatLayout
@@ -68,8 +73,6 @@ def run_pilot(model_path: str, probe_records: Sequence[dict], settings: ExGRPOSe
               samples: int, rules: RuleSet | None = None, seed: int = 0) -> dict:
     """Roll out ``samples`` Scenario A and ``samples`` Scenario B dialogues for each of ``questions``
     training questions (a seeded draw) with the model at ``model_path``; nothing is trained."""
-    from ..models.registry import default_device, load_model
-
     check_modes(settings)
     if questions < 1 or samples < 1:
         raise ValueError(f"questions and samples must be >= 1, got {questions} and {samples}")
@@ -118,11 +121,6 @@ def report(result: dict, Gs: Sequence[int], questions_per_step: int, delta: floa
 
 
 def main(argv=None) -> int:
-    from ..config import for_notebook, load_preset, parse_overrides, resolve, run_name_of
-    from ..infra.layout import RunLayout
-    from ..infra.settings import SettingsError, build
-    from ..teach.inversion import load_probe_dataset
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--run-name", default=None, help="the run whose probes and SFT model are used (default: the preset's)")
