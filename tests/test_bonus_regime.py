@@ -78,7 +78,7 @@ def test_measured_rates_name_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_log.jsonl"):
         br.measured_rates(tmp_path)
     (tmp_path / "train_log.jsonl").write_text('{"step": 1}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(ValueError, match="train_log.jsonl:2"):
         br.measured_rates(tmp_path)
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 0.3}\n')  # an SFT log
     with pytest.raises(ValueError, match="no step logs P_full"):

@@ -174,7 +174,9 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
     from exgrpo_utils.experiments import runs
     from exgrpo_utils.infra.paths import PROJECT_ROOT
 
-    shutil.copytree(PROJECT_ROOT / "results" / "runs" / "cpu", tmp_path / "runs" / "cpu")
+    # what git holds: a clone has no weights, whatever a run left in this working tree (.gitignore)
+    shutil.copytree(PROJECT_ROOT / "results" / "runs" / "cpu", tmp_path / "runs" / "cpu",
+                    ignore=shutil.ignore_patterns("checkpoints", "final", "init", "merged", "tensorboard"))
     monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
     from exgrpo_utils.train import loop
 

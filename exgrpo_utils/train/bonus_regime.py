@@ -30,7 +30,9 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import Callable, Sequence
 
+from ..infra.files import iter_jsonl
 from .rewards import bonus_effect, exgrpo_group_rewards
 
 
@@ -87,14 +89,7 @@ def measured_rates(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "train_log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log (give a finished ExGRPO run's folder)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {n}: not JSON ({err.msg})") from None
-        if "exgrpo/p_full" in row:
-            rows.append(row)
+    rows = [row for _, row in iter_jsonl(path) if "exgrpo/p_full" in row]  # a bad line: named by file and line
     if not rows:
         raise ValueError(f"{path}: no step logs P_full (not an ExGRPO run, or one from before the bonus logs)")
     keys = {"p_full": "exgrpo/p_full", "p_partial": "exgrpo/p_partial", "fired": "exgrpo/bonus_fired",
@@ -105,17 +100,23 @@ def measured_rates(run_dir: str | Path) -> dict:
 def table(p_full: float, p_partial: float, Gs=(4, 8, 12, 16), questions_per_step: int = 1,
           delta: float = 0.5, nu: float = 1.0) -> str:
     """A markdown table of :func:`bonus_regime` for each G in ``Gs`` under "group" and "none" scaling."""
-    lines = [f"P_full = {p_full:.3f}, P_partial = {p_partial:.3f}, δ = {delta}, ν = {nu}, "
-             f"{questions_per_step} question(s) per step",
-             "", "| G | scaling | fires per group | acts per group | acts per step | mean abs advantage change | "
+    return "\n".join([f"P_full = {p_full:.3f}, P_partial = {p_partial:.3f}, δ = {delta}, ν = {nu}, "
+                      f"{questions_per_step} question(s) per step", "",
+                      *regime_rows(lambda G, scaling: bonus_regime(p_full, p_partial, G, delta, nu, scaling), Gs,
+                                   questions_per_step)])
+
+
+def regime_rows(regime: Callable[[int, str], dict], Gs: Sequence[int], questions_per_step: int) -> list[str]:
+    """The markdown rows of a regime table: ``regime(G, scaling)`` for each G in ``Gs``, "group" and "none"."""
+    lines = ["| G | scaling | fires per group | acts per group | acts per step | mean abs advantage change | "
              "no-gradient groups |", "|---|---|---|---|---|---|---|"]
     for G in Gs:
         for scaling in ("group", "none"):
-            r = bonus_regime(p_full, p_partial, G, delta, nu, scaling)
+            r = regime(G, scaling)
             lines.append(f"| {G} | {scaling} | {r['fires']:.3f} | {r['acts']:.3f} | "
                          f"{acts_per_step(r['acts'], questions_per_step):.3f} | {r['mean_abs_change']:.4f} | "
                          f"{r['no_gradient']:.3f} |")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> None:

@@ -36,7 +36,7 @@ from ..infra.settings import SettingsError, build
 from ..models.registry import default_device, load_model
 from ..teach.inversion import load_probe_dataset
 from ..teach.rules import RuleSet, load_rules
-from .bonus_regime import acts_per_step, bonus_regime
+from .bonus_regime import bonus_regime, regime_rows
 from .dialogue import ChatLayout
 from .exgrpo import check_modes
 from .rewards import r_base
@@ -110,13 +110,8 @@ def report(result: dict, Gs: Sequence[int], questions_per_step: int, delta: floa
              f"P_full = {result['p_full']:.3f}, P_partial = {result['p_partial']:.3f}; questions where full dialogues "
              f"did better: {sum(c['full_right'] * c['partial_n'] > c['partial_right'] * c['full_n'] for c in result['per_question'])}"
              f" of {result['questions']}", "",
-             "| G | scaling | fires per group | acts per group | acts per step | no-gradient groups |",
-             "|---|---|---|---|---|---|"]
-    for G in Gs:
-        for scaling in ("group", "none"):
-            r = regime_estimate(result["per_question"], G, scaling, delta, nu)
-            lines.append(f"| {G} | {scaling} | {r['fires']:.3f} | {r['acts']:.3f} | "
-                         f"{acts_per_step(r['acts'], questions_per_step):.3f} | {r['no_gradient']:.3f} |")
+             *regime_rows(lambda G, scaling: regime_estimate(result["per_question"], G, scaling, delta, nu), Gs,
+                          questions_per_step)]
     return "\n".join(lines)
 
 
