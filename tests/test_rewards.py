@@ -260,6 +260,9 @@ def test_engine_rollouts_equal_the_lockstep_generate_rollouts(layout, student):
         slow = rollout_dialogues(model, tok, layout, dialogues, answers, backend="generate", **kw)
         assert [(d.prompt_ids, d.completion_ids, d.mask, f) for d, f in fast] == \
             [(d.prompt_ids, d.completion_ids, d.mask, f) for d, f in slow]
+        # fewer slots than dialogues: the rest wait in the engine's queue, each still runs to its end
+        queued = rollout_dialogues(model, tok, layout, dialogues, answers, backend="fast", slots=1, **kw)
+        assert [(d.completion_ids, d.mask, f) for d, f in queued] == [(d.completion_ids, d.mask, f) for d, f in slow]
     single = rollout_single_turn(model, tok, layout, ["What is 1 + 1?", "Why 7?"], [10, 12], temperature=0.0)
     assert [d.full_ids for d in single] == [d.full_ids for d, _ in
                                             rollout_dialogues(model, tok, layout, [["What is 1 + 1?"]], None,

@@ -70,9 +70,10 @@ def regime_estimate(counts: Sequence[dict], G: int, scaling: str, delta: float, 
 
 
 def run_pilot(model_path: str, probe_records: Sequence[dict], settings: ExGRPOSettings, *, questions: int,
-              samples: int, rules: RuleSet | None = None, seed: int = 0) -> dict:
+              samples: int, rules: RuleSet | None = None, seed: int = 0, slots: int | None = None) -> dict:
     """Roll out ``samples`` Scenario A and ``samples`` Scenario B dialogues for each of ``questions``
-    training questions (a seeded draw) with the model at ``model_path``; nothing is trained."""
+    training questions (a seeded draw) with the model at ``model_path``; nothing is trained. ``slots``:
+    dialogues in flight at once (default: all of them; ``rollout_dialogues``)."""
     check_modes(settings)
     if questions < 1 or samples < 1:
         raise ValueError(f"questions and samples must be >= 1, got {questions} and {samples}")
@@ -89,14 +90,14 @@ def run_pilot(model_path: str, probe_records: Sequence[dict], settings: ExGRPOSe
     out = rollout_dialogues(model, tok, ChatLayout(tok), dialogues,
                             teacher if settings.probe_answers == "teacher" else None,
                             temperature=settings.temperature, max_probe_tokens=settings.max_probe_tokens,
-                            max_final_tokens=settings.max_final_tokens, backend="fast", seed=seed)
+                            max_final_tokens=settings.max_final_tokens, backend="fast", seed=seed, slots=slots)
     seconds = time.perf_counter() - t0
     counts = right_counts(chosen, meta, [f for _, f in out])
     full = sum(c["full_right"] for c in counts) / sum(c["full_n"] for c in counts)
     partial = sum(c["partial_right"] for c in counts) / sum(c["partial_n"] for c in counts)
     return {"model": str(model_path), "probe_answers": settings.probe_answers, "k": settings.k,
             "revealing_probes": settings.revealing_probes, "questions": len(chosen), "samples": samples,
-            "seed": seed, "p_full": full, "p_partial": partial,
+            "seed": seed, "slots": slots or len(out), "p_full": full, "p_partial": partial,
             "revealing_dialogues": revealing, "rollouts": len(out), "seconds": round(seconds, 1),
             "generated_tokens": sum(sum(d.mask) for d, _ in out), "per_question": counts}
 
@@ -106,7 +107,7 @@ def report(result: dict, Gs: Sequence[int], questions_per_step: int, delta: floa
     lines = [f"pilot: {result['model']}, probe answers by the {result['probe_answers']}, k = {result['k']}, "
              f"revealing probes {result['revealing_probes']}; {result['questions']} questions x {result['samples']} "
              f"rollouts of each scenario ({result['rollouts']} rollouts, {result['generated_tokens']} policy tokens, "
-             f"{result['seconds']} s)",
+             f"{result['seconds']} s, {result['slots']} in flight)",
              f"P_full = {result['p_full']:.3f}, P_partial = {result['p_partial']:.3f}; questions where full dialogues "
              f"did better: {sum(c['full_right'] * c['partial_n'] > c['partial_right'] * c['full_n'] for c in result['per_question'])}"
              f" of {result['questions']}", "",
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--questions", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8, help="rollouts of each scenario per question")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slots", type=int, default=None,
+                    help="dialogues in flight at once (default: all; fewer keeps each decode step's cache reads small)")
     ap.add_argument("--G", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--out", default=None, help="write the result here (JSON)")
     args = ap.parse_args(argv)
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
         return 2
     probes = layout.probe_dataset(params["train_dataset"])
     result = run_pilot(model, load_probe_dataset(probes), settings, questions=args.questions, samples=args.samples,
-                       seed=args.seed)
+                       seed=args.seed, slots=args.slots)
     print(report(result, args.G, settings.questions_per_step, settings.delta, settings.nu))
     if args.out:
         atomic_write_json(Path(args.out), result)

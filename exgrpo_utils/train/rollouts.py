@@ -42,7 +42,7 @@ class Rollout:
 def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[list[str]],
                       teacher_answers: Sequence[list[str]] | None, *, temperature: float, max_probe_tokens: int,
                       max_final_tokens: int, sampler=None, backend: str = "fast", seed: int = 0,
-                      ) -> list[tuple[DialogueTokens, str]]:
+                      slots: int | None = None) -> list[tuple[DialogueTokens, str]]:
     """Run dialogues turn by turn. ``dialogues[i]``: the user turns (probes, then the original
     question). Returns each rollout's tokens with the policy mask, and its final answer.
 
@@ -52,9 +52,14 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
     rollouts in lockstep, one turn at a time, each turn re-encoding the dialogue so far through
     ``sampler(contexts, temperature=, max_new_tokens=)`` (default ``model.generate``; on GPUs
     ``VLLMTurnSampler``, TRL's vLLM engine with the weights synced). A sampler returns, per context,
-    the generated ids and their log-probabilities (or None), which the rollouts keep per token."""
+    the generated ids and their log-probabilities (or None), which the rollouts keep per token.
+
+    ``slots`` (fast backend): dialogues in flight at once (default: all); the rest wait in the engine's
+    queue. Every decode step reads the keys and values of every slot in flight up to the longest
+    dialogue, so hundreds of dialogues at once make each step memory-bound (the pilot's ``--slots``)."""
     if sampler is None and backend == "fast":
-        engine = SlotEngine(model, stop_ids=list(layout.stop_ids), pad_id=tokenizer.pad_token_id, slots=len(dialogues))
+        engine = SlotEngine(model, stop_ids=list(layout.stop_ids), pad_id=tokenizer.pad_token_id,
+                            slots=max(1, min(slots or len(dialogues), len(dialogues))))
         jobs = [_dialogue_job(layout, tokenizer, turns, teacher_answers[i] if teacher_answers is not None else None,
                               max_probe_tokens, max_final_tokens) for i, turns in enumerate(dialogues)]
         return engine.run(jobs, temperature=temperature, seed=seed)
