@@ -116,6 +116,12 @@ def test_pilot_cli_refuses_a_missing_model(cli_run_root, capsys):
     assert "probe_answers must be" in capsys.readouterr().err
 
 
+def test_pilot_refuses_empty_sizes_before_loading_a_model(arith_probe_records):
+    settings = ExGRPOSettings(k=2, G=4)
+    with pytest.raises(ValueError, match="slots must be >= 1"):
+        pilot.run_pilot("no/such/model", arith_probe_records, settings, questions=2, samples=2, slots=0)
+
+
 @pytest.mark.parametrize("answers", ["student", "teacher"])
 def test_pilot_rolls_out_both_scenarios_on_the_student(arith_probe_records, student_path, answers):
     settings = ExGRPOSettings(k=2, G=4, max_probe_tokens=8, max_final_tokens=8, probe_answers=answers, seed=0)

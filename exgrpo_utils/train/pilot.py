@@ -75,8 +75,8 @@ def run_pilot(model_path: str, probe_records: Sequence[dict], settings: ExGRPOSe
     training questions (a seeded draw) with the model at ``model_path``; nothing is trained. ``slots``:
     dialogues in flight at once (default: all of them; ``rollout_dialogues``)."""
     check_modes(settings)
-    if questions < 1 or samples < 1:
-        raise ValueError(f"questions and samples must be >= 1, got {questions} and {samples}")
+    if questions < 1 or samples < 1 or (slots is not None and slots < 1):
+        raise ValueError(f"questions, samples and slots must be >= 1, got {questions}, {samples} and {slots}")
     rules = rules or load_rules()
     records = rl_records(probe_records, settings)
     chosen = random.Random(f"pilot:{seed}").sample(records, min(questions, len(records)))
@@ -97,7 +97,7 @@ def run_pilot(model_path: str, probe_records: Sequence[dict], settings: ExGRPOSe
     partial = sum(c["partial_right"] for c in counts) / sum(c["partial_n"] for c in counts)
     return {"model": str(model_path), "probe_answers": settings.probe_answers, "k": settings.k,
             "revealing_probes": settings.revealing_probes, "questions": len(chosen), "samples": samples,
-            "seed": seed, "slots": slots or len(out), "p_full": full, "p_partial": partial,
+            "seed": seed, "slots": min(slots, len(out)) if slots else len(out), "p_full": full, "p_partial": partial,
             "revealing_dialogues": revealing, "rollouts": len(out), "seconds": round(seconds, 1),
             "generated_tokens": sum(sum(d.mask) for d, _ in out), "per_question": counts}
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8, help="rollouts of each scenario per question")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slots", type=int, default=None,
-                    help="dialogues in flight at once (default: all; fewer keeps each decode step's cache reads small)")
+                    help="dialogues in flight at once (default: all; the rest queue)")
     ap.add_argument("--G", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--out", default=None, help="write the result here (JSON)")
     args = ap.parse_args(argv)
@@ -145,8 +145,12 @@ def main(argv=None) -> int:
         print(f"error: {model}: no such model (train the run's SFT warm-up first, or give --model)", file=sys.stderr)
         return 2
     probes = layout.probe_dataset(params["train_dataset"])
-    result = run_pilot(model, load_probe_dataset(probes), settings, questions=args.questions, samples=args.samples,
-                       seed=args.seed, slots=args.slots)
+    try:
+        result = run_pilot(model, load_probe_dataset(probes), settings, questions=args.questions,
+                           samples=args.samples, seed=args.seed, slots=args.slots)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(report(result, args.G, settings.questions_per_step, settings.delta, settings.nu))
     if args.out:
         atomic_write_json(Path(args.out), result)

@@ -55,11 +55,10 @@ def rollout_dialogues(model, tokenizer, layout: ChatLayout, dialogues: Sequence[
     the generated ids and their log-probabilities (or None), which the rollouts keep per token.
 
     ``slots`` (fast backend): dialogues in flight at once (default: all); the rest wait in the engine's
-    queue. Every decode step reads the keys and values of every slot in flight up to the longest
-    dialogue, so hundreds of dialogues at once make each step memory-bound (the pilot's ``--slots``)."""
+    queue, so the engine's cache holds ``slots`` dialogues, not all of them (the pilot's ``--slots``)."""
     if sampler is None and backend == "fast":
         engine = SlotEngine(model, stop_ids=list(layout.stop_ids), pad_id=tokenizer.pad_token_id,
-                            slots=max(1, min(slots or len(dialogues), len(dialogues))))
+                            slots=min(slots, len(dialogues)) if slots else len(dialogues))
         jobs = [_dialogue_job(layout, tokenizer, turns, teacher_answers[i] if teacher_answers is not None else None,
                               max_probe_tokens, max_final_tokens) for i, turns in enumerate(dialogues)]
         return engine.run(jobs, temperature=temperature, seed=seed)
