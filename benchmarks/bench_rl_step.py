@@ -18,6 +18,12 @@ one chunk per question) and
 prints seconds per question-visit (one question through its G rollouts, reward and update) beside the
 ratio to the first count: the cost per question that ``rl_questions_per_step`` buys down.
 
+``--updates kit dense`` runs each configuration with the kit's update and with the same update projecting
+every position of a pass through the vocabulary, as TRL's fused head does on the CPU (``dense``: the
+prompt, the dialogue's context turns and the padding too, zeroed afterwards; the kit's scores only the
+positions the loss reads, ``train.lm_head``), and prints the ratio of their update seconds and whether
+their losses and gradient norms agree at every step (they should, to the last digit).
+
 ``--updates kit trl`` runs each configuration twice: with the kit's update (one micro-batch per
 question, its rows in order, and the reference pass per question at its own width:
 ``ExGRPOTrainer._prepare_inputs`` and ``_get_per_token_logps_and_entropies``) and with TRL's own
@@ -36,6 +42,7 @@ bookkeeping), with the mean padded width of the policy's micro-batches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import tempfile
@@ -64,6 +71,7 @@ class PhaseClock:
         T._generate_and_score_completions = self.wrap("generate and score", T._generate_and_score_completions)
         T._get_per_token_logps_and_entropies = self.wrap("logps", T._get_per_token_logps_and_entropies)
         self.kit_update = (T._prepare_inputs, T._get_per_token_logps_and_entropies)
+        self.scored_only = exgrpo_trainer.scored_only
         self.trl_update = (GRPOTrainer._prepare_inputs, self.wrap("logps", GRPOTrainer._get_per_token_logps_and_entropies))
         T.training_step = self.wrap("step", T.training_step)
         exgrpo_trainer.aux_sft_loss = self.wrap("aux SFT", exgrpo_trainer.aux_sft_loss)
@@ -86,7 +94,9 @@ class PhaseClock:
     def reset(self, update: str = "kit"):
         self.seconds, self.widths = {}, []
         T = exgrpo_trainer.ExGRPOTrainer
-        T._prepare_inputs, T._get_per_token_logps_and_entropies = self.kit_update if update == "kit" else self.trl_update
+        T._prepare_inputs, T._get_per_token_logps_and_entropies = self.trl_update if update == "trl" else self.kit_update
+        # dense: every position through the vocabulary projection (TRL's CPU path); the others: scored positions only
+        exgrpo_trainer.scored_only = contextlib.nullcontext if update == "dense" else self.scored_only
 
     def phases(self) -> dict:
         s = self.seconds
@@ -118,8 +128,9 @@ def main() -> None:
     ap.add_argument("--questions", type=int, nargs="+", default=[1], help="questions per step (several: side by side)")
     ap.add_argument("--modes", nargs="+", default=["exgrpo", "grpo"], choices=["exgrpo", "grpo"])
     ap.add_argument("--backends", nargs="+", default=["fast", "generate"], choices=["fast", "generate"])
-    ap.add_argument("--updates", nargs="+", default=["kit"], choices=["kit", "trl"],
-                    help="the kit's per-question update, TRL's shuffled one, or both (side by side)")
+    ap.add_argument("--updates", nargs="+", default=["kit"], choices=["kit", "dense", "trl"],
+                    help="the kit's per-question update; dense: the same, every position through the vocabulary "
+                         "projection; trl: TRL's shuffled one (several: side by side)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_rl_"))
@@ -135,7 +146,7 @@ def main() -> None:
           f"tokens, {args.steps} timed steps after one warm-up step")
     print(f"{'update':>6} {'backend':>8} {'mode':>7} {'q/step':>6} {'s/step':>8} {'s/q-visit':>10} {'gen tok/step':>13} "
           f"{'s/1k gen tok':>13} {'rollout s/q':>11} {'peak MiB':>9}")
-    per_token, per_visit, update_seconds, phase_rows = {}, {}, {}, []
+    per_token, per_visit, update_seconds, phase_rows, losses = {}, {}, {}, [], {}
     clock = PhaseClock()
     for update, backend, mode, questions in plan(args.backends, args.modes, args.questions, args.updates):
         settings = ExGRPOSettings(mode=mode, k=args.k, G=args.G, max_probe_tokens=args.probe_tokens,
@@ -153,6 +164,7 @@ def main() -> None:
         rollout = log["timing/rollout_s"].mean() / questions if "timing/rollout_s" in log else float("nan")
         key = (update, backend, mode, questions)
         per_token[key], per_visit[key] = seconds / tokens, seconds / questions
+        losses[key] = [(row.loss, row.grad_norm) for row in read_train_log(out / TRAIN_LOG).itertuples() if row.loss == row.loss]
         print(f"{update:>6} {backend:>8} {mode:>7} {questions:>6} {seconds:>8.1f} {seconds / questions:>10.1f} {tokens:>13.0f} "
               f"{1000 * seconds / tokens:>13.1f} {rollout:>11.1f} {summary['peak_memory_mib']:>9.0f}")
         visits = questions * (args.steps + 1)  # the phase clock ran over every step, warm-up included
@@ -170,11 +182,15 @@ def main() -> None:
             for questions in args.questions[1:]:
                 print(f"{backend} {mode}: seconds per question-visit at {questions} questions/step against {first}: "
                       f"x{per_visit[(u0, backend, mode, questions)] / per_visit[(u0, backend, mode, first)]:.2f}")
-            for questions in args.questions if set(args.updates) == {"kit", "trl"} else ():
-                kit, trl = (update_seconds[(u, backend, mode, questions)] for u in ("kit", "trl"))
-                print(f"{backend} {mode}, {questions} q/step: kit / TRL update seconds per question-visit = "
-                      f"{kit:.1f} / {trl:.1f} = x{kit / trl:.2f}; whole step per generated token x"
-                      f"{per_token[('kit', backend, mode, questions)] / per_token[('trl', backend, mode, questions)]:.2f}")
+            for other in [u for u in args.updates if u != "kit"] if "kit" in args.updates else ():
+                for questions in args.questions:
+                    kit, ref = (update_seconds[(u, backend, mode, questions)] for u in ("kit", other))
+                    same = losses[("kit", backend, mode, questions)] == losses[(other, backend, mode, questions)]
+                    print(f"{backend} {mode}, {questions} q/step: kit / {other} update seconds per question-visit = "
+                          f"{kit:.1f} / {ref:.1f} = x{kit / ref:.2f}; whole step per generated token x"
+                          f"{per_token[('kit', backend, mode, questions)] / per_token[(other, backend, mode, questions)]:.2f}; "
+                          f"loss and grad norm at every step {'identical' if same else 'DIFFERENT'}: "
+                          + ", ".join(f"{a:.6g}/{b:.6g}" for a, b in losses[(other, backend, mode, questions)]))
         if len(args.modes) == 2:
             for questions in args.questions:
                 print(f"{backend}, {questions} q/step: ExGRPO / GRPO seconds per generated token = "

@@ -1,7 +1,7 @@
 """SFT training throughput and peak memory on the embedded student, side by side in one run.
 
     python benchmarks/bench_sft.py [--steps 12] [--questions 40] [--shapes 8x1 4x2 2x4]
-        [--precisions float32 bfloat16] [--random-batches]
+        [--precisions float32 bfloat16] [--heads scored dense] [--random-batches]
 
 Trains the SFT warm-up (LoRA, the kit's settings) on program-teacher probe data for `arith` with each
 variant for ``--steps`` optimiser steps and prints real (non-padding) tokens per second, the share of
@@ -16,10 +16,16 @@ agree to a few digits while the activation memory falls with B. Each variant run
 so that its peak memory is its own (the peak includes the model, about 1 GB, and the probe data). The
 first two optimiser steps are dropped as warm-up. Length-grouped batches (the kit's default) unless
 ``--random-batches``.
+
+``--heads scored dense`` trains each variant twice: with the kit's trainer, whose loss sends only the
+answer tokens through the vocabulary projection (``train.lm_head``; the default), and with TRL's CPU path,
+which projects every position (prompt and padding too) and zeroes the unlabelled ones; it prints the
+ratio of tokens/s and whether the two losses agree at every logged step (they should, to the last digit).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -34,7 +40,7 @@ def train_variant(args: argparse.Namespace, work: Path) -> dict:
     from trl import SFTTrainer
 
     from exgrpo_utils.teach import inversion
-    from exgrpo_utils.train import sft
+    from exgrpo_utils.train import lm_head, sft
     from exgrpo_utils.train.settings import SFTSettings
 
     batch, accum = (int(x) for x in args.child_shape.split("x"))
@@ -52,17 +58,19 @@ def train_variant(args: argparse.Namespace, work: Path) -> dict:
         return original(self, model, inputs, *a, **k)
 
     SFTTrainer.compute_loss = counting
+    if args.child_head == "dense":  # TRL's CPU path: every position through the vocabulary projection
+        lm_head.scored_only = contextlib.nullcontext
     records = inversion.load_probe_dataset(work / "ei" / "probe_dataset.jsonl")
     settings = dataclasses.replace(SFTSettings(), batch_size=batch, gradient_accumulation_steps=accum,
                                    max_steps=args.steps, save_steps=10_000, max_length=512,
                                    bf16=args.child_precision == "bfloat16", group_by_length=not args.random_batches)
-    out = work / f"{args.child_precision}-{args.child_shape}"
+    out = work / f"{args.child_precision}-{args.child_shape}-{args.child_head}"
     summary = sft.train_sft(model=args.model, probe_records=records, out_dir=out, settings=settings, resume=False)
     (t0, r0, p0), (t1, r1, p1) = marks[2], marks[-1]  # from the start of step 3 to the start of the last step
     losses = [json.loads(line).get("loss") for line in (out / "train_log.jsonl").read_text().splitlines()]
     losses = [x for x in losses if x is not None]
     return {"rate": (r1 - r0) / (t1 - t0), "padding": 1 - (r1 - r0) / max(1, p1 - p0),
-            "peak_mib": summary["peak_memory_mib"], "loss": sum(losses) / len(losses)}
+            "peak_mib": summary["peak_memory_mib"], "loss": sum(losses) / len(losses), "losses": losses}
 
 
 def main() -> None:
@@ -73,9 +81,13 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["8x1", "4x2", "2x4"],
                     help="rows per pass x passes per step (the kit's default is 8x1)")
     ap.add_argument("--precisions", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    ap.add_argument("--heads", nargs="+", default=["scored"], choices=["scored", "dense"],
+                    help="scored: the kit's loss (answer positions only through the vocabulary projection); "
+                         "dense: TRL's CPU path (every position); several: side by side")
     ap.add_argument("--random-batches", action="store_true", help="TRL's random batches instead of length-grouped")
     ap.add_argument("--child-shape", help=argparse.SUPPRESS)
     ap.add_argument("--child-precision", help=argparse.SUPPRESS)
+    ap.add_argument("--child-head", default="scored", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_shape:
@@ -101,21 +113,31 @@ def main() -> None:
     rows = {}
     for precision in args.precisions:
         for shape in args.shapes:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--steps", str(args.steps), "--work", str(work),
-                   "--child-shape", shape, "--child-precision", precision] + (["--random-batches"] if args.random_batches else [])
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
-            lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            if done.returncode or not lines:
-                sys.exit(f"variant {precision} {shape} failed:\n{done.stderr[-3000:]}")
-            r = rows[(precision, shape)] = json.loads(lines[-1][len("RESULT "):])
-            print(f"{precision + ' ' + shape:<18} {r['rate']:>10.0f} {r['padding']:>7.0%} "
-                  f"{r['rate'] * 4 * params / peak:>7.0%} {r['peak_mib']:>9.0f} {r['loss']:>10.6f}")
+            for head in args.heads:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--steps", str(args.steps),
+                       "--work", str(work), "--child-shape", shape, "--child-precision", precision, "--child-head", head
+                       ] + (["--random-batches"] if args.random_batches else [])
+                done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    sys.exit(f"variant {precision} {shape} {head} failed:\n{done.stderr[-3000:]}")
+                r = rows[(precision, shape, head)] = json.loads(lines[-1][len("RESULT "):])
+                name = f"{precision} {shape}" + (f" {head}" if len(args.heads) > 1 else "")
+                print(f"{name:<18} {r['rate']:>10.0f} {r['padding']:>7.0%} "
+                      f"{r['rate'] * 4 * params / peak:>7.0%} {r['peak_mib']:>9.0f} {r['loss']:>10.6f}", flush=True)
+    head = args.heads[0]
     for precision in args.precisions:
-        first = rows[(precision, args.shapes[0])]
+        first = rows[(precision, args.shapes[0], head)]
         for shape in args.shapes[1:]:
-            r = rows[(precision, shape)]
+            r = rows[(precision, shape, head)]
             print(f"{precision} {shape} against {args.shapes[0]}: tokens/s x{r['rate'] / first['rate']:.2f}, "
                   f"peak memory x{r['peak_mib'] / first['peak_mib']:.2f}")
+        for shape in args.shapes:
+            for other in args.heads[1:]:
+                a, b = rows[(precision, shape, head)], rows[(precision, shape, other)]
+                same = "identical" if a["losses"] == b["losses"] else "DIFFERENT"
+                print(f"{precision} {shape}: {head} / {other} tokens/s x{a['rate'] / b['rate']:.2f}, peak memory "
+                      f"x{a['peak_mib'] / b['peak_mib']:.2f}; losses at all {len(a['losses'])} logged steps {same}")
     print(f"(work dir {work})")
 
 

@@ -13,7 +13,7 @@ LAZY_OK = {"torch", "transformers", "trl", "peft", "datasets", "vllm", "math_ver
            "papermill", "nbclient", "httpx", "pandas"}
 # Package modules that import a heavy third-party package at their top, and so are themselves imported
 # inside the functions that need them (the trainer class must subclass TRL's at module level).
-LAZY_MODULES = {"exgrpo_utils.train.exgrpo_trainer"}
+LAZY_MODULES = {"exgrpo_utils.train.exgrpo_trainer", "exgrpo_utils.train.lm_head"}
 STAGES = {"infra", "data", "models", "teach", "train", "evaluate", "experiments", "report"}
 
 

@@ -25,6 +25,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import split_tensor_dict
 
 from .dialogue import ChatLayout, DialogueTokens, teacher_forced
+from .lm_head import scored_only
 from .rl_data import QuestionBlockSampler, question_blocks
 from .rollouts import Rollout, log_metric
 from .trainlog import QuestionVisitsLog
@@ -34,6 +35,11 @@ class ExGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose rollouts come from ``rollout`` (None: TRL's own single-turn generation), plus
     Eq. 8's auxiliary SFT loss (weight ``aux_lambda``) on the teacher's probe answers, and a log of
     the tokens each step spends by kind."""
+
+    # the positions whose log-probabilities the loss reads (``scored_positions``): the rollout's policy-token
+    # masks while TRL generates and scores, the micro-batch's loss mask while ``compute_loss`` runs
+    _rollout_env_mask: list[list[int]] | None = None
+    _loss_mask: torch.Tensor | None = None
 
     def __init__(self, *args, rollout=None, aux_lambda: float = 0.0, layout: ChatLayout | None = None,
                  visits: QuestionVisitsLog | None = None, **kwargs):
@@ -49,11 +55,10 @@ class ExGRPOTrainer(GRPOTrainer):
         """TRL's ``rollout_func``: the rollout's fields for TRL; its aux dialogues kept for the loss. A
         rollout may also return TRL's plain dict (no aux dialogues: the rows' targets are used)."""
         result: Rollout | dict = self.rollout(prompts, trainer)
-        if isinstance(result, dict):
-            self._rollout_aux = None
-            return result
-        self._rollout_aux = result.aux
-        return result.fields
+        fields = result if isinstance(result, dict) else result.fields
+        self._rollout_aux = None if isinstance(result, dict) else result.aux
+        self._rollout_env_mask = fields.get("env_mask")
+        return fields
 
     def _get_train_sampler(self, dataset=None):
         dataset = self.train_dataset if dataset is None else dataset
@@ -67,12 +72,15 @@ class ExGRPOTrainer(GRPOTrainer):
                                     repeat=self.num_iterations * self.args.steps_per_generation, seed=self.args.seed)
 
     def _generate_and_score_completions(self, inputs):
-        self._rollout_aux = None
+        self._rollout_aux, self._rollout_env_mask = None, None
         check_question_blocks([x["question_id"] for x in inputs], self.args.per_device_train_batch_size)
         if self.visits is not None:  # every process's questions of this step, gathered to the main one
             mine = list(dict.fromkeys(x["question_id"] for x in inputs))
             self.visits.record(self.state.global_step + 1, gather_object([mine]), self.accelerator.is_main_process)
-        output = super()._generate_and_score_completions(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._rollout_env_mask = None  # the policy passes read the micro-batch's own loss mask
         self._log_tokens(output)
         if self.aux_lambda > 0:
             # exgrpo: the dialogues the rollout built; grpo: each probe row's (prompt, teacher answer)
@@ -99,30 +107,38 @@ class ExGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, **kwargs):
-        """TRL's log-prob pass, each chunk of ``batch_size`` rows cut to its own width first. TRL runs the
-        reference pass over the whole generation batch, padded to its longest row, in chunks of
-        ``per_device_train_batch_size`` rows: one question's rows, since the sampler yields questions
-        contiguously (``QuestionBlockSampler``, checked in ``_generate_and_score_completions``). Positions
-        cut at padding get 0, as TRL's fused head gives them. Image inputs go to TRL's pass unchanged."""
-        if any(value is not None for key, value in kwargs.items() if key != "compute_aux_loss"):
+        """TRL's log-prob pass, with two savings that leave every value the loss reads unchanged:
+
+        - each chunk of ``batch_size`` rows is cut to its own width first. TRL runs the reference pass over
+          the whole generation batch, padded to its longest row, in chunks of ``per_device_train_batch_size``
+          rows: one question's rows, since the sampler yields questions contiguously
+          (``QuestionBlockSampler``, checked in ``_generate_and_score_completions``);
+        - only the positions the loss reads go through the vocabulary projection (``scored_positions``:
+          the student's own tokens; not the prompt, the dialogue's context turns or padding). TRL's fused
+          head does that on Triton devices and projects every position elsewhere (``lm_head.scored_only``).
+
+        Positions not scored get 0, as TRL's fused head gives them. Image inputs and MoE models go to TRL's
+        pass unchanged."""
+        if kwargs.get("compute_aux_loss") or any(value is not None for key, value in kwargs.items()
+                                                 if key != "compute_aux_loss"):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               batch_size, compute_entropy, **kwargs)
         batch_size = batch_size or input_ids.size(0)
-        logps, entropies, aux = [], [], []
+        scored = scored_positions(attention_mask[:, -logits_to_keep:], self._loss_mask, self._rollout_env_mask)
+        logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             mask = attention_mask[start:start + batch_size]
             lead, tail = padding_columns(mask, logits_to_keep)
-            end = mask.size(1) - tail
-            lp, ent, aux_loss = super()._get_per_token_logps_and_entropies(
-                model, input_ids[start:start + batch_size, lead:end], mask[:, lead:end], logits_to_keep - tail,
-                compute_entropy=compute_entropy, **kwargs)
-            logps.append(F.pad(lp, (0, tail)))
-            if ent is not None:
-                entropies.append(F.pad(ent, (0, tail)))
-            if aux_loss is not None:
-                aux.append(aux_loss)
-        return (torch.cat(logps), torch.cat(entropies) if entropies else None,
-                torch.stack(aux).mean() if aux else None)
+            end, keep = mask.size(1) - tail, logits_to_keep - tail
+            ids, mask = input_ids[start:start + batch_size, lead:end], mask[:, lead:end]
+            labels = torch.full_like(ids, -100)
+            labels[:, -keep:] = ids[:, -keep:].masked_fill(~scored[start:start + batch_size, :keep], -100)
+            with self.accelerator.autocast(), scored_only():
+                out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+            logps.append(F.pad(out.log_probs[:, -keep:], (0, tail)))
+            if compute_entropy:
+                entropies.append(F.pad(out.entropy[:, -keep:], (0, tail)))
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _log_tokens(self, output) -> None:
         """This step's tokens by kind (this process): ``generated`` (sampled by the policy),
@@ -140,7 +156,13 @@ class ExGRPOTrainer(GRPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = trim_padding(inputs)  # this micro-batch's rows only need their own width
-        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        tool = inputs.get("tool_mask")
+        self._loss_mask = (inputs["completion_mask"] * (tool if tool is not None else 1)).bool()
+        try:
+            loss = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        finally:
+            self._loss_mask = None
         if self.aux_lambda > 0 and self._aux_batch and model.training:
             # this micro-batch's share of the step's aux dialogues (TRL's slice index of the generation batch)
             part, weight = aux_share(self._aux_batch, self._step % self.args.steps_per_generation,
@@ -202,6 +224,33 @@ def check_question_blocks(question_ids: Sequence[str], rows: int) -> None:
         if len(block) != 1:
             raise ValueError(f"rows {start}-{start + rows - 1} of this step hold questions {sorted(block)}: "
                              f"a micro-batch of {rows} rows must hold one question's rows")
+
+
+def scored_positions(completion_attention: torch.Tensor, loss_mask: torch.Tensor | None,
+                     env_mask: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """Which completion positions of a log-prob pass go through the vocabulary projection: a bool tensor shaped
+    like ``completion_attention`` (the completion part of the pass's attention mask, rows x logits_to_keep).
+
+    Always a superset of the positions TRL's loss reads (``completion_mask * tool_mask``), so no value the loss
+    uses changes. The policy's pass in ``compute_loss`` knows that mask (``loss_mask``); the reference pass,
+    run inside TRL's generate-and-score over the process's whole generation batch, knows the rollout's
+    ``env_mask`` (1 = the student's own token; a row's positions past its length are padding); without
+    either (plain GRPO's single turns, TRL's own generation), every real completion position."""
+    real = completion_attention.bool()
+    rows, width = real.shape
+    if loss_mask is not None:
+        if loss_mask.shape != real.shape:
+            raise ValueError(f"loss mask of shape {tuple(loss_mask.shape)} for a pass of {rows} x {width} completion positions")
+        return real & loss_mask.bool()
+    if env_mask is not None:
+        if len(env_mask) != rows or any(len(m) > width for m in env_mask):
+            raise ValueError(f"the rollout's env_mask ({len(env_mask)} rows, longest {max(map(len, env_mask), default=0)}) "
+                             f"does not match a pass of {rows} x {width} completion positions")
+        policy = torch.zeros(rows, width, dtype=torch.bool, device=real.device)
+        for row, m in enumerate(env_mask):
+            policy[row, :len(m)] = torch.tensor(m, dtype=torch.bool)
+        return real & policy
+    return real
 
 
 def padding_columns(attention_mask: torch.Tensor, completion_width: int) -> tuple[int, int]:

@@ -86,7 +86,9 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
 
     def build() -> Built:
         import datasets
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
+
+        from .lm_head import ScoredSFTTrainer
 
         if rows is None:
             records = subsample_questions(probe_records, settings.data_fraction, settings.seed)
@@ -113,7 +115,7 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
             use_cpu=device == "cpu", gradient_checkpointing=False, report_to="none", dataloader_num_workers=0,
             disable_tqdm=False)
         peft = lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout) if settings.lora else None
-        trainer = SFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(train_rows),
+        trainer = ScoredSFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(train_rows),
                              processing_class=tok, peft_config=peft)
         return Built(trainer, tok, {"rows": len(train_rows), "questions": n_questions, "data": data_name})
 
