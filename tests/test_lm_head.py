@@ -22,8 +22,10 @@ def test_scored_positions_hand_computed():
     # the micro-batch's loss mask (completion_mask * tool_mask) wins
     loss = torch.tensor([[0, 1, 1, 0], [1, 0, 0, 0]])
     assert scored_positions(attention, loss, [[1, 1, 1], [1, 1]]).int().tolist() == [[0, 1, 1, 0], [1, 0, 0, 0]]
-    # the rollout's env_mask: rows shorter than the pass are padding past their length
-    assert scored_positions(attention, None, [[0, 1, 1], [1]]).int().tolist() == [[0, 1, 1, 0], [1, 0, 0, 0]]
+    # the rollout's env_mask, padded with 1 past a row's length as TRL pads its tool_mask (the attention
+    # mask then drops the padding; a short env_mask row never hides a position TRL's loss reads)
+    assert scored_positions(attention, None, [[0, 1, 1], [1]]).int().tolist() == [[0, 1, 1, 0], [1, 1, 0, 0]]
+    assert scored_positions(attention, None, [[0, 1, 1, 0], [1, 0]]).int().tolist() == [[0, 1, 1, 0], [1, 0, 0, 0]]
     # neither: every real completion position
     assert scored_positions(attention, None, None).int().tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
     # never a position outside the attention mask, whatever the masks say
@@ -127,3 +129,88 @@ def test_the_sft_trainer_computes_its_loss_with_scored_positions_only(monkeypatc
                         lambda self, *a, **k: seen.append(getattr(trl_utils, SWITCH)(torch.device("cpu"))) or 0.0)
     assert ScoredSFTTrainer.compute_loss(object.__new__(ScoredSFTTrainer), None, {}) == 0.0
     assert seen == [True] and getattr(trl_utils, SWITCH)(torch.device("cpu")) is False
+
+
+def test_the_trainers_pass_in_chunks_of_their_own_width_scores_the_same_positions():
+    """Two questions of two rows each, chunked by question, each chunk cut to its own width (leading prompt
+    and trailing completion columns): TRL's values at every position the env_mask scores, 0 elsewhere."""
+    from accelerate import Accelerator
+    from trl import GRPOTrainer
+
+    from exgrpo_utils.train.exgrpo_trainer import ExGRPOTrainer
+
+    model = tiny_llama().eval()
+    trainer = object.__new__(ExGRPOTrainer)
+    trainer.accelerator = Accelerator(cpu=True)
+    prompt_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    completion_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    mask = torch.cat([prompt_mask, completion_mask], 1)
+    ids = torch.randint(1, 64, mask.shape) * mask
+    env = [[1, 0, 1], [0, 1], [1, 1, 0, 0, 1], [0, 0, 1, 1]]
+    with torch.no_grad():
+        trl, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, 5, batch_size=2)
+        trainer._rollout_env_mask = env
+        ours, _, _ = ExGRPOTrainer._get_per_token_logps_and_entropies(trainer, model, ids, mask, 5, batch_size=2)
+    want = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 0], [1, 1, 0, 0, 1], [0, 0, 1, 1, 0]]).bool()
+    assert torch.allclose(ours[want], trl[want], atol=1e-6) and (ours[~want] == 0).all()
+
+
+def test_the_rollouts_env_mask_is_kept_for_the_reference_pass_and_dropped_after_it():
+    """run_rollout keeps the rollout's env_mask (not when TRL runs tools: it builds its own tool_mask then);
+    generate-and-score drops it when it returns or fails, so the policy's passes never read it."""
+    import types
+
+    from trl import GRPOTrainer
+
+    from exgrpo_utils.train.exgrpo_trainer import ExGRPOTrainer
+
+    trainer = object.__new__(ExGRPOTrainer)
+    trainer.rollout = lambda prompts, t: {"completion_ids": [[1, 2]], "env_mask": [[1, 0]]}
+    trainer.run_rollout(["p"], trainer)
+    assert trainer._rollout_env_mask == [[1, 0]]
+    trainer.tools = [print]
+    trainer.run_rollout(["p"], trainer)
+    assert trainer._rollout_env_mask is None
+
+    trainer.tools, trainer.visits, trainer.args = None, None, types.SimpleNamespace(per_device_train_batch_size=1)
+    seen = []
+
+    def failing(self, inputs):
+        seen.append(self._rollout_env_mask)
+        self._rollout_env_mask = [[1]]  # as run_rollout would set it, then the step fails
+        raise RuntimeError("reward failed")
+
+    original = GRPOTrainer._generate_and_score_completions
+    GRPOTrainer._generate_and_score_completions = failing
+    try:
+        trainer._rollout_env_mask = [[0]]  # left over from somewhere: cleared before the step
+        with pytest.raises(RuntimeError):
+            ExGRPOTrainer._generate_and_score_completions(trainer, [{"question_id": "q"}])
+    finally:
+        GRPOTrainer._generate_and_score_completions = original
+    assert seen == [None] and trainer._rollout_env_mask is None
+
+
+def test_compute_loss_scores_the_trimmed_micro_batchs_loss_mask_and_forgets_it(monkeypatch):
+    import types
+
+    from trl import GRPOTrainer
+
+    from exgrpo_utils.train.exgrpo_trainer import ExGRPOTrainer
+
+    seen = []
+
+    def loss(self, model, inputs, **kwargs):
+        seen.append((self._loss_mask.int().tolist(), inputs["completion_ids"].shape))
+        return torch.tensor(0.5)
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", loss)
+    trainer = object.__new__(ExGRPOTrainer)
+    trainer.aux_lambda, trainer._aux_batch = 0.0, []
+    inputs = {"prompt_ids": torch.tensor([[0, 5], [6, 7]]), "prompt_mask": torch.tensor([[0, 1], [1, 1]]),
+              "completion_ids": torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]]),
+              "completion_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
+              "tool_mask": torch.tensor([[1, 0, 1, 1], [0, 1, 1, 1]])}
+    assert float(ExGRPOTrainer.compute_loss(trainer, types.SimpleNamespace(training=True), inputs)) == 0.5
+    assert seen == [([[1, 0, 1], [0, 1, 0]], (2, 3))]  # completion_mask * tool_mask, the all-padding column cut
+    assert trainer._loss_mask is None

@@ -57,7 +57,8 @@ class ExGRPOTrainer(GRPOTrainer):
         result: Rollout | dict = self.rollout(prompts, trainer)
         fields = result if isinstance(result, dict) else result.fields
         self._rollout_aux = None if isinstance(result, dict) else result.aux
-        self._rollout_env_mask = fields.get("env_mask")
+        # TRL builds its own tool_mask when it runs tools, and ignores env_mask then
+        self._rollout_env_mask = None if getattr(self, "tools", None) else fields.get("env_mask")
         return fields
 
     def _get_train_sampler(self, dataset=None):
@@ -234,8 +235,9 @@ def scored_positions(completion_attention: torch.Tensor, loss_mask: torch.Tensor
     Always a superset of the positions TRL's loss reads (``completion_mask * tool_mask``), so no value the loss
     uses changes. The policy's pass in ``compute_loss`` knows that mask (``loss_mask``); the reference pass,
     run inside TRL's generate-and-score over the process's whole generation batch, knows the rollout's
-    ``env_mask`` (1 = the student's own token; a row's positions past its length are padding); without
-    either (plain GRPO's single turns, TRL's own generation), every real completion position."""
+    ``env_mask`` (1 = the student's own token; padded with 1 past a row's length, as TRL pads its tool_mask,
+    so a row shorter than its completion never hides a position the loss reads); without either (plain
+    GRPO's single turns, TRL's own generation), every real completion position."""
     real = completion_attention.bool()
     rows, width = real.shape
     if loss_mask is not None:
@@ -246,7 +248,7 @@ def scored_positions(completion_attention: torch.Tensor, loss_mask: torch.Tensor
         if len(env_mask) != rows or any(len(m) > width for m in env_mask):
             raise ValueError(f"the rollout's env_mask ({len(env_mask)} rows, longest {max(map(len, env_mask), default=0)}) "
                              f"does not match a pass of {rows} x {width} completion positions")
-        policy = torch.zeros(rows, width, dtype=torch.bool, device=real.device)
+        policy = torch.ones(rows, width, dtype=torch.bool, device=real.device)
         for row, m in enumerate(env_mask):
             policy[row, :len(m)] = torch.tensor(m, dtype=torch.bool)
         return real & policy
