@@ -118,7 +118,8 @@ class ExGRPOTrainer(GRPOTrainer):
           the student's own tokens; not the prompt, the dialogue's context turns or padding). TRL's fused
           head does that on Triton devices and projects every position elsewhere (``lm_head.scored_only``).
 
-        Positions not scored get 0, as TRL's fused head gives them. Image inputs and MoE models go to TRL's
+        Positions not scored get 0 (TRL's pass gives 0 at padding and a value at context tokens, which every
+        reader of them masks out). Image inputs and MoE models go to TRL's
         pass unchanged."""
         if kwargs.get("compute_aux_loss") or any(value is not None for key, value in kwargs.items()
                                                  if key != "compute_aux_loss"):
