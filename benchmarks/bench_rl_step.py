@@ -157,14 +157,15 @@ def main() -> None:
         clock.reset(update)
         summary = exgrpo.train_exgrpo(init_model=args.model, probe_records=records, out_dir=out,
                                       settings=settings, resume=False, report_to=())
-        log = read_train_log(out / TRAIN_LOG)
-        log = log[log["loss"].notna()].iloc[1:]
+        steps = read_train_log(out / TRAIN_LOG)
+        steps = steps[steps["loss"].notna()]
+        log = steps.iloc[1:]  # the warm-up step dropped
         seconds = log["step_time"].mean()
         tokens = log["tokens/generated"].mean()  # the policy's own sampled tokens per step
         rollout = log["timing/rollout_s"].mean() / questions if "timing/rollout_s" in log else float("nan")
         key = (update, backend, mode, questions)
         per_token[key], per_visit[key] = seconds / tokens, seconds / questions
-        losses[key] = [(row.loss, row.grad_norm) for row in read_train_log(out / TRAIN_LOG).itertuples() if row.loss == row.loss]
+        losses[key] = list(zip(steps["loss"], steps["grad_norm"]))  # every step, warm-up included
         print(f"{update:>6} {backend:>8} {mode:>7} {questions:>6} {seconds:>8.1f} {seconds / questions:>10.1f} {tokens:>13.0f} "
               f"{1000 * seconds / tokens:>13.1f} {rollout:>11.1f} {summary['peak_memory_mib']:>9.0f}")
         visits = questions * (args.steps + 1)  # the phase clock ran over every step, warm-up included

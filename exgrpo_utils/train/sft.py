@@ -116,7 +116,7 @@ def train_sft(*, model: str, probe_records: Sequence[dict] | None = None, out_di
             disable_tqdm=False)
         peft = lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout) if settings.lora else None
         trainer = ScoredSFTTrainer(model=base, args=config, train_dataset=datasets.Dataset.from_list(train_rows),
-                             processing_class=tok, peft_config=peft)
+                                   processing_class=tok, peft_config=peft)
         return Built(trainer, tok, {"rows": len(train_rows), "questions": n_questions, "data": data_name})
 
     return train_and_save(out_dir=out_dir, summary_name=SUMMARY_NAME, settings=settings, identity={"model": model},
