@@ -81,6 +81,13 @@ PLACEMENT = tuple(p.name for p in params_of(ExperimentSettings)
                   if p.name in ("exp_executor", "exp_accelerate_config") or p.name.startswith("exp_slurm_"))
 
 
+def new_at_default(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """``now`` without the parameters that ``before`` (a done record made before they existed) lacks and
+    that are at their default, where that default is the earlier behaviour (``setting(added=True)``)."""
+    return {k: v for k, v in now.items()
+            if k in before or not (k in PARAMS and PARAMS[k].added and v == PARAMS[k].default)}
+
+
 def defaults() -> dict[str, Any]:
     return {name: p.default for name, p in PARAMS.items()}
 

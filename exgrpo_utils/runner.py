@@ -28,7 +28,17 @@ from pathlib import Path
 
 import nbformat
 
-from .config import NOTEBOOK_DIR, NOTEBOOKS, PLACEMENT, for_notebook, load_preset, parse_overrides, resolve, run_name_of
+from .config import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    PLACEMENT,
+    for_notebook,
+    load_preset,
+    new_at_default,
+    parse_overrides,
+    resolve,
+    run_name_of,
+)
 from .data.datasets import DataNotFoundError, resolve_data_dir
 from .experiments.jobs import plan_description
 from .infra.files import atomic_write_json, atomic_write_text
@@ -89,6 +99,7 @@ def _why_rerun(done: dict, params: dict, inputs: dict) -> str | None:
     """Why a notebook with done record ``done`` must run again; None when it is current. Where its
     trainings ran (``config.PLACEMENT``: the executor and its resources) is no reason."""
     before, now = ({k: v for k, v in d.items() if k not in PLACEMENT} for d in (done.get("parameters") or {}, params))
+    now = new_at_default(before, now)
     if before != now:
         return f"its parameters changed ({differences(before, now)})"
     if "inputs" not in done:

@@ -236,6 +236,21 @@ def test_figure_data_and_plots(tmp_path):
         assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
 
 
+def test_figure3_draws_each_seed_and_the_seeds_mean_as_a_running_mean():
+    """Two seeds' R_base [0, 1, 0, 1] and [1, 1, 0, 0]: the mean per step [0.5, 1, 0, 0.5], its running
+    mean over the last 3 steps [0.5, 0.75, 0.5, 0.5] (by hand); smooth=1 draws the plain mean."""
+    curves = pd.DataFrame({"run_id": ["exgrpo"] * 4 + ["exgrpo-s1"] * 4, "step": [1, 2, 3, 4] * 2,
+                           "r_base": [0, 1, 0, 1, 1, 1, 0, 0], "r_dsu": [0.0] * 8})
+
+    def lines(fig):
+        return {ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].get_lines()}
+
+    drawn = lines(plotting.figure3_rewards(curves))
+    assert drawn["exgrpo"] == [0, 1, 0, 1] and drawn["exgrpo-s1"] == [1, 1, 0, 0]
+    assert drawn["mean over seeds, running mean of 3 steps"] == pytest.approx([0.5, 0.75, 0.5, 0.5])
+    assert lines(plotting.figure3_rewards(curves, smooth=1))["mean over seeds"] == pytest.approx([0.5, 1, 0, 0.5])
+
+
 def test_figure4_says_which_fractions_drew_the_same_questions(tmp_path):
     layout = _records(tmp_path)
 

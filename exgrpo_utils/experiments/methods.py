@@ -65,6 +65,10 @@ GROUPS = {
     # Figure 1's models: the core, SKD (the plain distillation EI training is judged against) and the
     # same ExGRPO run without the DSU bonus (Eq. 5-6 isolated)
     "figure1": ("zero-shot", "skd", "sft", "sft-grpo", "exgrpo-nobonus", "exgrpo"),
+    # issue 26's test of ExGRPO (configs/cpu-rl.yaml): the four core methods with the bonus isolated, and
+    # the two probe policies (answer-revealing probes left out / allowed) side by side
+    "rl-test": ("zero-shot", "sft", "sft-grpo", "exgrpo-nobonus", "exgrpo"),
+    "probe-policy": ("sft", "exgrpo", "exgrpo-revealing"),
     "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd",
                   "exgrpo"),
     "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-nobonus", "exgrpo-revealing"),
@@ -123,6 +127,10 @@ def rl_settings(m: Method, run_rl: ExGRPOSettings, seed: int) -> ExGRPOSettings:
     delta) or off (delta 0: the same dialogues and aux loss without it), and the method's policy on
     answer-revealing probes (the run's when it has none). A run-level delta of 0 is refused for an
     ExGRPO method with the bonus: its row would be the no-bonus run under the ExGRPO label."""
+    if run_rl.questions and m.init != "base" and METHODS[m.init].fraction < 1:
+        raise ValueError(f"{m.key}: rl_questions {run_rl.questions} draws a fixed number of questions, so RL after "
+                         f"{m.init} would train on as many as RL after full SFT (Figure 4 varies the fraction): "
+                         "run the fraction group with rl_questions 0")
     if m.mode == "exgrpo" and m.dsu and run_rl.delta <= 0:
         raise ValueError(f"{m.key}: rl_delta is {run_rl.delta}, but this method's row is ExGRPO with the DSU bonus "
                          "(Eq. 5: delta > 0); the run without it is the method exgrpo-nobonus")

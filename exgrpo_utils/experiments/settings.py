@@ -17,7 +17,7 @@ class ExperimentSettings:
                                      "notebook 01's probes (ei_datasets); empty: train_dataset only", "paper")
     groups: tuple[str, ...] = setting(("core", "baselines", "table3", "table4", "fraction"),
                                       "method groups to run (experiments.methods.GROUPS): core, figure1, "
-                                      "baselines, table3, table4, fraction", "paper")
+                                      "rl-test, probe-policy, baselines, table3, table4, fraction", "paper")
     seeds: tuple[int, ...] = setting((0,), "training seeds (seed 0 of everything runs first)")
     seed0_only_groups: tuple[str, ...] = setting((), "groups run for seed 0 only (to fit a time budget)")
     suite_keys: tuple[str, ...] = setting((),

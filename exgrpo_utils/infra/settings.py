@@ -36,16 +36,18 @@ class SettingsError(ValueError):
     """A parameter that is unknown, of the wrong type, or malformed; the message is one line."""
 
 
-def setting(default: Any, help: str, source: str = "kit default", choices: tuple = ()):
+def setting(default: Any, help: str, source: str = "kit default", choices: tuple = (), added: bool = False):
     """A dataclass field with its meaning (``help``), where its value comes from (``source``) and,
-    where only some values are meaningful, the values it accepts (``choices``)."""
+    where only some values are meaningful, the values it accepts (``choices``). ``added``: a field
+    added after outputs were made whose default does what the kit did before it existed; at that
+    default it is left out of fingerprints (``result_fields``), so those outputs stay current."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults: use a tuple")
     if choices and default not in choices:
         raise ValueError(f"default {default!r} is not one of the choices {choices}")
-    return field(default=default, metadata={"help": help, "source": source, "choices": tuple(choices)})
+    return field(default=default, metadata={"help": help, "source": source, "choices": tuple(choices), "added": added})
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Param:
     help: str
     source: str
     choices: tuple = ()  # the values it accepts; empty: any value of its type
+    added: bool = False  # setting(added=True): at its default it does what the kit did before it existed
 
     @property
     def type_name(self) -> str:
@@ -74,7 +77,7 @@ def params_of(cls) -> list[Param]:
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} is not declared with setting(): no help text")
         out.append(Param(prefix + f.name, cls, f.name, hints[f.name], plain(f.default), f.metadata["help"],
-                         f.metadata["source"], f.metadata.get("choices", ())))
+                         f.metadata["source"], f.metadata.get("choices", ()), f.metadata.get("added", False)))
     return out
 
 
@@ -178,9 +181,11 @@ def parse_text(name: str, tp: Any, text: str) -> Any:
 
 def result_fields(settings) -> dict:
     """``asdict(settings)`` without the fields declared ``speed only``: what can change a result, for
-    fingerprints and reuse checks (a new checkpoint interval must not make a finished run stale)."""
+    fingerprints and reuse checks (a new checkpoint interval must not make a finished run stale), and
+    without ``added`` fields at their default (the behaviour from before they existed)."""
     return {f.name: plain(getattr(settings, f.name)) for f in dataclasses.fields(settings)
-            if f.metadata.get("source") != "speed only"}
+            if f.metadata.get("source") != "speed only"
+            and not (f.metadata.get("added") and getattr(settings, f.name) == f.default)}
 
 
 def build(cls, params: Mapping[str, Any], **fixed):

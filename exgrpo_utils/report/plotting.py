@@ -181,18 +181,20 @@ def figure1_ei_test(points, title: str = "Figure 1: accuracy on the test set and
     return _detached(fig)
 
 
-def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training"):
-    """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean; and the
-    share of questions per step where the bonus fired (Eq. 5) beside the share where it changed an
-    advantage (``exgrpo/bonus_effective``; runs logged before it was measured show fired only)."""
+def figure3_rewards(curves, title: str = "Figure 3: R_base and r_dsu during ExGRPO training", smooth: int = 3):
+    """R_base and the mean DSU bonus r_dsu per step, one thin line per seed and their mean over the
+    seeds, smoothed by a running mean over the last ``smooth`` steps (1: none); and the share of
+    questions per step where the bonus fired (Eq. 5) beside the share where it changed an advantage
+    (``exgrpo/bonus_effective``; runs logged before it was measured show fired only)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, col, name in ((axes[0], "r_base", "R_base (Eq. 4)"), (axes[1], "r_dsu", "mean r_dsu (Eq. 5)")):
         if len(curves):
             for rid, grp in curves.groupby("run_id"):
                 ax.plot(grp["step"], grp[col], lw=1, alpha=0.5, label=rid)
-            mean = curves.groupby("step")[col].mean()
-            ax.plot(mean.index, mean.values, lw=2.5, color="k", label="mean")
+            mean = curves.groupby("step")[col].mean().rolling(max(1, smooth), min_periods=1).mean()
+            ax.plot(mean.index, mean.values, lw=2.5, color="k",
+                    label=f"mean over seeds, running mean of {smooth} steps" if smooth > 1 else "mean over seeds")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("training step")
     _bonus_panel(axes[2], curves)

@@ -78,7 +78,7 @@ def run_pilot(model_path: str, probe_records: Sequence[dict], settings: ExGRPOSe
     if questions < 1 or samples < 1 or (slots is not None and slots < 1):
         raise ValueError(f"questions, samples and slots must be >= 1, got {questions}, {samples} and {slots}")
     rules = rules or load_rules()
-    records = rl_records(probe_records, settings)
+    records = rl_records(probe_records, replace(settings, questions=0))  # its own draw below, over every question
     chosen = random.Random(f"pilot:{seed}").sample(records, min(questions, len(records)))
     plan_settings = replace(settings, G=2 * samples)
     model, tok = load_model(model_path, dtype="float32", device=default_device())

@@ -9,6 +9,7 @@ answer-revealing probes excluded unless ``revealing_probes="allow"``).
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Sequence
 
@@ -33,11 +34,20 @@ def probe_reveals(rec: dict, probe: dict) -> bool:
 def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> list[dict]:
     """The questions RL trains on, each with the probes its dialogues (or grpo's probe rows) may use:
     with ``revealing_probes="exclude"`` the probes that state the original answer are removed, and a
-    question left with none is not trained on (the count is printed)."""
+    question left with none is not trained on (the count is printed). With ``questions`` > 0 only that
+    many are kept: the first in ``drawn_order`` that keep a probe, returned in the records' order."""
     if settings.revealing_probes not in ("exclude", "allow"):
         raise ValueError(f"revealing_probes must be 'exclude' or 'allow', got {settings.revealing_probes!r}")
-    out, dropped, removed = [], 0, 0
-    for rec in records:
+    if settings.questions < 0 or settings.questions % settings.questions_per_step:
+        raise ValueError(f"questions must be 0 (every question) or a multiple of questions_per_step "
+                         f"({settings.questions_per_step}), so that every pass visits each drawn question; got "
+                         f"{settings.questions}")
+    position = {id(rec): i for i, rec in enumerate(records)}
+    out, dropped, removed, seen = [], 0, 0, 0
+    for rec in drawn_order(records, settings.seed) if settings.questions else records:
+        if settings.questions and len(out) == settings.questions:
+            break
+        seen += 1
         probes = [dict(p, reveals_answer=probe_reveals(rec, p)) for p in rec["probes"]]
         if settings.revealing_probes == "exclude":
             removed += sum(p["reveals_answer"] for p in probes)
@@ -45,13 +55,24 @@ def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> 
         if not probes:
             dropped += 1
             continue
-        out.append(dict(rec, probes=probes))
+        out.append((position[id(rec)], dict(rec, probes=probes)))
     if removed or dropped:
         log(f"RL data: {removed} answer-revealing probes left out (revealing_probes=exclude); "
-            f"{dropped} of {len(records)} questions have no probe left and are not trained on")
+            f"{dropped} of {seen} questions have no probe left and are not trained on")
     if not out:
         raise NoTrainingData("no training rows: no question has a probe the dialogues may use")
-    return out
+    if settings.questions:
+        log(f"RL data: {len(out)} of {len(records)} questions drawn (rl_questions {settings.questions}, seed "
+            f"{settings.seed})" + ("" if len(out) == settings.questions else
+                                   f"; only {len(out)} keep a probe, so visits per question are uneven"))
+    return [rec for _, rec in sorted(out, key=lambda pair: pair[0])]
+
+
+def drawn_order(records: Sequence[dict], seed: int) -> list[dict]:
+    """The records in the seeded order ``rl_questions`` draws from: a question's place depends on its id
+    and the seed only, so every RL method and both probe policies at one seed draw the same questions
+    (a policy that leaves a drawn question without a probe takes the next one in this order)."""
+    return sorted(records, key=lambda rec: hashlib.sha256(f"rl-questions:{seed}:{rec['id']}".encode()).hexdigest())
 
 
 def rows_per_question(settings: ExGRPOSettings) -> int:

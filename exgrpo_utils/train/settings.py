@@ -72,6 +72,10 @@ class ExGRPOSettings:
                                       "probes (so both modes see the same questions at every step). A step's questions "
                                       "are rolled out together and updated one question at a time (accumulated "
                                       "micro-batches: the memory of one question)")
+    questions: int = setting(0, "positive: RL trains on this many of its questions, a seeded draw per training seed "
+                             "shared by every RL method at that seed (both probe policies too, where a drawn question "
+                             "keeps a probe), so each is visited max_steps x questions_per_step / questions times; "
+                             "0: every question", added=True)
     learning_rate: float = setting(1e-5, "learning rate (constant)")
     max_steps: int = setting(1000, "optimisation steps")
     save_steps: int = setting(50, "checkpoint interval in steps (a rerun resumes from the last)", "speed only")
