@@ -164,9 +164,12 @@ def test_a_warm_up_that_a_method_of_the_plan_needs_is_not_kept():
     assert kept.keepable([("arith", "sft", 0), ("arith", "skd", 0)], rid, lambda t, k, s: k == "sft") == {"sft-s0"}
 
 
-def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tmp_path, monkeypatch, student_path):
+@pytest.mark.parametrize("run,preset", [("cpu", "cpu-full"), ("cpu-rl", "cpu-rl")])
+def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tmp_path, monkeypatch, student_path,
+                                                                               run, preset):
     """The committed results hold no weights (a fresh clone, the next part of a plan on another
-    machine). Every trained (task, method, seed) of the committed cpu run is kept as it is: its stamp is
+    machine). Every trained (task, method, seed) of the committed cpu run (and of cpu-rl, which
+    runs in parts too) is kept as it is: its stamp is
     what the trainer would stamp now, every evaluation is reused item by item with prompts rendered by
     the student's tokenizer, and each record comes out byte for byte, with nothing trained and no
     model loaded."""
@@ -175,7 +178,7 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
     from exgrpo_utils.infra.paths import PROJECT_ROOT
 
     # what git holds: a clone has no weights, whatever a run left in this working tree (.gitignore)
-    shutil.copytree(PROJECT_ROOT / "results" / "runs" / "cpu", tmp_path / "runs" / "cpu",
+    shutil.copytree(PROJECT_ROOT / "results" / "runs" / run, tmp_path / "runs" / run,
                     ignore=shutil.ignore_patterns("checkpoints", "final", "init", "merged", "tensorboard"))
     monkeypatch.setenv("EXGRPO_RESULTS_DIR", str(tmp_path))
     from exgrpo_utils.train import loop
@@ -188,10 +191,10 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
     monkeypatch.setattr(runs, "_train_method", only_planned)
     monkeypatch.setattr("exgrpo_utils.evaluate.evaluation.make_generator",
                         lambda *a, **k: pytest.fail("a model was loaded to evaluate"))
-    params = config.for_notebook("05_experiments", config.resolve(config.load_preset("cpu-full"), run_name="cpu"))
+    params = config.for_notebook("05_experiments", config.resolve(config.load_preset(preset), run_name=run))
     ctx = runs.Context.from_params(params, check=False)
     stored = {p.name: p.read_bytes() for p in ctx.layout.records_dir.glob("*.json")}
-    every_file = _files(tmp_path / "runs" / "cpu")
+    every_file = _files(tmp_path / "runs" / run)
     recs = [json.loads(b) for b in stored.values()]
     pairs = sorted({(r["key"], r["seed"]) for r in recs if r["status"] == "ok" and r["kind"] != "zero-shot"},
                    key=lambda p: (p[1], runs.METHODS[p[0]].kind == "rl"))  # warm-ups first, as methods.plan does
@@ -201,7 +204,7 @@ def test_the_committed_cpu_run_is_kept_whole_on_a_machine_without_its_weights(tm
     runs.run_plan(pairs, replace_tasks(ctx, ("arith",)), log=lambda *_: None)
     assert {p.name: p.read_bytes() for p in ctx.layout.records_dir.glob("*.json")} == stored
     # nothing else the run holds was rewritten either (summaries, logs, per-item files)
-    after = _files(tmp_path / "runs" / "cpu")
+    after = _files(tmp_path / "runs" / run)
     assert [p for p in every_file if after.get(p) != every_file[p]] == []
 
 
