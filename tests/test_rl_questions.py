@@ -12,7 +12,7 @@ import pytest
 
 from exgrpo_utils import config, runner
 from exgrpo_utils.experiments import methods
-from exgrpo_utils.infra.settings import result_fields
+from exgrpo_utils.infra.settings import build, result_fields
 from exgrpo_utils.teach.rules import load_rules
 from exgrpo_utils.train import rl_data
 from exgrpo_utils.train.settings import ExGRPOSettings
@@ -103,8 +103,7 @@ def test_the_cpu_rl_plan_visits_each_drawn_question_exactly_twice():
     """configs/cpu-rl.yaml: 16 questions, 4 per step, 8 steps: the sampler's first 8 steps (two passes)
     hold every drawn question twice, G rows each time, in both modes."""
     values = config.resolve(config.load_preset("cpu-rl"), run_name="cpu-rl")
-    run = ExGRPOSettings(**{p.field: values[p.name] for p in config.PARAMS.values()
-                            if p.owner is ExGRPOSettings and p.name in values})
+    run = build(ExGRPOSettings, values)
     assert (run.questions, run.questions_per_step, run.max_steps, run.G) == (16, 4, 8, 4)
     recs = _records(n=64)
     for key in ("exgrpo", "sft-grpo"):
@@ -130,8 +129,7 @@ def test_an_added_setting_at_its_default_leaves_fingerprints_and_done_records_as
     assert result_fields(ExGRPOSettings(questions=16))["questions"] == 16
     stamped = json.loads((ROOT / "results/runs/cpu/train/exgrpo/fingerprint.json").read_text())["inputs"]["settings"]
     values = config.resolve(config.load_preset("cpu"), run_name="cpu")
-    now = ExGRPOSettings(**{p.field: values[p.name] for p in config.PARAMS.values()
-                            if p.owner is ExGRPOSettings and p.name in values})
+    now = build(ExGRPOSettings, values)
     assert result_fields(replace(now, seed=0)) == stamped  # the committed ExGRPO run is still current
     before = {"rl_k": 2}
     assert runner._why_rerun({"parameters": before, "inputs": {}}, {**before, "rl_questions": 0}, {}) is None

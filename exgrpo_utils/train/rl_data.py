@@ -42,7 +42,7 @@ def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> 
         raise ValueError(f"questions must be 0 (every question) or a multiple of questions_per_step "
                          f"({settings.questions_per_step}), so that every pass visits each drawn question; got "
                          f"{settings.questions}")
-    position = {id(rec): i for i, rec in enumerate(records)}
+    position = {rec["id"]: i for i, rec in enumerate(records)}  # the draw is returned in the records' order
     out, dropped, removed, seen = [], 0, 0, 0
     for rec in drawn_order(records, settings.seed) if settings.questions else records:
         if settings.questions and len(out) == settings.questions:
@@ -55,7 +55,7 @@ def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> 
         if not probes:
             dropped += 1
             continue
-        out.append((position[id(rec)], dict(rec, probes=probes)))
+        out.append(dict(rec, probes=probes))
     if removed or dropped:
         log(f"RL data: {removed} answer-revealing probes left out (revealing_probes=exclude); "
             f"{dropped} of {seen} questions have no probe left and are not trained on")
@@ -65,7 +65,7 @@ def rl_records(records: Sequence[dict], settings: ExGRPOSettings, log=print) -> 
         log(f"RL data: {len(out)} of {len(records)} questions drawn (rl_questions {settings.questions}, seed "
             f"{settings.seed})" + ("" if len(out) == settings.questions else
                                    f"; only {len(out)} keep a probe, so visits per question are uneven"))
-    return [rec for _, rec in sorted(out, key=lambda pair: pair[0])]
+    return sorted(out, key=lambda rec: position[rec["id"]])
 
 
 def drawn_order(records: Sequence[dict], seed: int) -> list[dict]:
