@@ -139,6 +139,9 @@ def test_plan_seed0_first_then_other_seeds():
     assert "zero-shot-s1" not in ids and "sft-rule-counterfactual-s1" not in ids  # greedy zero-shot once; table4 seed 0 only
     assert ids.index("sft-s1") < ids.index("exgrpo-s1")  # warm-up before the run that starts from it
     assert len(ids) == len(set(ids))
+    # a later part run from seed 1 on keeps the seed-free zero-shot record: it is not scored again as seed 1
+    later = [run_id(k, s) for k, s in methods.plan(["core"], [1, 2])]
+    assert later[:4] == ["zero-shot", "sft-s1", "sft-grpo-s1", "exgrpo-s1"] and "zero-shot-s1" not in later
     with pytest.raises(ValueError):
         methods.plan(["core"], [])
 

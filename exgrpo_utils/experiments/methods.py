@@ -157,11 +157,12 @@ def opd_settings(run_sft: SFTSettings, run_rl: ExGRPOSettings, seed: int) -> OPD
 def plan(groups: Sequence[str], seeds: Sequence[int], seed0_only_groups: Sequence[str] = ()) -> list[tuple[str, int]]:
     """(method key, seed) pairs to run: seed 0 of every method first (so an interrupted run still has
     whole single-seed tables), then the other seeds method by method in the order of ``groups``.
-    ``seed0_only_groups`` get seed 0 only; zero-shot (greedy, untrained) and skipped kinds run once."""
+    ``seed0_only_groups`` get seed 0 only; zero-shot (greedy, untrained) and skipped kinds run once,
+    zero-shot always as seed 0 (it has no seed: a part run from seed 1 on must not score it again)."""
     if not seeds:
         raise ValueError("seeds must not be empty")
     all_keys = expand(list(groups) + list(seed0_only_groups))
-    out = [(key, seeds[0]) for key in all_keys]
+    out = [(key, 0 if METHODS[key].kind == "zero-shot" else seeds[0]) for key in all_keys]
     for key in expand(groups):
         if METHODS[key].kind in ("zero-shot", "opd"):
             continue
