@@ -239,6 +239,21 @@ def test_figure_data_and_plots(tmp_path):
         assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
 
 
+def test_figure5_labels_its_token_axis_within_one_decade():
+    """cpu-rl's methods lie between 106k and 250k tokens, inside one decade, where matplotlib's log axis
+    would label no tick at all."""
+    points = pd.DataFrame({"key": ["sft", "exgrpo"], "label": ["SFT", "ExGRPO"], "kind": ["sft", "rl"],
+                           "train_tokens": [106_001.0, 224_997.0], "mean": [58.0, 56.6], "low": [51.0, 49.7],
+                           "high": [64.6, 63.3], "seeds": [4, 4]})
+    fig = plotting.figure5_tokens(points)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [t.get_text() for t, x in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= x <= hi and t.get_text()]
+    assert {"150k", "200k"} <= set(shown), shown
+    assert plotting._fmt_tokens(2e6) == "2M" and plotting._fmt_tokens(800) == "800"
+
+
 def test_figure3_draws_each_seed_and_the_seeds_mean_as_a_running_mean():
     """Two seeds' R_base [0, 1, 0, 1] and [1, 1, 0, 0]: the mean per step [0.5, 1, 0, 0.5], its running
     mean over the last 3 steps [0.5, 0.75, 0.5, 0.5] (by hand); smooth=1 draws the plain mean."""
@@ -304,6 +319,36 @@ def test_reward_curves_read_train_logs(tmp_path):
         (d / "train_log.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     curves = paper_tables.reward_curves([layout])
     assert sorted(curves["run_id"].unique()) == ["exgrpo", "exgrpo-s1"] and len(curves) == 4
+
+
+def test_table3_gives_each_probe_policy_its_leak_rate(tmp_path):
+    """Hand-computed: G = 4 gives 2 Scenario A and 2 B dialogues per question-visit; two steps of 2
+    visits each log 1 + 2 revealing A dialogues and 0 + 1 B: 3 of 8 A (37.5%), 1 of 8 B (12.5%)."""
+    from exgrpo_utils.report import leaks, paper_layout
+
+    layout = _records(tmp_path)
+    seeds = {"exgrpo": (0, 1, 2), "exgrpo-revealing": (0,)}
+    for key, ss in seeds.items():
+        for seed in ss:
+            rid, d = run_id(key, seed), layout.root / "train" / run_id(key, seed)
+            d.mkdir(parents=True)
+            reveal = [(1, 0), (2, 1)] if key == "exgrpo-revealing" else [(0, 0), (0, 0)]
+            log = [{"step": i + 1, "exgrpo/revealing_dialogues_A": a, "exgrpo/revealing_dialogues_B": b}
+                   for i, (a, b) in enumerate(reveal)]
+            (d / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+            (d / "rl_summary.json").write_text(json.dumps({"settings": {"mode": "exgrpo", "G": 4}, "question_visits": 4}))
+            if key == "exgrpo-revealing":
+                rec = json.loads((layout.root / "experiments" / "exgrpo.json").read_text())
+                rec.update(run_id=rid, key=key, label=methods.METHODS[key].label)
+                (layout.root / "experiments" / f"{rid}.json").write_text(json.dumps(rec))
+    assert leaks.run_leaks([{"step": 1, "loss": 1.0}], {"settings": {"mode": "exgrpo", "G": 4}}) is None
+    df = paper_tables.load_records([layout])
+    assert df.attrs["leak_rates"]["exgrpo-revealing"] == {"A": 3, "A_of": 8, "B": 1, "B_of": 8, "runs": 1}
+    t3 = paper_tables.build_table("table3", df, paper_layout.paper_results()).set_index("method")
+    col = f"ours: {leaks.COLUMN}"
+    assert t3.loc["ExGRPO, answer-revealing probes allowed", col] == "37.5% (3 of 8); 12.5% (1 of 8), 1 run"
+    assert t3.loc["ExGRPO (SFT + ExGRPO + aux SFT)", col] == "0.0% (0 of 24); 0.0% (0 of 24), 3 runs"
+    assert t3.loc["SFT (EI, all rules)", col] == "–"
 
 
 def test_records_need_a_run():

@@ -29,6 +29,8 @@ from ..experiments.methods import GROUPS, METHODS
 from ..experiments.records import collect, data_notes
 from ..infra.files import atomic_write_text, read_train_log
 from ..infra.layout import TRAIN_LOG, RunLayout, method_of
+from .leaks import COLUMN as LEAK_COLUMN
+from .leaks import fmt_leaks, leak_rates
 from .paper_layout import to_markdown
 
 PAPER_STUDENTS = ("Qwen2.5-7B-Instruct", "Gemma-7B-it")
@@ -80,6 +82,7 @@ def load_records(layouts: Sequence[RunLayout]):
     last = df.groupby(["train_dataset", "key", "seed"])["_order"].transform("max")
     out = df[df["_order"] == last].drop(columns="_order").reset_index(drop=True)
     out.attrs["sft_epochs"] = sft_epochs(layouts)
+    out.attrs["leak_rates"] = leak_rates(layouts, out)  # Table 3's probe policies
     return out
 
 
@@ -206,6 +209,8 @@ def build_table(name: str, df, paper):
         status = df[df["key"] == key]["status"]
         for col in columns:
             row[f"ours: {col.title}"] = fmt(cell_stats(df, key, col.datasets, col.source, col.task))
+        if name == "table3":
+            row[f"ours: {LEAK_COLUMN}"] = fmt_leaks(df.attrs.get("leak_rates", {}).get(key))
         skipped = df[(df["key"] == key) & (df["status"] == "skipped")]
         partly = (status == "ok").any()  # then say which task's run was skipped
         reasons = dict.fromkeys(f"{t}: {r}" if partly else r for t, r in zip(skipped["train_dataset"], skipped["reason"]))

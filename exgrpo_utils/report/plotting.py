@@ -247,6 +247,26 @@ def figure4_fraction(points, notes: Sequence[str] = (), title: str = "Figure 4: 
     return _detached(fig)
 
 
+def _fmt_tokens(x: float, _pos=None) -> str:
+    """A token count as a tick label: 150k, 2M, 800."""
+    return f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k" if x >= 1e3 else f"{x:g}"
+
+
+def _token_axis(ax, tokens) -> None:
+    """A log x axis of token counts with labelled ticks even where the counts span less than a decade
+    (matplotlib labels only powers of ten, and a CPU run's methods often lie between two)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    tokens = [t for t in tokens if t and t == t]
+    decades = math.log10(max(tokens) / min(tokens)) if tokens else 3.0
+    subs = ((1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades > 0.6
+            else (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(_fmt_tokens))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens"):
     """Accuracy against the tokens processed in training (warm-up included), one point per method;
     zero-shot (no training) as a dashed line."""
@@ -264,10 +284,7 @@ def figure5_tokens(points, title: str = "Figure 5: accuracy vs training tokens")
     for _, r in points[points["kind"] == "zero-shot"].iterrows():
         ax.axhline(r["mean"], ls="--", lw=1, color="k")
         ax.text(0.01, r["mean"], "zero-shot", fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
-    ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter
-
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _token_axis(ax, trained["train_tokens"])
     ax.set_xlabel("training tokens (prompt + completion; RL methods include their SFT warm-up)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title + "  (circles: SFT-type, squares: RL)", fontsize=10)

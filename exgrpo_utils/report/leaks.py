@@ -1,0 +1,67 @@
+"""Table 3's leak rates: how often an ExGRPO run's dialogues held a probe that states the original answer.
+
+The probe policy (``rl_revealing_probes``: ``exclude``, the kit default, or ``allow``, the
+``exgrpo-revealing`` row) decides whether such probes may enter the multi-turn dialogues; every RL
+step logs how many Scenario A and Scenario B dialogues held one (``exgrpo/revealing_dialogues_A``,
+``_B``, ``train.rollouts``). A run's dialogues of each scenario are its question-visits times the
+rollouts of that scenario per question (``train.dialogue.plan_group``: ceil(G/2) A, floor(G/2) B),
+both read from its summary (``rl_summary.json``), so the rate is measured, not planned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from ..infra.files import read_log_jsonl
+from ..infra.layout import TRAIN_LOG, RunLayout
+
+SUMMARY = "rl_summary.json"
+COLUMN = "leak rate: dialogues holding an answer-stating probe (Scenario A; B)"
+
+
+def run_leaks(log_rows: Sequence[dict], summary: dict) -> dict | None:
+    """One ExGRPO run's counts: ``{"A": revealing A, "A_of": A dialogues, "B": ..., "B_of": ...}``, or
+    None for a run that logged no revealing counts (plain GRPO, SFT, a run made before the counts)."""
+    steps = [r for r in log_rows if "exgrpo/revealing_dialogues_A" in r]
+    if not steps or summary.get("settings", {}).get("mode") != "exgrpo":
+        return None
+    G, visits = int(summary["settings"]["G"]), int(summary["question_visits"])
+    return {"A": round(sum(r["exgrpo/revealing_dialogues_A"] for r in steps)), "A_of": visits * (G - G // 2),
+            "B": round(sum(r.get("exgrpo/revealing_dialogues_B", 0) for r in steps)), "B_of": visits * (G // 2)}
+
+
+def leak_rates(layouts: Sequence[RunLayout], df) -> dict[str, dict]:
+    """Per method key: the counts of :func:`run_leaks` summed over the runs (task, seed) that ``df`` (the
+    records of ``paper_tables.load_records``) kept, with ``runs``, how many runs they cover."""
+    by_name = {lay.name: lay for lay in layouts}
+    out: dict[str, dict] = {}
+    kept = df[(df["status"] == "ok") & (df["kind"] == "rl")].drop_duplicates(["run", "run_id"])
+    for r in kept.itertuples():
+        folder = by_name[r.run].train_dir(r.run_id)
+        if not (folder / TRAIN_LOG).exists() or not (folder / SUMMARY).exists():
+            continue
+        try:
+            counts = run_leaks(read_log_jsonl(folder / TRAIN_LOG), json.loads((folder / SUMMARY).read_text()))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{folder / SUMMARY}: cannot count the run's dialogues ({type(e).__name__}: {e}); "
+                             "it needs settings.mode, settings.G and question_visits") from None
+        if counts is None:
+            continue
+        total = out.setdefault(r.key, {"A": 0, "A_of": 0, "B": 0, "B_of": 0, "runs": 0})
+        for name, n in counts.items():
+            total[name] += n
+        total["runs"] += 1
+    return out
+
+
+def fmt_leaks(counts: dict | None) -> str:
+    """``"25.0% (16 of 64); 3.1% (2 of 64), 1 run"``; "–" for a method without dialogues."""
+    if not counts:
+        return "–"
+
+    def one(k: int, n: int) -> str:
+        return f"{100 * k / n:.1f}% ({k} of {n})" if n else "–"
+
+    runs = counts["runs"]
+    return f"{one(counts['A'], counts['A_of'])}; {one(counts['B'], counts['B_of'])}, {runs} run{'s' * (runs != 1)}"
