@@ -590,6 +590,47 @@ def test_method_settings_are_the_runs_with_the_methods_changes():
     assert methods.opd_settings(SFTSettings(batch_size=2, gradient_accumulation_steps=4), rl, 0).batch_size == 8
 
 
+def test_the_probe_policy_row_that_is_the_runs_own_is_exgrpos_training_and_is_skipped(tmp_path, monkeypatch):
+    """Table 3's two probe policies beside ExGRPO: the row whose policy is the run's would train ExGRPO
+    again, so it is skipped with that reason; the other trains."""
+    from exgrpo_utils.train.settings import ExGRPOSettings
+
+    M = methods.METHODS
+    allow, exclude = ExGRPOSettings(), ExGRPOSettings(revealing_probes="exclude")
+    assert allow.revealing_probes == "allow"  # the paper's probes (docs/method.md)
+    assert [methods.same_training_as(M[k], allow) for k in ("exgrpo-revealing", "exgrpo-norevealing", "exgrpo")] == \
+        ["exgrpo", None, None]
+    assert [methods.same_training_as(M[k], exclude) for k in ("exgrpo-revealing", "exgrpo-norevealing")] == [None, "exgrpo"]
+    assert methods.same_training_as(M["exgrpo-nobonus"], exclude) is None  # the bonus differs
+    assert methods.same_training_as(M["sft-grpo"], exclude) is None
+    ctx, trained, _ = _fake_run(tmp_path, monkeypatch)
+    done: dict = {}
+    runs.run_plan([("sft", 0)], ctx, log=lambda *_: None)
+    done.update({r: {"final": f"model:{r}"} for r in ("sft",)})
+    rec = runs.run_triple("arith", "exgrpo-revealing", 0, ctx, done, log=lambda *_: None)
+    assert rec["status"] == "skipped" and "the same training as the row 'ExGRPO (SFT + ExGRPO + aux SFT)'" in rec["reason"]
+    assert "rl_revealing_probes is allow" in rec["reason"] and not any(t[1] == "exgrpo-revealing" for t in trained)
+    rec = runs.run_triple("arith", "exgrpo-norevealing", 0, ctx, done, log=lambda *_: None)
+    assert rec["status"] == "ok" and trained[-1] == ("rl", "exgrpo-norevealing", "model:sft")
+
+
+def test_a_skipped_probe_policy_twin_neither_asks_for_its_warm_up_nor_becomes_a_job(tmp_path, monkeypatch):
+    """A twin (the probe-policy row with the run's own policy) trains nothing, so a warm-up kept without
+    its weights stays kept (not retrained for it), and the dispatcher submits no job for it."""
+    from exgrpo_utils.experiments import jobs
+
+    ctx, trained, _ = _fake_run(tmp_path, monkeypatch)
+    monkeypatch.setattr(runs, "kept_training", lambda ctx, task, key, seed: (
+        {"final": f"model:{key}", "train_tokens": 5, "seconds": 1.0, "steps": 1} if key in ("sft", "exgrpo") else None))
+    monkeypatch.setattr(runs.kept, "RenderOnly", lambda student: None)
+    recs = runs.run_plan([("sft", 0), ("exgrpo", 0), ("exgrpo-revealing", 0)], ctx, log=lambda *_: None)
+    assert [r["status"] for r in recs if r["train_dataset"] == "arith"] == ["ok", "ok", "skipped"]
+    assert trained == []  # sft and exgrpo kept, the twin skipped: nothing trained
+    names = {j.name for j in jobs.training_jobs(ctx, [("sft", 0), ("exgrpo", 0), ("exgrpo-revealing", 0),
+                                                      ("exgrpo-norevealing", 0)], tmp_path / "p.json")}
+    assert "exgrpo-revealing" not in names and {"sft", "exgrpo", "exgrpo-norevealing"} <= names
+
+
 def test_run_triple_skips_opd_trains_baselines_on_their_rows_and_keeps_unchanged_records(tmp_path, monkeypatch):
     ctx, trained, _ = _fake_run(tmp_path, monkeypatch)
     rec = runs.run_triple("arith", "opd", 0, ctx, {}, log=lambda *_: None)

@@ -299,13 +299,16 @@ def _records(n=6, probes=3, reveal_first=True):
 
 def test_rl_records_leave_out_answer_revealing_probes_unless_allowed():
     recs = _records()
-    kept = rl_data.rl_records(recs, ExGRPOSettings(), log=lambda *_: None)
+    assert ExGRPOSettings().revealing_probes == "allow"  # the paper's probes, the kit default (docs/method.md)
+    assert [len(r["probes"]) for r in rl_data.rl_records(recs, ExGRPOSettings(), log=lambda *_: None)] == [3] * 6
+    kept = rl_data.rl_records(recs, ExGRPOSettings(revealing_probes="exclude"), log=lambda *_: None)
     assert [len(r["probes"]) for r in kept] == [2] * 6 and all(not p["reveals_answer"] for r in kept for p in r["probes"])
     allowed = rl_data.rl_records(recs, ExGRPOSettings(revealing_probes="allow"), log=lambda *_: None)
     assert [sum(p["reveals_answer"] for p in r["probes"]) for r in allowed] == [1] * 6
     only_revealing = [dict(r, probes=r["probes"][:1]) for r in recs]
     said = []
-    assert len(rl_data.rl_records(only_revealing[:3] + recs[3:], ExGRPOSettings(), log=said.append)) == 3
+    assert len(rl_data.rl_records(only_revealing[:3] + recs[3:], ExGRPOSettings(revealing_probes="exclude"),
+                                  log=said.append)) == 3
     assert "3 of 6 questions have no probe left" in said[0]
     with pytest.raises(ValueError, match="revealing_probes"):
         rl_data.rl_records(recs, ExGRPOSettings(revealing_probes="maybe"))
@@ -314,7 +317,7 @@ def test_rl_records_leave_out_answer_revealing_probes_unless_allowed():
 def test_grpo_rows_are_k_probes_then_the_question_and_aux_targets_are_probe_answers_only():
     from exgrpo_utils.teach.rules import load_rules
 
-    settings = ExGRPOSettings(mode="grpo", k=4)
+    settings = ExGRPOSettings(mode="grpo", k=4, revealing_probes="exclude")
     recs = rl_data.rl_records(_records(n=2), settings, log=lambda *_: None)
     rows = rl_data.training_rows(recs, load_rules(), settings)
     assert len(rows) == 2 * 5 and rl_data.rows_per_question(settings) == 5
@@ -323,7 +326,7 @@ def test_grpo_rows_are_k_probes_then_the_question_and_aux_targets_are_probe_answ
     assert [bool(r["target"]) for r in first] == [True] * 4 + [False]  # the question row trains no aux target
     assert first[-1]["answer_type"] == "" and first[-1]["gold"] == "5"
     assert {r["gold"] for r in first[:4]} == {"1", "2"}  # 2 probes left, cycled to fill k = 4
-    assert rl_data.training_rows(recs, load_rules(), ExGRPOSettings(k=4)) == \
+    assert rl_data.training_rows(recs, load_rules(), ExGRPOSettings(k=4, revealing_probes="exclude")) == \
         [r for r in rows if not r["target"]]  # exgrpo: the question rows alone
 
 

@@ -72,7 +72,7 @@ def test_a_drawn_question_left_without_a_probe_is_replaced_by_the_next_in_the_dr
     order = _ids(rl_data.drawn_order(_records(), 0))
     recs = _records(reveal_only={int(order[1][1:])})  # the second question drawn has only a revealing probe
     said = []
-    excluded = rl_data.rl_records(recs, ExGRPOSettings(questions=3, seed=0), log=said.append)
+    excluded = rl_data.rl_records(recs, ExGRPOSettings(questions=3, seed=0, revealing_probes="exclude"), log=said.append)
     allowed = rl_data.rl_records(recs, ExGRPOSettings(questions=3, seed=0, revealing_probes="allow"), **QUIET)
     assert set(_ids(allowed)) == set(order[:3])
     assert set(_ids(excluded)) == {order[0], order[2], order[3]}

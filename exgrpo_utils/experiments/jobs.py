@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from ..infra.files import atomic_write_json
 from .dispatch import Job, Resources, describe, report, run_plan
-from .methods import METHODS, opd_status, plan
+from .methods import METHODS, opd_status, plan, same_training_as
 from .runs import SUMMARIES, Context, plan_triples, training_inputs
 
 
@@ -34,8 +34,8 @@ def training_jobs(ctx: Context, pairs: Sequence[tuple[str, int]], params_path: P
     jobs = []
     for task, key, seed in plan_triples(pairs, ctx.tasks):
         m = METHODS[key]
-        if m.kind == "zero-shot" or (m.kind == "opd" and not opd_runs):
-            continue
+        if m.kind == "zero-shot" or (m.kind == "opd" and not opd_runs) or same_training_as(m, ctx.rl):
+            continue  # nothing to train (a probe-policy row with the run's own policy is ExGRPO's training)
         rid = ctx.rid(key, seed, task)
         after = (ctx.rid(m.init, seed, task),) if m.kind == "rl" and m.init != "base" else ()
         command = ("exgrpo_utils.train_cli", "method", "--params", str(params_path), "--task", task, "--key", key,

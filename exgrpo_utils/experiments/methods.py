@@ -43,6 +43,8 @@ def _methods() -> dict[str, Method]:
         Method("cold-grpo-aux", "RL cold start + aux SFT", "rl", init="base", mode="grpo", aux=True),
         Method("exgrpo-revealing", "ExGRPO, answer-revealing probes allowed", "rl", init="sft", mode="exgrpo", aux=True,
                revealing_probes="allow"),
+        Method("exgrpo-norevealing", "ExGRPO, answer-revealing probes left out", "rl", init="sft", mode="exgrpo",
+               aux=True, revealing_probes="exclude"),
         Method("exgrpo-nobonus", "ExGRPO without the DSU bonus (δ = 0)", "rl", init="sft", mode="exgrpo", aux=True,
                dsu=False),
         Method("opd", "On-Policy Distillation", "opd"),
@@ -68,10 +70,11 @@ GROUPS = {
     # issue 26's test of ExGRPO (configs/cpu-rl.yaml): the four core methods with the bonus isolated, and
     # the two probe policies (answer-revealing probes left out / allowed) side by side
     "rl-test": ("zero-shot", "sft", "sft-grpo", "exgrpo-nobonus", "exgrpo"),
-    "probe-policy": ("sft", "exgrpo", "exgrpo-revealing"),
+    "probe-policy": ("sft", "exgrpo", "exgrpo-revealing", "exgrpo-norevealing"),
     "baselines": ("zero-shot", "skd", "dss", "rephrase", "question-aug", "answer-aug", "revthink", "divide-conquer", "opd",
                   "exgrpo"),
-    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-nobonus", "exgrpo-revealing"),
+    "table3": ("sft", "cold-grpo", "cold-grpo-aux", "sft-grpo", "sft-grpo-aux", "exgrpo", "exgrpo-nobonus", "exgrpo-revealing",
+               "exgrpo-norevealing"),
     "table4": ("rephrase", "sft-rule-counterfactual", "sft-rule-causal_verification", "sft-rule-explanatory_challenge", "sft"),
     "fraction": ("sft-p0.1", "exgrpo-p0.1", "sft-p0.25", "exgrpo-p0.25", "sft-p0.5", "exgrpo-p0.5", "sft", "exgrpo"),
 }
@@ -136,6 +139,17 @@ def rl_settings(m: Method, run_rl: ExGRPOSettings, seed: int) -> ExGRPOSettings:
                          "(Eq. 5: delta > 0); the run without it is the method exgrpo-nobonus")
     return replace(run_rl, seed=seed, mode=m.mode, aux_lambda=run_rl.aux_lambda if m.aux else 0.0,
                    delta=run_rl.delta if m.dsu else 0.0, revealing_probes=m.revealing_probes or run_rl.revealing_probes)
+
+
+def same_training_as(m: Method, run_rl: ExGRPOSettings) -> str | None:
+    """The method whose training ``m`` would repeat in a run with these RL settings: a probe-policy row
+    (``exgrpo-revealing``, ``exgrpo-norevealing``) whose policy is the run's own is ExGRPO's row. None
+    where ``m`` trains something of its own."""
+    twin = METHODS["exgrpo"]
+    if (m.key != twin.key and m.revealing_probes == run_rl.revealing_probes
+            and (m.kind, m.init, m.mode, m.aux, m.dsu, m.fraction) == (twin.kind, twin.init, twin.mode, twin.aux, twin.dsu, twin.fraction)):
+        return twin.key
+    return None
 
 
 def rl_question_fraction(m: Method, run_sft: SFTSettings) -> float:

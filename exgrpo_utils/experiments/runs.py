@@ -45,7 +45,7 @@ from ..train.sft import SUMMARY_NAME as SFT_SUMMARY
 from ..train.sft import subsample_questions, train_sft
 from . import kept, records
 from .baselines import baseline_rows, data_stats, fallback_note
-from .methods import METHODS, Method, opd_settings, opd_status, rl_question_fraction, rl_settings, sft_settings
+from .methods import METHODS, Method, opd_settings, opd_status, rl_question_fraction, rl_settings, same_training_as, sft_settings
 from .records import collect, summary
 from .settings import ExperimentSettings
 
@@ -164,7 +164,12 @@ def _start_model(m: Method, seed: int, task: str, ctx: Context, done: dict[str, 
 
 
 def _train_rl(m: Method, seed: int, task: str, ctx: Context, done: dict[str, dict], log: Log) -> dict:
-    """ExGRPO or plain GRPO from the method's start, on the same questions as its SFT warm-up."""
+    """ExGRPO or plain GRPO from the method's start, on the same questions as its SFT warm-up. A
+    probe-policy row whose policy is the run's own is ExGRPO's training: skipped, and its record says so."""
+    twin = same_training_as(m, ctx.rl)
+    if twin:
+        raise Skipped(f"skipped: the same training as the row {METHODS[twin].label!r} "
+                      f"(this run's rl_revealing_probes is {ctx.rl.revealing_probes})")
     log("training")
     questions = subsample_questions(ctx.training_records(task), rl_question_fraction(m, ctx.sft), seed)
     return train_exgrpo(init_model=_start_model(m, seed, task, ctx, done), probe_records=questions,
@@ -354,7 +359,8 @@ def run_plan(pairs: Sequence[tuple[str, int]], ctx: Context, *, log: Log = print
     ``unfinished``: by run id, why a dispatched training did not finish (``jobs.dispatch_trainings``)."""
     done: dict[str, dict] = {}
     triples = plan_triples(pairs, ctx.tasks)
-    keepable = kept.keepable(triples, ctx.rid, lambda *t: kept_training(ctx, *t) is not None)
+    trains = [t for t in triples if not same_training_as(METHODS[t[1]], ctx.rl)]  # a twin needs no warm-up
+    keepable = kept.keepable(trains, ctx.rid, lambda *t: kept_training(ctx, *t) is not None)
     out = []
     for n, (task, key, seed) in enumerate(triples, 1):
         rid = ctx.rid(key, seed, task)

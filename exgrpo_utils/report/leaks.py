@@ -1,7 +1,8 @@
 """Table 3's leak rates: how often an ExGRPO run's dialogues held a probe that states the original answer.
 
-The probe policy (``rl_revealing_probes``: ``exclude``, the kit default, or ``allow``, the
-``exgrpo-revealing`` row) decides whether such probes may enter the multi-turn dialogues; every RL
+The probe policy (``rl_revealing_probes``: ``allow``, the paper's and the kit default, or ``exclude``;
+the rows ``exgrpo-revealing`` and ``exgrpo-norevealing`` fix it) decides whether such probes may enter
+the multi-turn dialogues; every RL
 step logs how many Scenario A and Scenario B dialogues held one (``exgrpo/revealing_dialogues_A``,
 ``_B``, ``train.rollouts``). A run's dialogues of each scenario are its question-visits times the
 rollouts of that scenario per question (``train.dialogue.plan_group``: ceil(G/2) A, floor(G/2) B),

@@ -237,7 +237,7 @@ def write_tables(df, paper, out_dir: str | Path) -> dict[str, Path]:
 
 # The paired comparisons the README reports: (method, baseline), each on every task's test sets.
 PAIRED = (("exgrpo", "sft-grpo"), ("exgrpo", "exgrpo-nobonus"), ("exgrpo", "sft"), ("sft", "zero-shot"), ("sft", "skd"),
-          ("exgrpo-revealing", "exgrpo"))
+          ("exgrpo-revealing", "exgrpo"), ("exgrpo", "exgrpo-norevealing"))
 
 
 def item_scores(layouts: Sequence[RunLayout], df, key: str, task: str, dataset: str) -> dict[int, dict[str, tuple[int, str]]]:

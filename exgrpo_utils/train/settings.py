@@ -62,10 +62,12 @@ class ExGRPOSettings:
                                    "generate (transformers generate, one turn of every dialogue at a time, the "
                                    "dialogue re-encoded each turn; grpo mode: TRL's own generation)",
                                    choices=("fast", "generate"))
-    revealing_probes: str = setting("exclude", "probes that state the original question's answer "
-                                    "(reveals_answer): exclude (kit default: the DSU bonus then rewards the "
-                                    "dialogue's structure, not copying an answer it was shown) or allow (Table 3's "
-                                    "other row); applies to both modes")
+    revealing_probes: str = setting("allow", "probes that state the original question's answer "
+                                    "(reveals_answer): allow (the paper filters no probe by what it states; its own "
+                                    "example probe states the answer; the cpu-rl run measured no reason to depart, "
+                                    "docs/method.md) or exclude (Table 3's other row: the DSU bonus can then not "
+                                    "reward copying an answer the dialogue showed); applies to both modes",
+                                    source="paper", choices=("allow", "exclude"))
     include_original_questions: bool = setting(True, "mode grpo: the original questions are samples too")
     questions_per_step: int = setting(1, "original questions per optimisation step, in both modes: exgrpo samples "
                                       "G dialogues of each; grpo samples G answers to each question and to k of its "
