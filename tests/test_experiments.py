@@ -349,6 +349,21 @@ def test_table3_gives_each_probe_policy_its_leak_rate(tmp_path):
     assert t3.loc["ExGRPO, answer-revealing probes allowed", col] == "37.5% (3 of 8); 12.5% (1 of 8), 1 run"
     assert t3.loc["ExGRPO (SFT + ExGRPO + aux SFT)", col] == "0.0% (0 of 24); 0.0% (0 of 24), 3 runs"
     assert t3.loc["SFT (EI, all rules)", col] == "–"
+    # G = 5: 3 A and 2 B dialogues per visit; a run made before visits were logged counts nothing
+    odd = {"settings": {"mode": "exgrpo", "G": 5}, "question_visits": 4}
+    assert leaks.run_leaks(log, odd) == {"A": 3, "A_of": 12, "B": 1, "B_of": 8}
+    assert leaks.run_leaks(log, {"settings": {"mode": "exgrpo", "G": 4}}) is None
+    # two processes: the log holds the main process's counts, so its visits (2 of the step's 4) count
+    visits = tmp_path / "question_visits.jsonl"
+    visits.write_text("".join(json.dumps({"step": s, "questions": [["a"], ["b"]]}) + "\n" for s in (1, 2)))
+    assert leaks.main_process_visits(visits) == 2 and leaks.main_process_visits(tmp_path / "none.jsonl") is None
+    # the other policy's row, skipped as the run's own ExGRPO training: its comparison says so
+    twin = {"run_id": "exgrpo-norevealing", "key": "exgrpo-norevealing", "label": "x", "kind": "rl", "seed": 0,
+            "train_dataset": "arith", "status": "skipped", "reason": "skipped: the same training as ExGRPO's row",
+            "train_tokens": 0, "train_seconds": 0.0, "accuracy": {}, "n": {}, "correct": {}}
+    (layout.root / "experiments" / "exgrpo-norevealing.json").write_text(json.dumps(twin))
+    cmp = paper_tables.paired_comparisons([layout], pairs=(("exgrpo", "exgrpo-norevealing"),))
+    assert set(cmp["verdict"]) == {"ExGRPO, answer-revealing probes left out: skipped: the same training as ExGRPO's row"}
 
 
 def test_records_need_a_run():

@@ -62,7 +62,7 @@ def test_every_rl_method_and_both_probe_policies_draw_the_same_questions_at_a_se
     recs = _records()
     run = ExGRPOSettings(questions=4, seed=2, k=2)
     drawn = {key: _ids(rl_data.rl_records(recs, methods.rl_settings(methods.METHODS[key], run, 2), **QUIET))
-             for key in ("exgrpo", "exgrpo-nobonus", "sft-grpo", "exgrpo-revealing")}
+             for key in ("exgrpo", "exgrpo-nobonus", "sft-grpo", "exgrpo-revealing", "exgrpo-norevealing")}
     assert len(set(map(tuple, drawn.values()))) == 1, drawn
     other = _ids(rl_data.rl_records(recs, methods.rl_settings(methods.METHODS["exgrpo"], run, 1), **QUIET))
     assert other != drawn["exgrpo"]  # another seed, another draw (the seed-level interval covers it)

@@ -66,7 +66,7 @@ def test_sft_data_fraction_keeps_a_seeded_share_of_questions(probe_records):
 
 def test_exgrpo_two_steps_logs_everything_and_resumes(probe_records, tmp_path, student_path):
     settings = ExGRPOSettings(k=2, G=4, max_probe_tokens=12, max_final_tokens=16, max_steps=2, save_steps=1,
-                                     learning_rate=1e-4, seed=0)
+                                     learning_rate=1e-4, seed=0, revealing_probes="exclude")
     first = exgrpo.train_exgrpo(init_model="smollm2-135m-instruct", probe_records=probe_records, out_dir=tmp_path,
                                 settings=settings)
     assert first["steps"] == 2

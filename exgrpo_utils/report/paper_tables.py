@@ -295,8 +295,10 @@ def _compare(layouts, df, a: str, b: str, task: str, ds: str, alpha: float) -> d
     clustered = ds == ei_test_name(task)  # the EI-Test: about ten probes per test question, resampled together
     if clustered:  # the run's current EI-Test only (a file can hold an earlier build's records)
         items = sorted(set(items) & ei_test_ids(layouts, task))
-    if not items:
-        return {**row, "items": 0, "verdict": "not run in these results"}
+    if not items:  # a skipped record says why (a probe-policy row that is the run's own ExGRPO training, OPD)
+        why = df[df["key"].isin([a, b]) & (df["train_dataset"] == task) & (df["status"] == "skipped")]
+        why = "; ".join(dict.fromkeys(f"{METHODS[k].label}: {r}" for k, r in zip(why["key"], why["reason"])))
+        return {**row, "items": 0, "verdict": why or "not run in these results"}
     if any(sa[s][i][1] != sb[s][i][1] for s in seeds for i in items):
         return {**row, "items": 0, "verdict": "not comparable: the items were asked with other prompts"}
     first = [[sb[s][i][0] for s in seeds] for i in items]
