@@ -30,6 +30,8 @@ from .settings import SettingsError
 
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 TRAIN_LOG = "train_log.jsonl"
+RL_SUMMARY = "rl_summary.json"  # an RL training's summary, beside final/
+QUESTION_VISITS = "question_visits.jsonl"  # an RL training's questions per step and process
 TASK_EVAL = "eval_task"  # every task's own evaluations (the training task and its paired OOD sets)
 LEGACY_TASK_EVAL = "eval_arith"  # the same folder's name in runs written before 2026-12  # inside every training folder: one JSON record per logged step
 

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..infra.files import read_log_jsonl
-from ..infra.layout import TRAIN_LOG, RunLayout
-from ..train.trainlog import QUESTION_VISITS
+from ..infra.layout import QUESTION_VISITS, RL_SUMMARY, TRAIN_LOG, RunLayout
 
-SUMMARY = "rl_summary.json"
 COLUMN = "leak rate: dialogues holding an answer-stating probe (Scenario A; B)"
 
 
@@ -56,14 +54,14 @@ def leak_rates(layouts: Sequence[RunLayout], df) -> dict[str, dict]:
     kept = df[(df["status"] == "ok") & (df["kind"] == "rl")].drop_duplicates(["run", "run_id"])
     for r in kept.itertuples():
         folder = by_name[r.run].train_dir(r.run_id)
-        if not (folder / TRAIN_LOG).exists() or not (folder / SUMMARY).exists():
+        if not (folder / TRAIN_LOG).exists() or not (folder / RL_SUMMARY).exists():
             continue
         log = read_log_jsonl(folder / TRAIN_LOG)  # names its file on a bad line
         visits = main_process_visits(folder / QUESTION_VISITS)
         try:
-            counts = run_leaks(log, json.loads((folder / SUMMARY).read_text()), visits)
+            counts = run_leaks(log, json.loads((folder / RL_SUMMARY).read_text()), visits)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{folder / SUMMARY}: cannot count the run's dialogues ({type(e).__name__}: {e}); "
+            raise ValueError(f"{folder / RL_SUMMARY}: cannot count the run's dialogues ({type(e).__name__}: {e}); "
                              "it needs settings.mode and settings.G") from None
         if counts is None:
             continue

@@ -37,6 +37,7 @@ from typing import Sequence
 from ..data import prompts
 from ..infra.files import waiting_lock
 from ..infra.fingerprint import digest
+from ..infra.layout import RL_SUMMARY
 from ..infra.paths import portable
 from ..models.generation import use_turn_stops
 from ..models.registry import default_device, ensure_local, load_model, model_identity
@@ -49,7 +50,7 @@ from .rollouts import DialogueRollout, SingleTurnRollout
 from .settings import ExGRPOSettings
 from .trainlog import QUESTION_VISITS, QuestionVisitsLog
 
-SUMMARY_NAME = "rl_summary.json"  # the summary a finished training writes beside final/
+SUMMARY_NAME = RL_SUMMARY  # the summary a finished training writes beside final/
 
 # trl, datasets and the trainer module (which imports TRL and torch) are imported inside the functions
 # that need them: heavy, and the data, rollout bookkeeping and rewards are tested without them.

@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..infra.files import append_jsonl, atomic_write_text, read_log_jsonl
+from ..infra.layout import QUESTION_VISITS
 
 # Every trainer of the kit logs through this module. TRL reads a deprecated transformers property
 # before every generation (GRPO, GKD); one warning per step would bury the log.
@@ -63,7 +64,6 @@ def keep_through_step(path: Path, step: int) -> list[dict]:
     return kept
 
 
-QUESTION_VISITS = "question_visits.jsonl"  # inside an RL training folder
 
 
 class QuestionVisitsLog(TrainerCallback):
